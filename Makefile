@@ -1,0 +1,55 @@
+# Two commands: `make demo` and `make test`. Both set up what they need first
+# (a .venv with torch from local disk, the package, test tools, Debian packages)
+# and are idempotent: a second run only re-installs what changed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+STAMP_TORCH := $(VENV)/.stamp-torch
+STAMP_PKG := $(VENV)/.stamp-pkg
+STAMP_SYS := $(VENV)/.stamp-sysdeps
+
+.PHONY: demo test lint typecheck pytest setup sysdeps bench clean
+
+setup: $(STAMP_PKG) $(STAMP_SYS)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch first, pinned: here it comes from local disk (about 2 minutes, 5.5 GB, once).
+$(STAMP_TORCH): | $(VENV)/bin/python
+	$(PIP) install -q $(TORCH_PINS)
+	touch $@
+
+$(STAMP_PKG): pyproject.toml $(STAMP_TORCH)
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+# Debian packages the suite needs (listed in scripts/system-deps.txt); installed only if missing.
+$(STAMP_SYS): scripts/system-deps.txt scripts/ensure-system-deps.sh
+	bash scripts/ensure-system-deps.sh scripts/system-deps.txt
+	@mkdir -p $(VENV) && touch $@
+
+demo: setup
+	$(VENV)/bin/netsight demo --out out
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: setup
+	$(VENV)/bin/pytest -n 2 --dist loadgroup -q
+
+test: lint typecheck pytest
+
+bench: setup
+	$(PY) benchmarks/bench_summary.py
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache

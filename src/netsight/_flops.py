@@ -1,0 +1,104 @@
+"""Mult-add counting at the ATen level.
+
+Convention (documented in the README): one *mult-add* is one multiplication
+followed by one addition, the unit torchvision's ``_ops`` metadata, torchinfo
+and most papers use. We read FLOP formulas from
+:mod:`torch.utils.flop_counter` (which counts a mult-add as two FLOPs) and
+halve them. Only the ops that dominate the cost are counted: matrix products,
+convolutions and attention. Element-wise ops (activations, normalisation,
+pooling, bias additions) are not, as in the references.
+
+PyTorch's formula table has no entry for a few fused CPU kernels. We add
+formulas for the ones a summary meets in practice (oneDNN's LSTM layer, the
+CPU flash-attention kernel, the fused multi-head-attention kernel); any other
+heavy-looking op without a formula is reported as *uncounted* rather than
+silently counted as zero.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import flop_registry, sdpa_flop_count
+
+__all__ = ["count_flops", "is_heavy_uncounted"]
+
+_Formula = Callable[..., int]
+
+
+def _shape(t: Any) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _mkldnn_rnn_layer(*args: Any, **kwargs: Any) -> int:
+    # aten.mkldnn_rnn_layer(input (T, B, I), w_ih (G*H, I), w_hh (G*H, H), b_ih, b_hh, ...)
+    # One layer, one direction: per time step and batch item, x @ w_ih.T and h @ w_hh.T.
+    inp, w_ih, w_hh = args[0], args[1], args[2]
+    steps_times_batch = inp.shape[0] * inp.shape[1]
+    return 2 * steps_times_batch * (w_ih.numel() + w_hh.numel())
+
+
+def _sdpa_cpu(*args: Any, **kwargs: Any) -> int:
+    # aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, ...): (B, H, L, E)
+    q, k, v = args[0], args[1], args[2]
+    return int(sdpa_flop_count(_shape(q), _shape(k), _shape(v)))
+
+
+def _native_mha(*args: Any, **kwargs: Any) -> int:
+    # aten._native_multi_head_attention(query, key, value, embed_dim, num_head,
+    #   qkv_weight, qkv_bias, proj_weight, proj_bias, ...): query (B, L, E), key (B, S, E).
+    q, k = args[0], args[1]
+    embed_dim = int(args[3])
+    batch, tgt_len = q.shape[0], q.shape[1]
+    src_len = k.shape[1]
+    proj_in = batch * (tgt_len + 2 * src_len) * embed_dim * embed_dim
+    scores = batch * tgt_len * src_len * embed_dim
+    mixing = batch * tgt_len * src_len * embed_dim
+    proj_out = batch * tgt_len * embed_dim * embed_dim
+    return 2 * (proj_in + scores + mixing + proj_out)
+
+
+def _extra_formulas() -> dict[Any, _Formula]:
+    table: dict[Any, _Formula] = {}
+    aten = torch.ops.aten
+    for name, fn in (
+        ("mkldnn_rnn_layer", _mkldnn_rnn_layer),
+        ("_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu),
+        ("_native_multi_head_attention", _native_mha),
+    ):
+        packet = getattr(aten, name, None)
+        if packet is not None and packet not in flop_registry:
+            table[packet] = fn
+    return table
+
+
+_EXTRA = _extra_formulas()
+
+# Ops that do real arithmetic on large operands. When one of these has no
+# formula, the count would be wrong, so we say so.
+_HEAVY = re.compile(
+    r"(^|_)(mm|bmm|addmm|baddbmm|addbmm|matmul|conv|convolution|linear|einsum|"
+    r"attention|rnn|lstm|gru|transformer|mkldnn)"
+)
+
+
+def count_flops(packet: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int | None:
+    """FLOPs of one ATen call, or ``None`` when no formula is known."""
+    formula = flop_registry.get(packet)
+    if formula is not None:
+        return int(formula(*args, **kwargs, out_val=out))
+    extra = _EXTRA.get(packet)
+    if extra is not None:
+        return int(extra(*args, **kwargs))
+    return None
+
+
+def is_heavy_uncounted(packet: Any) -> bool:
+    """Whether an op without a formula is one whose cost matters."""
+    name = str(packet).removeprefix("aten.")
+    if name.endswith("_backward"):
+        return False
+    return bool(_HEAVY.search(name))

@@ -1,0 +1,833 @@
+"""The trace engine: one forward pass, watched by hooks, recorded as plain data.
+
+:func:`trace` runs the user's model once on an example input and returns a
+:class:`Trace`: one :class:`LayerRecord` per module *call* (a module called twice
+has two records), with shapes, dtypes, parameters, kernel sizes, mult-adds and
+output bytes. Everything netsight draws or prints reads these records.
+
+How it runs. A summary needs shapes, not values, so by default the pass runs on
+PyTorch's ``meta`` device: the model's parameters and buffers are swapped for
+meta tensors of the same shape for the duration of the call (nothing is
+allocated, no arithmetic is done) and swapped back in a ``finally`` block. Models
+whose forward needs real values (``.item()``, data-dependent shapes, tensors
+created on a fixed device) fail on meta; netsight then runs a real forward under
+``torch.no_grad()`` on the model's own device and says so in
+:attr:`Trace.execution` and :attr:`Trace.fallback_reason`.
+
+Mult-adds are counted at the ATen level (see :mod:`netsight._flops`) and
+attributed to the innermost module call that ran them, so functional ops in a
+``forward`` (``F.conv2d``, ``x @ w``, attention matmuls) are counted where they
+happen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from netsight._flops import count_flops, is_heavy_uncounted
+from netsight.hooks import HookSet, preserve_state
+
+__all__ = [
+    "LayerRecord",
+    "Structure",
+    "TensorMeta",
+    "Trace",
+    "TraceError",
+    "UncalledModule",
+    "format_structure",
+    "iter_tensor_meta",
+    "trace",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMeta:
+    """Shape and dtype of one tensor seen during the trace."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype}
+
+
+#: A nested description of a module's inputs or outputs: tensors become
+#: :class:`TensorMeta`, containers keep their structure, other values ``None``.
+Structure: TypeAlias = (
+    "TensorMeta | tuple[Structure, ...] | list[Structure] | dict[str, Structure] | None"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerRecord:
+    """One call of one module during the traced forward pass.
+
+    Parameter counts follow one rule so that columns add up: a parameter is
+    counted once, in the first record whose module owns it (``params``); later
+    calls of the same module (weight sharing) and modules reusing a parameter
+    already counted show it under ``shared_params`` instead.
+    """
+
+    index: int
+    name: str
+    aliases: tuple[str, ...]
+    type_name: str
+    depth: int
+    parent: int | None
+    call: int
+    input: Structure
+    output: Structure
+    params: int
+    trainable_params: int
+    shared_params: int
+    buffers: int
+    total_params: int
+    total_trainable_params: int
+    kernel_size: tuple[int, ...] | None
+    mult_adds: int
+    total_mult_adds: int
+    output_bytes: int
+    is_leaf: bool
+    repeat_of: int | None
+    uncounted_ops: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        """``name`` for submodules, the class name for the root."""
+        return self.name if self.name else self.type_name
+
+    @property
+    def frozen_params(self) -> int:
+        return self.params - self.trainable_params
+
+
+@dataclass(frozen=True, slots=True)
+class UncalledModule:
+    """A module of the model that did not run in the traced forward."""
+
+    name: str
+    type_name: str
+    params: int
+    trainable_params: int
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Everything recorded in one traced forward pass."""
+
+    model_type: str
+    records: tuple[LayerRecord, ...]
+    uncalled: tuple[UncalledModule, ...]
+    input: Structure
+    output: Structure
+    total_params: int
+    trainable_params: int
+    total_buffers: int
+    params_bytes: int
+    buffers_bytes: int
+    input_bytes: int
+    total_mult_adds: int
+    uncounted_ops: tuple[str, ...]
+    execution: str
+    fallback_reason: str | None
+    mode: str
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def non_trainable_params(self) -> int:
+        return self.total_params - self.trainable_params
+
+
+class TraceError(RuntimeError):
+    """The model's forward failed during a trace.
+
+    Attributes:
+        module_name: qualified name of the innermost module that was running.
+        module_type: its class name.
+        input_shapes: the shapes it received, formatted.
+        ran_before: labels of the leaf modules that completed before the failure.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        module_name: str,
+        module_type: str,
+        input_shapes: str,
+        ran_before: tuple[str, ...],
+    ) -> None:
+        super().__init__(message)
+        self.module_name = module_name
+        self.module_type = module_type
+        self.input_shapes = input_shapes
+        self.ran_before = ran_before
+
+
+# --------------------------------------------------------------------------- structures
+
+
+def _describe(obj: Any) -> Structure:
+    if isinstance(obj, torch.Tensor):
+        return TensorMeta(tuple(obj.shape), str(obj.dtype).removeprefix("torch."))
+    if isinstance(obj, tuple):
+        return tuple(_describe(o) for o in obj)
+    if isinstance(obj, list):
+        return [_describe(o) for o in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): _describe(v) for k, v in obj.items()}
+    return None
+
+
+def _describe_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Structure:
+    if not kwargs:
+        if len(args) == 1:
+            return _describe(args[0])
+        return [_describe(a) for a in args]
+    described: dict[str, Structure] = {str(i): _describe(a) for i, a in enumerate(args)}
+    described.update({k: _describe(v) for k, v in kwargs.items()})
+    return described
+
+
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (tuple, list)):
+        return sum(_nbytes(o) for o in obj)
+    if isinstance(obj, Mapping):
+        return sum(_nbytes(v) for v in obj.values())
+    return 0
+
+
+def iter_tensor_meta(structure: Structure) -> Iterator[TensorMeta]:
+    """Every :class:`TensorMeta` in a structure, depth first."""
+    if isinstance(structure, TensorMeta):
+        yield structure
+    elif isinstance(structure, (tuple, list)):
+        for item in structure:
+            yield from iter_tensor_meta(item)
+    elif isinstance(structure, dict):
+        for item in structure.values():
+            yield from iter_tensor_meta(item)
+
+
+def format_structure(structure: Structure) -> str:
+    """Compact text for shapes: ``[1, 64, 32, 32]``, ``([5, 3, 20], [2, 3, 20])``,
+    ``{out: [1, 21, 8, 8]}``; non-tensor values show as ``-``."""
+    if isinstance(structure, TensorMeta):
+        return "[" + ", ".join(str(d) for d in structure.shape) + "]"
+    if isinstance(structure, tuple):
+        inner = ", ".join(format_structure(s) for s in structure)
+        return f"({inner})"
+    if isinstance(structure, list):
+        return "[" + ", ".join(format_structure(s) for s in structure) + "]"
+    if isinstance(structure, dict):
+        return "{" + ", ".join(f"{k}: {format_structure(v)}" for k, v in structure.items()) + "}"
+    return "-"
+
+
+# --------------------------------------------------------------------------- inputs
+
+_Shape = Sequence[int]
+
+
+def _normalise_sizes(input_size: _Shape | Sequence[_Shape]) -> list[tuple[int, ...]]:
+    if not isinstance(input_size, Sequence) or isinstance(input_size, (str, bytes)):
+        raise TypeError(
+            f"input_size: expected a shape such as (1, 3, 224, 224) or a list of shapes, "
+            f"got {input_size!r}"
+        )
+    items = list(input_size)
+    if items and all(isinstance(d, int) for d in items):
+        shapes = [tuple(int(d) for d in items)]
+    else:
+        shapes = []
+        for item in items:
+            if not isinstance(item, Sequence) or not all(isinstance(d, int) for d in item):
+                raise TypeError(
+                    f"input_size: expected a shape or a list of shapes of ints, got {input_size!r}"
+                )
+            shapes.append(tuple(int(d) for d in item))
+    if not shapes:
+        raise ValueError("input_size: expected at least one shape, got an empty sequence")
+    for shape in shapes:
+        if any(d < 0 for d in shape):
+            raise ValueError(f"input_size: dimensions must be >= 0, got {shape}")
+    return shapes
+
+
+def _make_inputs(
+    shapes: list[tuple[int, ...]],
+    dtypes: Sequence[torch.dtype] | None,
+    device: torch.device,
+) -> list[torch.Tensor]:
+    if dtypes is None:
+        dtypes = [torch.float32] * len(shapes)
+    elif len(dtypes) == 1 and len(shapes) > 1:
+        dtypes = list(dtypes) * len(shapes)
+    if len(dtypes) != len(shapes):
+        raise ValueError(
+            f"dtypes: expected one dtype per input ({len(shapes)}), got {len(dtypes)}"
+        )
+    generator = None
+    if device.type != "meta":
+        # A private generator: a summary must not move the user's global RNG.
+        generator = torch.Generator(device=device).manual_seed(0)
+    tensors = []
+    for shape, dtype in zip(shapes, dtypes, strict=True):
+        if device.type == "meta":
+            tensors.append(torch.empty(shape, dtype=dtype, device=device))
+        elif dtype.is_floating_point or dtype.is_complex:
+            tensors.append(torch.randn(shape, dtype=dtype, device=device, generator=generator))
+        else:
+            # Integer inputs are usually indices (tokens, classes): zeros are always valid.
+            tensors.append(torch.zeros(shape, dtype=dtype, device=device))
+    return tensors
+
+
+def _tree_map(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(_tree_map(fn, o) for o in obj))
+    if isinstance(obj, tuple):
+        return tuple(_tree_map(fn, o) for o in obj)
+    if isinstance(obj, list):
+        return [_tree_map(fn, o) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _tree_map(fn, v) for k, v in obj.items()}
+    return obj
+
+
+def _tensors_in(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from _tensors_in(o)
+    elif isinstance(obj, Mapping):
+        for o in obj.values():
+            yield from _tensors_in(o)
+
+
+# --------------------------------------------------------------------------- running
+
+
+class _Frame:
+    __slots__ = (
+        "call",
+        "children",
+        "depth",
+        "flops",
+        "index",
+        "input",
+        "module",
+        "output",
+        "output_bytes",
+        "parent",
+        "uncounted",
+    )
+
+    def __init__(
+        self, module: nn.Module, index: int, parent: int | None, depth: int, call: int
+    ) -> None:
+        self.module = module
+        self.index = index
+        self.parent = parent
+        self.depth = depth
+        self.call = call
+        self.input: Structure = None
+        self.output: Structure = None
+        self.output_bytes = 0
+        self.flops = 0
+        self.uncounted: list[str] = []
+        self.children = 0
+
+
+class _Recorder:
+    """Hook callbacks and the op counter share this state."""
+
+    def __init__(self) -> None:
+        self.frames: list[_Frame] = []
+        self.stack: list[_Frame] = []
+        self.calls: dict[int, int] = {}
+
+    def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        parent = self.stack[-1] if self.stack else None
+        key = id(module)
+        call = self.calls.get(key, 0)
+        self.calls[key] = call + 1
+        frame = _Frame(
+            module,
+            len(self.frames),
+            parent.index if parent is not None else None,
+            parent.depth + 1 if parent is not None else 0,
+            call,
+        )
+        if parent is not None:
+            parent.children += 1
+        frame.input = _describe_call(args, kwargs)
+        self.frames.append(frame)
+        self.stack.append(frame)
+
+    def post_hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
+        # Pop to this module's frame: inner calls whose exception the model
+        # caught itself never reached their post-hook.
+        while self.stack:
+            frame = self.stack.pop()
+            if frame.module is module:
+                frame.output = _describe(output)
+                frame.output_bytes = _nbytes(output)
+                return
+
+    def add_op(self, packet: Any, flops: int | None) -> None:
+        if not self.stack:
+            return
+        frame = self.stack[-1]
+        if flops is None:
+            if is_heavy_uncounted(packet):
+                frame.uncounted.append(str(packet))
+        else:
+            frame.flops += flops
+
+
+class _OpCounter(TorchDispatchMode):
+    def __init__(self, recorder: _Recorder) -> None:
+        super().__init__()
+        self._recorder = recorder
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        self._recorder.add_op(packet, count_flops(packet, args, kwargs, out))
+        return out
+
+
+class _NoFusedPaths(TorchFunctionMode):
+    """An active torch-function mode makes ``nn.MultiheadAttention`` and
+    ``nn.TransformerEncoderLayer`` skip their fused inference kernels, so the
+    real-tensor pass runs (and counts) the same ops as training does."""
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _swapped_to_meta(model: nn.Module) -> Iterator[None]:
+    """Replace every parameter and buffer by a meta tensor of the same shape for
+    the block; put the originals back on every path."""
+    swapped: list[tuple[dict[str, Any], str, Any]] = []
+    replacements: dict[int, torch.Tensor] = {}
+    rnns: list[nn.RNNBase] = []
+    try:
+        for module in model.modules():
+            for store in (module._parameters, module._buffers):
+                for key, tensor in store.items():
+                    if tensor is None or tensor.device.type == "meta":
+                        continue
+                    meta = replacements.get(id(tensor))
+                    if meta is None:
+                        blank = torch.empty_like(tensor, device="meta")
+                        if isinstance(tensor, nn.Parameter):
+                            meta = nn.Parameter(blank, requires_grad=tensor.requires_grad)
+                        else:
+                            meta = blank
+                        replacements[id(tensor)] = meta
+                    swapped.append((store, key, tensor))
+                    store[key] = meta
+            if isinstance(module, nn.RNNBase):
+                rnns.append(module)
+                module._init_flat_weights()  # RNNs cache references to their weights
+        yield
+    finally:
+        for store, key, tensor in reversed(swapped):
+            store[key] = tensor
+        for rnn in rnns:
+            rnn._init_flat_weights()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _run(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    names: dict[int, list[str]],
+    *,
+    real: bool,
+) -> _Recorder:
+    recorder = _Recorder()
+    with HookSet() as hooks:
+        for module in model.modules():
+            hooks.add(module.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True))
+            hooks.add(module.register_forward_hook(recorder.post_hook, with_kwargs=True))
+        fused_off: contextlib.AbstractContextManager[Any] = (
+            _NoFusedPaths() if real else contextlib.nullcontext()
+        )
+        try:
+            with torch.no_grad(), fused_off, _OpCounter(recorder):
+                model(*args, **kwargs)
+        except Exception as exc:
+            raise _trace_error(exc, recorder, names) from exc
+    return recorder
+
+
+def _trace_error(exc: Exception, recorder: _Recorder, names: dict[int, list[str]]) -> TraceError:
+    def label(frame: _Frame) -> str:
+        name = names.get(id(frame.module), [""])[0]
+        return name or type(frame.module).__name__
+
+    if recorder.stack:
+        failing = recorder.stack[-1]
+        module_name = label(failing)
+        module_type = type(failing.module).__name__
+        inputs = format_structure(failing.input)
+        path = " > ".join(f"{label(f)} ({type(f.module).__name__})" for f in recorder.stack)
+    else:
+        module_name, module_type, inputs, path = "", "", "", ""
+    done = tuple(
+        f"{label(f)} -> {format_structure(f.output)}"
+        for f in recorder.frames
+        if f.children == 0 and f not in recorder.stack and f.output is not None
+    )
+    shown = done[-5:]
+    lines = [
+        f"the forward pass failed in '{module_name}' ({module_type}) with input {inputs}:",
+        f"  {type(exc).__name__}: {exc}",
+    ]
+    if path:
+        lines.append(f"  call stack: {path}")
+    if shown:
+        lines.append(f"  layers that ran before it (last {len(shown)} of {len(done)}):")
+        lines.extend(f"    {item}" for item in shown)
+    else:
+        lines.append("  no layer completed before it")
+    return TraceError(
+        "\n".join(lines),
+        module_name=module_name,
+        module_type=module_type,
+        input_shapes=inputs,
+        ran_before=done,
+    )
+
+
+# --------------------------------------------------------------------------- assembling
+
+
+def _kernel_size(module: nn.Module) -> tuple[int, ...] | None:
+    k = getattr(module, "kernel_size", None)
+    if isinstance(k, int):
+        # MaxPool2d(3) stores 3: expand it to the layer's dimensionality.
+        name = type(module).__name__
+        dims = int(name[-2]) if name[-2:] in ("1d", "2d", "3d") else 1
+        return (k,) * dims
+    if isinstance(k, tuple) and all(isinstance(d, int) for d in k):
+        return tuple(k)
+    return None
+
+
+def _assemble(
+    model: nn.Module,
+    recorder: _Recorder,
+    names: dict[int, list[str]],
+) -> tuple[list[LayerRecord], list[UncalledModule], int]:
+    frames = recorder.frames
+    n = len(frames)
+    seen_params: set[int] = set()
+    seen_buffers: set[int] = set()
+    first_index: dict[int, int] = {}
+    own_params = [0] * n
+    own_trainable = [0] * n
+    shared = [0] * n
+    buffers = [0] * n
+    for frame in frames:
+        module = frame.module
+        key = id(module)
+        if key in first_index:
+            for p in module._parameters.values():
+                if p is not None:
+                    shared[frame.index] += p.numel()
+            continue
+        first_index[key] = frame.index
+        for p in module._parameters.values():
+            if p is None:
+                continue
+            if id(p) in seen_params:
+                shared[frame.index] += p.numel()
+                continue
+            seen_params.add(id(p))
+            own_params[frame.index] += p.numel()
+            if p.requires_grad:
+                own_trainable[frame.index] += p.numel()
+        for b in module._buffers.values():
+            if b is not None and id(b) not in seen_buffers:
+                seen_buffers.add(id(b))
+                buffers[frame.index] += b.numel()
+
+    total_params = list(own_params)
+    total_trainable = list(own_trainable)
+    total_flops = [f.flops for f in frames]
+    for i in range(n - 1, -1, -1):
+        parent = frames[i].parent
+        if parent is not None:
+            total_params[parent] += total_params[i]
+            total_trainable[parent] += total_trainable[i]
+            total_flops[parent] += total_flops[i]
+
+    records = []
+    for frame in frames:
+        module = frame.module
+        module_names = names.get(id(module), [""])
+        first = first_index[id(module)]
+        records.append(
+            LayerRecord(
+                index=frame.index,
+                name=module_names[0],
+                aliases=tuple(module_names[1:]),
+                type_name=type(module).__name__,
+                depth=frame.depth,
+                parent=frame.parent,
+                call=frame.call,
+                input=frame.input,
+                output=frame.output,
+                params=own_params[frame.index],
+                trainable_params=own_trainable[frame.index],
+                shared_params=shared[frame.index],
+                buffers=buffers[frame.index],
+                total_params=total_params[frame.index],
+                total_trainable_params=total_trainable[frame.index],
+                kernel_size=_kernel_size(module),
+                mult_adds=frame.flops // 2,
+                total_mult_adds=total_flops[frame.index] // 2,
+                output_bytes=frame.output_bytes,
+                is_leaf=frame.children == 0,
+                repeat_of=None if first == frame.index else first,
+                uncounted_ops=tuple(sorted(set(frame.uncounted))),
+            )
+        )
+
+    uncalled = []
+    seen_modules: set[int] = set()
+    for module in model.modules():
+        if id(module) in first_index or id(module) in seen_modules:
+            continue
+        seen_modules.add(id(module))
+        count = trainable = 0
+        for p in module._parameters.values():
+            if p is not None and id(p) not in seen_params:
+                seen_params.add(id(p))
+                count += p.numel()
+                trainable += p.numel() if p.requires_grad else 0
+        uncalled.append(
+            UncalledModule(names.get(id(module), [""])[0], type(module).__name__, count, trainable)
+        )
+    return records, uncalled, sum(f.flops for f in frames) // 2
+
+
+def _module_names(model: nn.Module) -> dict[int, list[str]]:
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    return names
+
+
+def _check_inputs(model_device: torch.device, tensors: list[torch.Tensor]) -> None:
+    if model_device.type == "meta":
+        return
+    for i, t in enumerate(tensors):
+        if t.device.type != "meta" and t.device != model_device:
+            raise ValueError(
+                f"input tensor {i} (shape {list(t.shape)}) is on {t.device}, but the model's "
+                f"parameters are on {model_device}; move the input with .to({str(model_device)!r}) "
+                f"(netsight never moves your model)"
+            )
+
+
+def trace(
+    model: nn.Module,
+    input_size: _Shape | Sequence[_Shape] | None = None,
+    input_data: Any = None,
+    *,
+    dtypes: Sequence[torch.dtype] | None = None,
+    device: torch.device | str | None = None,
+    mode: str = "eval",
+    execution: str = "auto",
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> Trace:
+    """Run ``model`` once on an example input and record every module call.
+
+    Args:
+        model: the network; it is left exactly as it came (no hooks, same
+            training flags, same parameters, buffers, ``requires_grad`` and device).
+        input_size: one shape including the batch dimension, e.g. ``(1, 3, 224, 224)``,
+            or a list of shapes for a model with several inputs.
+        input_data: real input instead of ``input_size``: a tensor, a tuple/list of
+            positional inputs, or a dict passed as keyword arguments. To pass a dict
+            as one positional argument, wrap it in a list: ``[{"image": x}]``.
+        dtypes: dtypes for the tensors made from ``input_size`` (default float32).
+        device: where inputs from ``input_size`` are made for a real pass (default:
+            the model's device). The model is never moved.
+        mode: ``"eval"`` (default), ``"train"`` or ``"same"``: the mode the pass runs
+            in; every module's own flag is restored afterwards.
+        execution: ``"auto"`` (meta first, real forward if the model needs values),
+            ``"meta"`` or ``"real"``.
+        forward_kwargs: extra keyword arguments for ``model.forward``.
+
+    Returns:
+        A :class:`Trace`.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or the input is malformed.
+        TraceError: the forward failed; the message names the module that failed,
+            its input shapes and the layers that ran before it.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if mode not in ("eval", "train", "same"):
+        raise ValueError(f"mode: expected 'eval', 'train' or 'same', got {mode!r}")
+    if execution not in ("auto", "meta", "real"):
+        raise ValueError(f"execution: expected 'auto', 'meta' or 'real', got {execution!r}")
+    if (input_size is None) == (input_data is None):
+        raise TypeError("pass exactly one of input_size or input_data")
+
+    model_device = _model_device(model)
+    target_device = torch.device(device) if device is not None else model_device
+    if device is not None and model_device.type != "meta" and target_device != model_device:
+        raise ValueError(
+            f"device={str(target_device)!r}, but the model's parameters are on {model_device}; "
+            f"netsight never moves your model: call model.to({str(target_device)!r}) first"
+        )
+    extra_kwargs = dict(forward_kwargs or {})
+
+    shapes = _normalise_sizes(input_size) if input_size is not None else None
+    if input_data is not None:
+        _check_inputs(model_device, list(_tensors_in((input_data, extra_kwargs))))
+
+    def inputs_on(dev: torch.device | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if shapes is not None:
+            return tuple(_make_inputs(shapes, dtypes, dev or target_device)), dict(extra_kwargs)
+        data, kw = input_data, dict(extra_kwargs)
+        if dev is not None:
+            def to_meta(t: torch.Tensor) -> torch.Tensor:
+                return torch.empty_like(t, device=dev)
+
+            data = _tree_map(to_meta, data)
+            kw = _tree_map(to_meta, kw)
+        if isinstance(data, dict):
+            return (), {**data, **kw}
+        if isinstance(data, (tuple, list)):
+            return tuple(data), kw
+        return (data,), kw
+
+    names = _module_names(model)
+    on_meta_already = model_device.type == "meta"
+    meta = torch.device("meta")
+    fallback_reason: str | None = None
+    recorder: _Recorder | None = None
+
+    with preserve_state(model, mode):
+        if execution in ("auto", "meta") or on_meta_already:
+            try:
+                args, kwargs = inputs_on(meta)
+                with _swapped_to_meta(model):
+                    recorder = _run(model, args, kwargs, names, real=False)
+                ran = "meta"
+            except TraceError as exc:
+                if execution == "meta" or on_meta_already:
+                    raise
+                fallback_reason = str(exc).splitlines()[1].strip()
+        if recorder is None:
+            args, kwargs = inputs_on(None)
+            buffers = [(b, b.detach().clone()) for b in model.buffers()]
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    recorder = _run(model, args, kwargs, names, real=True)
+            finally:
+                with torch.no_grad():
+                    for b, saved in buffers:
+                        b.copy_(saved)
+            ran = "real"
+
+    records, uncalled, total_mult_adds = _assemble(model, recorder, names)
+    root = recorder.frames[0] if recorder.frames else None
+    unique_params = list(model.parameters())
+    unique_buffers = list(model.buffers())
+    uncounted = sorted({op for r in records for op in r.uncounted_ops})
+    aliases = {r.name: r.aliases for r in records if r.aliases and r.call == 0}
+    return Trace(
+        model_type=type(model).__name__,
+        records=tuple(records),
+        uncalled=tuple(uncalled),
+        input=root.input if root is not None else None,
+        output=root.output if root is not None else None,
+        total_params=sum(p.numel() for p in unique_params),
+        trainable_params=sum(p.numel() for p in unique_params if p.requires_grad),
+        total_buffers=sum(b.numel() for b in unique_buffers),
+        params_bytes=sum(p.numel() * p.element_size() for p in unique_params),
+        buffers_bytes=sum(b.numel() * b.element_size() for b in unique_buffers),
+        input_bytes=sum(
+            t.numel * _DTYPE_BYTES.get(t.dtype, 4)
+            for t in iter_tensor_meta(root.input if root is not None else None)
+        ),
+        total_mult_adds=total_mult_adds,
+        uncounted_ops=tuple(uncounted),
+        execution=ran,
+        fallback_reason=fallback_reason,
+        mode=mode,
+        aliases=aliases,
+    )
+
+
+_DTYPE_BYTES = {
+    str(dt).removeprefix("torch."): torch.empty((), dtype=dt).element_size()
+    for dt in (
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+        torch.complex64,
+        torch.complex128,
+    )
+}
