@@ -61,6 +61,16 @@ def _native_mha(*args: Any, **kwargs: Any) -> int:
     return 2 * (proj_in + scores + mixing + proj_out)
 
 
+def _mv(*args: Any, **kwargs: Any) -> int:
+    # aten.mv(matrix (n, m), vector (m,)) and aten.addmv(bias, matrix, vector)
+    matrix = args[0] if len(args) == 2 else args[1]
+    return 2 * matrix.numel()
+
+
+def _dot(*args: Any, **kwargs: Any) -> int:
+    return 2 * args[0].numel()
+
+
 def _extra_formulas() -> dict[Any, _Formula]:
     table: dict[Any, _Formula] = {}
     aten = torch.ops.aten
@@ -68,6 +78,10 @@ def _extra_formulas() -> dict[Any, _Formula]:
         ("mkldnn_rnn_layer", _mkldnn_rnn_layer),
         ("_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu),
         ("_native_multi_head_attention", _native_mha),
+        ("mv", _mv),
+        ("addmv", _mv),
+        ("dot", _dot),
+        ("vdot", _dot),
     ):
         packet = getattr(aten, name, None)
         if packet is not None and packet not in flop_registry:
@@ -80,7 +94,7 @@ _EXTRA = _extra_formulas()
 # Ops that do real arithmetic on large operands. When one of these has no
 # formula, the count would be wrong, so we say so.
 _HEAVY = re.compile(
-    r"(^|_)(mm|bmm|addmm|baddbmm|addbmm|matmul|conv|convolution|linear|einsum|"
+    r"(^|_)(mm|mv|addmv|dot|bmm|addmm|baddbmm|addbmm|matmul|conv|convolution|linear|einsum|"
     r"attention|rnn|lstm|gru|transformer|mkldnn)"
 )
 

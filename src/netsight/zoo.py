@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Vgg16Net"]
+__all__ = ["LlamaDecoder", "NestedChain", "Vgg16Net", "wide_model"]
 
 
 def _block(in_ch: int, out_ch: int, convs: int) -> nn.Sequential:
@@ -59,3 +59,124 @@ class Vgg16Net(nn.Module):
         x = x.view(-1, 512)
         x = self.fc(x)
         return x
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (LLaMA)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return x * scale * self.weight
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (
+            p(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        # Rotary position embedding, computed on the input's device (meta works).
+        inv = 1.0 / (10000 ** (torch.arange(0, self.head_dim, 2, device=x.device) / self.head_dim))
+        angles = torch.outer(torch.arange(t, device=x.device, dtype=inv.dtype), inv)
+        angles = torch.cat((angles, angles), dim=-1)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        out = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(dim)
+        self.self_attn = LlamaAttention(dim, heads)
+        self.post_attention_layernorm = RMSNorm(dim)
+        self.mlp = LlamaMLP(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaDecoder(nn.Module):
+    """A LLaMA-shaped decoder-only transformer (defaults: the 7B shape).
+
+    Build it on the meta device to summarise it without allocating weights::
+
+        with torch.device("meta"):
+            model = LlamaDecoder()
+    """
+
+    def __init__(
+        self,
+        vocab: int = 32000,
+        dim: int = 4096,
+        layers: int = 32,
+        heads: int = 32,
+        hidden: int = 11008,
+    ) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, dim)
+        self.layers = nn.ModuleList(LlamaBlock(dim, heads, hidden) for _ in range(layers))
+        self.norm = RMSNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(tokens)
+        for layer in self.layers:
+            x = layer(x)
+        return self.lm_head(self.norm(x))
+
+
+class NestedChain(nn.Module):
+    """``depth`` modules, each wrapping the next, around one Linear: a stress test
+    for tools whose cost grows with nesting."""
+
+    def __init__(self, depth: int, features: int = 8) -> None:
+        super().__init__()
+        self.inner: nn.Module = (
+            NestedChain(depth - 1, features) if depth > 1 else nn.Linear(features, features)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def wide_model(leaves: int, features: int = 8) -> nn.Sequential:
+    """A flat stack of ``leaves`` small modules (Linear and ReLU alternating)."""
+    layers: list[nn.Module] = []
+    for i in range(leaves):
+        layers.append(nn.Linear(features, features) if i % 2 == 0 else nn.ReLU())
+    return nn.Sequential(*layers)

@@ -1,0 +1,57 @@
+"""Test helpers: prove a model leaves a netsight call exactly as it came in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import netsight
+
+
+@dataclass
+class ModelState:
+    training: dict[str, bool]
+    requires_grad: dict[str, bool]
+    tensors: dict[str, torch.Tensor]
+    grads: dict[str, torch.Tensor | None]
+    devices: dict[str, torch.device]
+    hooks: int
+    rng: torch.Tensor
+
+
+def snapshot(model: nn.Module) -> ModelState:
+    return ModelState(
+        training={n: m.training for n, m in model.named_modules(remove_duplicate=False)},
+        requires_grad={n: p.requires_grad for n, p in model.named_parameters()},
+        tensors={
+            n: t.detach().clone()
+            for n, t in model.state_dict(keep_vars=True).items()
+            if t.device.type != "meta"
+        },
+        grads={
+            n: (p.grad.detach().clone() if p.grad is not None else None)
+            for n, p in model.named_parameters()
+        },
+        devices={n: t.device for n, t in model.state_dict(keep_vars=True).items()},
+        hooks=netsight.count_hooks(model),
+        rng=torch.get_rng_state(),
+    )
+
+
+def assert_unchanged(model: nn.Module, before: ModelState) -> None:
+    after = snapshot(model)
+    assert after.training == before.training, "training flags changed"
+    assert after.requires_grad == before.requires_grad, "requires_grad changed"
+    assert after.devices == before.devices, "a tensor moved device"
+    assert after.hooks == before.hooks == 0, f"{after.hooks} hooks left on the model"
+    assert after.tensors.keys() == before.tensors.keys()
+    for name, tensor in before.tensors.items():
+        assert torch.equal(after.tensors[name], tensor), f"{name} changed"
+    for name, grad in before.grads.items():
+        new = after.grads[name]
+        assert (grad is None) == (new is None), f"{name}.grad appeared or vanished"
+        if grad is not None and new is not None:
+            assert torch.equal(grad, new), f"{name}.grad changed"
+    assert torch.equal(after.rng, before.rng), "the global RNG state moved"
