@@ -76,7 +76,7 @@ def _parse_int(cell: str) -> int:
 )
 def test_rendered_columns_sum_to_the_totals(model: nn.Module, size: tuple[int, ...], depth: int):
     s = netsight.summary(model, input_size=size, depth=depth, columns=["num_params", "mult_adds"])
-    header, cells, _ = s.table()
+    _, cells, _ = s.table()
     params = sum(_parse_int(row[1]) for row in cells)
     mult_adds = sum(_parse_int(row[2]) for row in cells)
     uncalled = sum(u.params for u in s.uncalled)

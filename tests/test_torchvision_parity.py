@@ -52,7 +52,7 @@ def test_list_is_complete() -> None:
     "name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in MODELS]
 )
 def test_params_and_mult_adds_match_torchvision(name: str) -> None:
-    weights = list(get_model_weights(name))[0]
+    weights = next(iter(get_model_weights(name)))
     meta = weights.meta
     crop = weights.transforms().crop_size[0]
     model = _build(name, crop).eval()

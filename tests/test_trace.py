@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 import torchvision
-from helpers import assert_unchanged, snapshot
 from torch import nn
 
 import netsight
+from helpers import assert_unchanged, snapshot
 from netsight.trace import TensorMeta, format_structure
 from netsight.zoo import LlamaDecoder, NestedChain, Vgg16Net
 

@@ -282,7 +282,9 @@ class Summary:
         """Header, cells and depth of every row: what every table renderer draws."""
         header = ["Layer (type)", *(_HEADERS[c] for c in self.columns)]
         rows = self.rows()
-        cells = [[self._name_cell(row), *(self._cell(row, c) for c in self.columns)] for row in rows]
+        cells = [
+            [self._name_cell(row), *(self._cell(row, c) for c in self.columns)] for row in rows
+        ]
         return header, cells, [row.record.depth for row in rows]
 
     def footer(self) -> list[tuple[str, str]]:

@@ -252,7 +252,7 @@ def _normalise_sizes(input_size: _Shape | Sequence[_Shape]) -> list[tuple[int, .
             f"input_size: expected a shape such as (1, 3, 224, 224) or a list of shapes, "
             f"got {input_size!r}"
         )
-    items = list(input_size)
+    items: list[Any] = list(input_size)
     if items and all(isinstance(d, int) for d in items):
         shapes = [tuple(int(d) for d in items)]
     else:

@@ -103,7 +103,8 @@ class LlamaAttention(nn.Module):
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         out = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
+        result: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(b, t, d))
+        return result
 
 
 class LlamaMLP(nn.Module):
@@ -114,7 +115,10 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        result: torch.Tensor = self.down_proj(
+            nn.functional.silu(self.gate_proj(x)) * self.up_proj(x)
+        )
+        return result
 
 
 class LlamaBlock(nn.Module):
@@ -127,7 +131,8 @@ class LlamaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x))
-        return x + self.mlp(self.post_attention_layernorm(x))
+        result: torch.Tensor = x + self.mlp(self.post_attention_layernorm(x))
+        return result
 
 
 class LlamaDecoder(nn.Module):
@@ -157,7 +162,8 @@ class LlamaDecoder(nn.Module):
         x = self.embed_tokens(tokens)
         for layer in self.layers:
             x = layer(x)
-        return self.lm_head(self.norm(x))
+        result: torch.Tensor = self.lm_head(self.norm(x))
+        return result
 
 
 class NestedChain(nn.Module):
@@ -171,7 +177,8 @@ class NestedChain(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
+        result: torch.Tensor = self.inner(x)
+        return result
 
 
 def wide_model(leaves: int, features: int = 8) -> nn.Sequential:
