@@ -1,6 +1,7 @@
 """Every torchvision classification model against the numbers torchvision
 publishes in its weights metadata: ``num_params`` (exact) and ``_ops``
-(G mult-adds at the weights' crop size, within 2 %). No weights are downloaded:
+(G mult-adds at the weights' crop size, within 0.5 % or the 3-decimal rounding
+of the published figure). No weights are downloaded:
 the metadata ships with torchvision, and the models are built on the meta device
 (or with random weights where their constructor needs real tensors)."""
 

@@ -17,14 +17,15 @@ silently counted as zero.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import flop_registry, sdpa_flop_count
+from torch.utils.flop_counter import flop_registry, sdpa_flop_count, shape_wrapper
 
-__all__ = ["count_flops", "is_heavy_uncounted"]
+__all__ = ["count_flops", "formula_for", "is_heavy_uncounted"]
 
 _Formula = Callable[..., int]
 
@@ -99,17 +100,84 @@ _HEAVY = re.compile(
 )
 
 
-def count_flops(packet: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int | None:
-    """FLOPs of one ATen call, or ``None`` when no formula is known."""
+def _shapes(obj: Any) -> Any:
+    """``tree_map(get_shape, obj)`` for the containers ATen arguments use (tensors,
+    tuples, lists, scalars); raises ``TypeError`` on anything else."""
+    if isinstance(obj, torch.Tensor):
+        return obj.shape
+    tp = type(obj)
+    if tp is torch.Size:  # a pytree leaf
+        return obj
+    if tp is tuple or tp is list:
+        return tp(_shapes(o) for o in obj)
+    if isinstance(obj, (dict, tuple, list)):  # dicts, namedtuples, subclasses
+        raise TypeError(tp.__name__)
+    return obj
+
+
+def _fast(raw: _Formula, wrapped: _Formula) -> _Formula:
+    """A registry formula without ``tree_map``: tensors are replaced by their
+    shapes here, exactly as ``shape_wrapper`` does, or the original wrapper is
+    called when an argument is a container we do not walk."""
+
+    def formula(*args: Any, out_val: Any = None, **kwargs: Any) -> int:
+        try:
+            shaped_args = _shapes(args)
+            out_shape = _shapes(out_val)
+            shaped_kwargs = {k: _shapes(v) for k, v in kwargs.items()}
+        except TypeError:
+            return int(wrapped(*args, out_val=out_val, **kwargs))
+        return int(raw(*shaped_args, out_shape=out_shape, **shaped_kwargs))
+
+    return formula
+
+
+def _shape_wrapper_code() -> Any:
+    return shape_wrapper(lambda: 0).__code__
+
+
+_NF_CODE = _shape_wrapper_code()
+
+
+def _resolve(packet: Any) -> _Formula | None:
     formula = flop_registry.get(packet)
     if formula is not None:
-        return int(formula(*args, **kwargs, out_val=out))
+        raw = getattr(formula, "__wrapped__", None)
+        if raw is not None and getattr(formula, "__code__", None) is _NF_CODE:
+            return _fast(raw, formula)
+        return lambda *args, out_val=None, **kwargs: int(formula(*args, **kwargs, out_val=out_val))
     extra = _EXTRA.get(packet)
     if extra is not None:
-        return int(extra(*args, **kwargs))
+        return lambda *args, out_val=None, **kwargs: int(extra(*args, **kwargs))
     return None
 
 
+# One resolved formula (or None) per op packet; the registry is read once per
+# packet, so a formula registered later than the first call is not seen.
+_RESOLVED: dict[Any, _Formula | None] = {}
+
+
+def formula_for(packet: Any) -> _Formula | None:
+    """The mult-add formula of an op packet, called as ``f(*args, out_val=out, **kwargs)``
+    and returning FLOPs, or ``None`` when no formula is known."""
+    try:
+        return _RESOLVED[packet]
+    except KeyError:
+        pass
+    resolved = _resolve(packet)
+    _RESOLVED[packet] = resolved
+    return resolved
+
+
+def count_flops(packet: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int | None:
+    """FLOPs of one ATen call, or ``None`` when no formula is known."""
+    formula = formula_for(packet)
+    if formula is None:
+        return None
+    return int(formula(*args, out_val=out, **kwargs))
+
+
+@functools.lru_cache(maxsize=None)
 def is_heavy_uncounted(packet: Any) -> bool:
     """Whether an op without a formula is one whose cost matters."""
     name = str(packet).removeprefix("aten.")

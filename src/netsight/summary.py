@@ -317,7 +317,8 @@ class Summary:
         repeats = sorted({r.name for r in self.trace.records if r.repeat_of is not None})
         if repeats:
             notes.append(
-                "called more than once (weights shared, counted once): " + ", ".join(repeats)
+                "called more than once (each call shown; parameters counted once): "
+                + ", ".join(repeats)
             )
         if self.trace.uncalled:
             with_params = [u for u in self.trace.uncalled if u.params]
@@ -337,8 +338,9 @@ class Summary:
         if self.trace.execution == "meta":
             notes.append("shapes propagated on the meta device (no arithmetic, no memory)")
         else:
-            reason = f": {self.trace.fallback_reason}" if self.trace.fallback_reason else ""
-            notes.append(f"ran a real forward pass under torch.no_grad(){reason}")
+            reason = self.trace.fallback_reason
+            why = f" because the meta-device pass failed ({reason})" if reason else ""
+            notes.append(f"ran a real forward pass under torch.no_grad(){why}")
         return notes
 
     # ------------------------------------------------------------------ renderers

@@ -32,7 +32,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from netsight._flops import count_flops, is_heavy_uncounted
+from netsight._flops import formula_for, is_heavy_uncounted
 from netsight.hooks import HookSet, preserve_state
 
 __all__ = [
@@ -368,30 +368,28 @@ class _Recorder:
         self.calls: dict[int, int] = {}
 
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        parent = self.stack[-1] if self.stack else None
+        stack = self.stack
         key = id(module)
         call = self.calls.get(key, 0)
         self.calls[key] = call + 1
-        frame = _Frame(
-            module,
-            len(self.frames),
-            parent.index if parent is not None else None,
-            parent.depth + 1 if parent is not None else 0,
-            call,
-        )
-        if parent is not None:
+        if stack:
+            parent = stack[-1]
             parent.children += 1
+            frame = _Frame(module, len(self.frames), parent.index, parent.depth + 1, call)
+        else:
+            frame = _Frame(module, len(self.frames), None, 0, call)
         frame.input = _describe_call(args, kwargs)
         self.frames.append(frame)
-        self.stack.append(frame)
+        stack.append(frame)
 
     def post_hook(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
         # Pop to this module's frame: inner calls whose exception the model
         # caught itself never reached their post-hook.
-        while self.stack:
-            frame = self.stack.pop()
+        stack = self.stack
+        while stack:
+            frame = stack.pop()
             if frame.module is module:
                 frame.output = _describe(output)
                 frame.output_bytes = _nbytes(output)
@@ -408,10 +406,197 @@ class _Recorder:
             frame.flops += flops
 
 
+# ----------------------------------------------------------------- meta-op cache
+#
+# Many meta kernels are Python reference implementations (torch._refs) costing
+# 0.2-2 ms a call, while a forward pass repeats the same op on the same shapes
+# many times (every block of a stage, every layer of a transformer). On meta
+# there are no values: an op's outputs are a function of its inputs' metadata
+# and its non-tensor arguments. So the first call of each (op, metadata,
+# arguments) runs the real meta kernel and records what came out; later calls
+# build the same outputs with ``empty_strided`` in microseconds.
+#
+# What is recorded per output: a fresh meta tensor's shape, strides, storage
+# offset, dtype and storage size; or "this is input argument i itself" (in-place
+# and out= ops return their argument); or an immutable Python value. A call is
+# never cached when it could not be replayed exactly: an argument that is not a
+# plain strided meta tensor (real tensors' values matter; subclasses, conj/neg
+# views, sparse layouts), an argument type the key does not know, ops that
+# change metadata in place (``inplace_view``: transpose_, resize_, set_, ...,
+# and any call whose arguments' metadata differ after it ran), outputs that are
+# not plain strided meta tensors. Views come back as fresh tensors with the
+# view's exact geometry and storage size: on meta there is no data to share.
+
+_META = torch.device("meta")
+_STRIDED = torch.strided
+_ATOMS = frozenset(
+    {
+        int,
+        float,
+        bool,
+        complex,
+        str,
+        type(None),
+        torch.dtype,
+        torch.device,
+        torch.layout,
+        torch.memory_format,
+    }
+)
+
+
+class _Uncacheable(Exception):
+    pass
+
+
+def _arg_key(a: Any) -> Any:
+    tp = type(a)
+    if tp is torch.Tensor or tp is nn.Parameter:
+        if not a.is_meta or a.layout is not _STRIDED or a.is_conj() or a.is_neg():
+            raise _Uncacheable
+        return (a.shape, a.stride(), a.storage_offset(), a.dtype)
+    if tp in _ATOMS:
+        # The type is part of the key: add(x, 1) and add(x, 1.0) differ in dtype.
+        return (tp, a)
+    if tp is list or tp is tuple:
+        return (tp, *[_arg_key(x) for x in a])
+    raise _Uncacheable
+
+
+def _call_key(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # The default dtype decides the result of int/int division and dtype=None factories.
+    return (
+        func,
+        torch.get_default_dtype(),
+        tuple([_arg_key(a) for a in args]),
+        tuple([(k, _arg_key(v)) for k, v in kwargs.items()]),
+    )
+
+
+_OutSpec: TypeAlias = tuple[Any, ...]
+
+
+def _out_spec(
+    out: Any, args: tuple[Any, ...], kwargs: dict[str, Any], seen: set[int]
+) -> _OutSpec:
+    """How to rebuild ``out`` on a later identical call (raises _Uncacheable)."""
+    if isinstance(out, torch.Tensor):
+        for i, a in enumerate(args):
+            if out is a:
+                return ("arg", i)
+        for k, v in kwargs.items():
+            if out is v:
+                return ("kwarg", k)
+        if _inside_sequences(out, args) or _inside_sequences(out, tuple(kwargs.values())):
+            raise _Uncacheable  # one of the tensors inside a list argument
+        if (
+            type(out) is not torch.Tensor
+            or not out.is_meta
+            or out.layout is not _STRIDED
+            or out.is_conj()
+            or out.is_neg()
+            or out.requires_grad
+            or id(out) in seen
+        ):
+            raise _Uncacheable
+        seen.add(id(out))
+        shape, stride, offset = tuple(out.shape), out.stride(), out.storage_offset()
+        dtype, nbytes = out.dtype, out.untyped_storage().nbytes()
+        probe = torch.empty_strided(shape, stride, dtype=dtype, device=_META)
+        if offset == 0 and probe.untyped_storage().nbytes() == nbytes:
+            return ("strided", shape, stride, dtype)
+        itemsize = out.element_size()
+        if nbytes % itemsize:
+            raise _Uncacheable
+        spec = ("view", shape, stride, offset, dtype, nbytes // itemsize)
+        rebuilt = _build(spec, args, kwargs)
+        if (
+            rebuilt.stride() != stride
+            or rebuilt.storage_offset() != offset
+            or rebuilt.untyped_storage().nbytes() != nbytes
+        ):
+            raise _Uncacheable
+        return spec
+    tp = type(out)
+    if tp is tuple or tp is list:
+        return ("seq", tp, tuple(_out_spec(o, args, kwargs, seen) for o in out))
+    if tp in _ATOMS:
+        return ("value", out)
+    raise _Uncacheable
+
+
+def _inside_sequences(out: torch.Tensor, items: Sequence[Any]) -> bool:
+    for item in items:
+        tp = type(item)
+        if (tp is list or tp is tuple) and any(
+            o is out or _inside_sequences(out, (o,)) for o in item
+        ):
+            return True
+    return False
+
+
+def _build(spec: _OutSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    kind = spec[0]
+    if kind == "strided":
+        return torch.empty_strided(spec[1], spec[2], dtype=spec[3], device=_META)
+    if kind == "view":
+        base = torch.empty((spec[5],), dtype=spec[4], device=_META)
+        return base.as_strided(spec[1], spec[2], spec[3])
+    if kind == "arg":
+        return args[spec[1]]
+    if kind == "kwarg":
+        return kwargs[spec[1]]
+    if kind == "seq":
+        return spec[1](_build(s, args, kwargs) for s in spec[2])
+    return spec[1]
+
+
+class _Cached:
+    __slots__ = ("flops", "heavy", "spec")
+
+    def __init__(self, spec: _OutSpec, flops: int | None, heavy: str | None) -> None:
+        self.spec = spec
+        self.flops = flops
+        self.heavy = heavy
+
+
+_NEVER_CACHED: dict[Any, bool] = {}
+
+
+def _never_cached(func: Any) -> bool:
+    never = _NEVER_CACHED.get(func)
+    if never is None:
+        tags = getattr(func, "tags", ())
+        never = torch.Tag.inplace_view in tags or not isinstance(func, torch._ops.OpOverload)
+        _NEVER_CACHED[func] = never
+    return never
+
+
 class _OpCounter(TorchDispatchMode):
-    def __init__(self, recorder: _Recorder) -> None:
+    """Counts every ATen op into the innermost running module's frame; on the
+    meta device it also replays repeated ops from a per-trace cache."""
+
+    def __init__(self, recorder: _Recorder, *, cache: bool = False) -> None:
         super().__init__()
         self._recorder = recorder
+        self._cache: dict[Any, _Cached | None] | None = {} if cache else None
+        self.hits = 0
+        self.misses = 0
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # Skip the per-call torch._disable_dynamo wrapper (about 3 us per op):
+        # nothing here is compiled.
+        return False
+
+    def _count(self, flops: int | None, heavy: str | None) -> None:
+        stack = self._recorder.stack
+        if stack:
+            frame = stack[-1]
+            if flops is not None:
+                frame.flops += flops
+            elif heavy is not None:
+                frame.uncounted.append(heavy)
 
     def __torch_dispatch__(
         self,
@@ -421,10 +606,49 @@ class _OpCounter(TorchDispatchMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        cache = self._cache
+        key = None
+        if cache is not None and not _never_cached(func):
+            try:
+                key = _call_key(func, args, kwargs)
+            except _Uncacheable:
+                key = None
+            if key is not None:
+                entry = cache.get(key)
+                if entry is not None:
+                    self.hits += 1
+                    self._count(entry.flops, entry.heavy)
+                    return _build(entry.spec, args, kwargs)
         out = func(*args, **kwargs)
         packet = func._overloadpacket
-        self._recorder.add_op(packet, count_flops(packet, args, kwargs, out))
+        formula = formula_for(packet)
+        flops = None if formula is None else int(formula(*args, out_val=out, **kwargs))
+        heavy = None
+        if flops is None and is_heavy_uncounted(packet):
+            heavy = str(packet)
+        self._count(flops, heavy)
+        if key is not None and cache is not None and key not in cache:
+            self.misses += 1
+            cache[key] = self._entry(func, key, args, kwargs, out, flops, heavy)
         return out
+
+    @staticmethod
+    def _entry(
+        func: Any,
+        key: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        out: Any,
+        flops: int | None,
+        heavy: str | None,
+    ) -> _Cached | None:
+        try:
+            # An op that changed its arguments' metadata cannot be replayed.
+            if _call_key(func, args, kwargs) != key:
+                return None
+            return _Cached(_out_spec(out, args, kwargs, set()), flops, heavy)
+        except _Uncacheable:
+            return None
 
 
 class _NoFusedPaths(TorchFunctionMode):
@@ -442,6 +666,13 @@ class _NoFusedPaths(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+#: The modules whose forward takes a fused fast path unless a torch-function
+#: mode is active (torch/nn/modules/activation.py and transformer.py). The mode
+#: costs every torch call a Python round trip, so it is only entered for models
+#: that contain one of these.
+_FUSED_PATH_MODULES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
+
+
 @contextlib.contextmanager
 def _swapped_to_meta(model: nn.Module) -> Iterator[None]:
     """Replace every parameter and buffer by a meta tensor of the same shape for
@@ -453,11 +684,11 @@ def _swapped_to_meta(model: nn.Module) -> Iterator[None]:
         for module in model.modules():
             for store in (module._parameters, module._buffers):
                 for key, tensor in store.items():
-                    if tensor is None or tensor.device.type == "meta":
+                    if tensor is None or tensor.is_meta:
                         continue
                     meta = replacements.get(id(tensor))
                     if meta is None:
-                        blank = torch.empty_like(tensor, device="meta")
+                        blank = torch.empty_like(tensor, device=_META)
                         if isinstance(tensor, nn.Parameter):
                             meta = nn.Parameter(blank, requires_grad=tensor.requires_grad)
                         else:
@@ -493,15 +724,20 @@ def _run(
     real: bool,
 ) -> _Recorder:
     recorder = _Recorder()
+    pre_hook, post_hook = recorder.pre_hook, recorder.post_hook
+    fused_paths = False
     with HookSet() as hooks:
+        add = hooks.add
         for module in model.modules():
-            hooks.add(module.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True))
-            hooks.add(module.register_forward_hook(recorder.post_hook, with_kwargs=True))
+            add(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            add(module.register_forward_hook(post_hook, with_kwargs=True))
+            if real and isinstance(module, _FUSED_PATH_MODULES):
+                fused_paths = True
         fused_off: contextlib.AbstractContextManager[Any] = (
-            _NoFusedPaths() if real else contextlib.nullcontext()
+            _NoFusedPaths() if fused_paths else contextlib.nullcontext()
         )
         try:
-            with torch.no_grad(), fused_off, _OpCounter(recorder):
+            with torch.no_grad(), fused_off, _OpCounter(recorder, cache=not real):
                 model(*args, **kwargs)
         except Exception as exc:
             raise _trace_error(exc, recorder, names) from exc

@@ -1,0 +1,355 @@
+"""The ``netsight`` command line.
+
+Every subcommand is a :class:`Command`: a function that adds its arguments to an
+``argparse`` parser and a function that runs it. They are registered in one place,
+:data:`COMMANDS`; adding a subcommand means writing those two functions and adding
+one line there.
+
+Errors the user can fix (a bad model spec, a checkpoint that does not fit, a
+forward pass that fails, a bad column name, ...) are printed as
+``netsight: error: <message>`` on stderr with exit code 2 and no traceback
+(``netsight --traceback ...`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+
+from netsight._io import atomic_write_text
+from netsight._version import __version__
+from netsight.models import default_input_size, load_model, load_weights
+from netsight.summary import Column, Summary, summary
+from netsight.trace import TraceError
+
+__all__ = ["COMMANDS", "Command", "UsageError", "main"]
+
+#: Exit code for errors the user can fix (argparse uses the same for bad arguments).
+EXIT_USAGE = 2
+
+#: Exceptions reported as ``netsight: error: ...`` instead of a traceback.
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    OSError,
+    ImportError,
+    TraceError,
+)
+
+
+class UsageError(ValueError):
+    """The command line asks for something that cannot be done as given."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors read ``netsight: error: ...`` like all others."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"netsight: error: {message}\n")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand.
+
+    Attributes:
+        name: what the user types (``netsight NAME ...``).
+        help: one line for ``netsight --help``.
+        configure: adds the subcommand's arguments to its parser.
+        run: does the work; returns the exit code. Raise an exception from
+            the user-error family (``ValueError``, ``OSError``, ``TraceError``, ...)
+            to report a problem.
+        description: longer text for ``netsight NAME --help`` (default: ``help``).
+    """
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str = ""
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """``1,3,224,224``, ``1x3x224x224`` (brackets and spaces allowed) -> a shape."""
+    cleaned = text.strip().strip("()[]").strip()
+    parts = [p.strip() for p in re.split(r"[,xX×]", cleaned)] if cleaned else []
+    if not parts or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected a shape such as 1,3,224,224 or 1x3x224x224, got {text!r}"
+        )
+    shape = tuple(int(p) for p in parts)
+    if any(d == 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"expected dimensions >= 1, got {text!r}")
+    return shape
+
+
+def _dtypes(text: str) -> list[torch.dtype]:
+    """``float32`` or ``long,float32`` -> dtypes."""
+    result = []
+    for name in (p.strip() for p in text.split(",")):
+        value = getattr(torch, name.removeprefix("torch."), None) if name.isidentifier() else None
+        if not isinstance(value, torch.dtype):
+            common = "float32, float16, bfloat16, float64, long (int64), int32, bool"
+            raise argparse.ArgumentTypeError(
+                f"unknown dtype {name!r}; expected a torch dtype name such as {common}"
+            )
+        result.append(value)
+    return result
+
+
+def _columns(text: str) -> list[Column]:
+    """``output_size,num_params`` -> columns."""
+    result = []
+    for name in (p.strip() for p in text.split(",")):
+        try:
+            result.append(Column(name))
+        except ValueError:
+            choices = ", ".join(c.value for c in Column)
+            raise argparse.ArgumentTypeError(
+                f"unknown column {name!r}; expected names from: {choices}"
+            ) from None
+    return result
+
+
+def _depth(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _emit(text: str, out: str | None) -> None:
+    """Print ``text`` to stdout, or write it to ``out`` whole or not at all."""
+    if not text.endswith("\n"):
+        text += "\n"
+    if out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    path = atomic_write_text(out, text)
+    print(f"netsight: wrote {path}", file=sys.stderr)
+
+
+def _check_out(out: str | None) -> None:
+    """Fail before the work, not after it, when ``--out`` cannot be written."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise UsageError(f"--out {out}: is a directory; expected a file path")
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {out}: directory {path.parent} does not exist")
+
+
+# --------------------------------------------------------------------------- summary
+
+_RENDERERS: dict[str, Callable[[Summary], str]] = {
+    "text": Summary.to_text,
+    "markdown": Summary.to_markdown,
+    "json": Summary.to_json,
+    "html": lambda s: s.to_html(full_page=True),
+}
+
+
+def _configure_summary(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="torchvision:NAME, timm:NAME, zoo:NAME, path/to/file.py:NAME or package.module:NAME",
+    )
+    p.add_argument(
+        "--input",
+        action="append",
+        type=_shape,
+        metavar="SHAPE",
+        help="input shape with the batch dimension, e.g. 1,3,224,224 or 1x3x224x224; repeat "
+        "for several inputs (default: the model's usual size, when netsight knows it)",
+    )
+    p.add_argument(
+        "--dtype",
+        type=_dtypes,
+        metavar="DTYPE[,DTYPE...]",
+        help="dtype of the inputs, one for all or one per --input, e.g. long (default: float32)",
+    )
+    p.add_argument("--depth", type=_depth, default=3, metavar="N", help="table depth (default: 3)")
+    p.add_argument(
+        "--columns",
+        type=_columns,
+        metavar="COL[,COL...]",
+        help="columns to show, from: " + ", ".join(c.value for c in Column),
+    )
+    p.add_argument(
+        "--format", choices=tuple(_RENDERERS), default="text", help="output format (default: text)"
+    )
+    p.add_argument("--weights", metavar="FILE", help="load this checkpoint into the model first")
+    p.add_argument(
+        "--trust-weights",
+        action="store_true",
+        help="allow --weights to unpickle arbitrary Python objects (can run code: only for "
+        "files you trust)",
+    )
+    p.add_argument(
+        "--meta",
+        action="store_true",
+        help="build the model on the meta device: any size, no memory for weights "
+        "(e.g. zoo:LlamaDecoder, a 7B-parameter shape)",
+    )
+    p.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+
+
+def _run_summary(args: argparse.Namespace) -> int:
+    if args.trust_weights and not args.weights:
+        raise UsageError("--trust-weights only applies together with --weights FILE")
+    _check_out(args.out)
+    model = load_model(args.model, device="meta" if args.meta else None)
+    sizes: list[tuple[int, ...]] | None = args.input
+    if not sizes:
+        default = default_input_size(args.model)
+        if default is None:
+            raise UsageError(
+                f"netsight does not know the input size of {args.model!r}; pass --input, "
+                f"e.g. --input 1,3,224,224 (repeat --input for a model with several inputs)"
+            )
+        sizes = [default]
+    dtypes: list[torch.dtype] | None = args.dtype
+    if dtypes is not None and len(dtypes) not in (1, len(sizes)):
+        raise UsageError(
+            f"--dtype: expected one dtype for all inputs or one per --input ({len(sizes)}), "
+            f"got {len(dtypes)}"
+        )
+    if args.weights:
+        load_weights(model, args.weights, trust=args.trust_weights)
+    s = summary(model, input_size=sizes, depth=args.depth, columns=args.columns, dtypes=dtypes)
+    _emit(_RENDERERS[args.format](s), args.out)
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="out", metavar="DIR", help="where the files go (default: out)")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from netsight.demo import run_demo
+
+    run_demo(args.out)
+    return 0
+
+
+# --------------------------------------------------------------------------- registry
+
+#: Every subcommand, in the order ``netsight --help`` lists them.
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "summary",
+        "layer-by-layer summary of a model",
+        _configure_summary,
+        _run_summary,
+        description="Print a layer-by-layer summary: shapes, parameters, mult-adds, memory.",
+    ),
+    Command(
+        "demo",
+        "summaries of VGG-16 and ResNet-18, printed and saved as HTML and JSON",
+        _configure_demo,
+        _run_demo,
+    ),
+)
+
+
+def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per command.
+
+    Args:
+        commands: the subcommands to register.
+
+    Returns:
+        The parser; ``parse_args`` sets ``command`` and ``run`` on the namespace.
+    """
+    parser = _Parser(
+        prog="netsight",
+        description="See inside a PyTorch network.",
+    )
+    parser.add_argument("--version", action="version", version=f"netsight {__version__}")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="show the full traceback on errors (for bug reports)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for command in commands:
+        p = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description or command.help,
+        )
+        command.configure(p)
+        p.set_defaults(run=command.run)
+    return parser
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``netsight`` command line.
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0 on success, 2 for a usage or user error (printed as
+        ``netsight: error: ...`` on stderr), 130 when interrupted.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, bad arguments
+        return _exit_code(exc.code)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        code: int = args.run(args)
+    except KeyboardInterrupt:
+        print("netsight: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`netsight summary ... | head`): not an error.
+        # Point stdout at devnull so the interpreter's final flush does not fail again.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except _USER_ERRORS as exc:
+        if args.traceback:
+            raise
+        print(f"netsight: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,179 @@
+"""Activation and gradient capture: the traps of in-place ops, repeated calls and
+exceptions, checked against plain autograd on an in-place-free copy."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import netsight
+from helpers import assert_unchanged, snapshot
+from netsight.capture import CaptureBudgetError, list_layers, resolve_layers
+from netsight.zoo import Vgg16Net
+
+
+def _without_inplace(model: nn.Module) -> nn.Module:
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    return twin
+
+
+def test_inplace_relu_does_not_overwrite_the_captured_conv_output() -> None:
+    model = Vgg16Net().eval()
+    x = torch.randn(2, 1, 32, 32)
+    with netsight.capture(model, layers=["layer1.0", "layer2.3"]) as cap:
+        model(x)
+    reference = _without_inplace(model)
+    outputs: dict[str, torch.Tensor] = {}
+    handles = [
+        dict(reference.named_modules())[n].register_forward_hook(
+            lambda m, a, o, n=n: outputs.__setitem__(n, o.detach().clone())
+        )
+        for n in ("layer1.0", "layer2.3")
+    ]
+    reference(x)
+    for h in handles:
+        h.remove()
+    for name in ("layer1.0", "layer2.3"):
+        assert (cap[name] < 0).any(), "the conv output lost its negative values"
+        torch.testing.assert_close(cap[name], outputs[name])
+
+
+def test_gradients_equal_autograd_grad_with_inplace_ops() -> None:
+    model = Vgg16Net().eval()
+    x = torch.randn(3, 1, 32, 32)
+    before = snapshot(model)
+    with netsight.capture(model, layers=["layer1.0", "layer3.4", "fc.0"], gradients=True) as cap:
+        out = model(x)
+        loss = out.logsumexp(1).sum()
+        loss.backward()
+    # The independent reference: autograd.grad on a copy without in-place ReLUs.
+    twin = _without_inplace(model)
+    kept: dict[str, torch.Tensor] = {}
+    modules = dict(twin.named_modules())
+    handles = [
+        modules[n].register_forward_hook(lambda m, a, o, n=n: kept.__setitem__(n, o))
+        for n in ("layer1.0", "layer3.4", "fc.0")
+    ]
+    ref_loss = twin(x).logsumexp(1).sum()
+    for h in handles:
+        h.remove()
+    grads = torch.autograd.grad(ref_loss, [kept[n] for n in ("layer1.0", "layer3.4", "fc.0")])
+    for name, grad in zip(("layer1.0", "layer3.4", "fc.0"), grads, strict=True):
+        torch.testing.assert_close(cap.gradients[name], grad, rtol=1e-4, atol=1e-6)
+    # Only the user's own backward touched .grad; clean up so the state check holds.
+    model.zero_grad(set_to_none=True)
+    assert_unchanged(model, before)
+
+
+def test_module_called_several_times_keeps_every_call_in_order() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.lin(x)
+            return self.lin(a * 2)
+
+    model = Twice()
+    x = torch.randn(2, 4, requires_grad=True)
+    with netsight.capture(model, layers="lin", gradients=True) as cap:
+        y = model(x)
+        y.sum().backward()
+    first, second = cap.calls["lin"]
+    torch.testing.assert_close(first, model.lin(x).detach())
+    torch.testing.assert_close(second, model.lin(first * 2).detach())
+    assert cap.activations["lin"] is second
+    g1, g2 = cap.grad_calls["lin"]
+    assert g2 is not None and g1 is not None
+    torch.testing.assert_close(g2, torch.ones(2, 4))
+    torch.testing.assert_close(g1, 2 * torch.ones(2, 4) @ model.lin.weight.detach())
+
+
+def test_hooks_removed_when_the_forward_raises() -> None:
+    model = Vgg16Net()
+    x = torch.randn(1, 3, 32, 32)  # wrong channel count
+    before = snapshot(model)
+    with pytest.raises(RuntimeError), netsight.capture(model, layers=nn.Conv2d, gradients=True):
+        model(x)
+    assert_unchanged(model, before)
+
+
+def test_layer_selection_by_name_glob_instance_type_and_alias() -> None:
+    model = torchvision.models.resnet18()
+    assert list(resolve_layers(model, "layer*.*.conv2")) == [
+        "layer1.0.conv2",
+        "layer1.1.conv2",
+        "layer2.0.conv2",
+        "layer2.1.conv2",
+        "layer3.0.conv2",
+        "layer3.1.conv2",
+        "layer4.0.conv2",
+        "layer4.1.conv2",
+    ]
+    assert list(resolve_layers(model, [model.fc, "conv1"])) == ["conv1", "fc"]
+    assert len(resolve_layers(model, nn.BatchNorm2d)) == 20
+    vgg = Vgg16Net()
+    # An alias resolves to the module's canonical name.
+    assert list(resolve_layers(vgg, "conv.0.0")) == ["layer1.0"]
+    assert list_layers(vgg, types=[nn.Linear]) == ["fc.0", "fc.3", "fc.6"]
+
+
+def test_unknown_layer_suggests_close_matches() -> None:
+    model = torchvision.models.resnet18()
+    with pytest.raises(
+        KeyError,
+        match=r"no layer named 'layer1.0.conv3'.*did you mean 'layer1.0.conv2', 'layer1.0.conv1'",
+    ):
+        netsight.capture(model, layers="layer1.0.conv3")
+    with pytest.raises(KeyError, match="has no LSTM module"):
+        netsight.capture(model, layers=nn.LSTM)
+    with pytest.raises(KeyError, match="not part of this model"):
+        netsight.capture(model, layers=nn.Linear(2, 2))
+    assert netsight.count_hooks(model) == 0
+
+
+def test_layer_that_never_ran_is_a_clear_error() -> None:
+    model = torchvision.models.googlenet(init_weights=False, aux_logits=True).eval()
+    with netsight.capture(model, layers=["aux1.fc1", "conv1"]) as cap:
+        model(torch.randn(1, 3, 64, 64))
+    assert "conv1" in cap and "aux1.fc1" not in cap
+    with pytest.raises(KeyError, match="'aux1.fc1' was watched but never ran"):
+        cap["aux1.fc1"]
+
+
+def test_byte_budget_names_the_layer_before_storing() -> None:
+    model = Vgg16Net().eval()
+    x = torch.randn(1, 1, 32, 32)
+    budget = 64 * 32 * 32 * 4 + 100  # room for layer1.0's output only
+    with pytest.raises(CaptureBudgetError, match="layer 'layer1.3'"):
+        with netsight.capture(model, layers=["layer1.0", "layer1.3"], max_bytes=budget) as cap:
+            model(x)
+    assert cap.stored_bytes <= budget
+    assert len(cap.calls["layer1.3"]) == 0
+    assert netsight.count_hooks(model) == 0
+
+
+def test_batch_selection_cpu_copy_and_inputs() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    x = torch.randn(5, 1, 6, 6)
+    with netsight.capture(model, layers="0", batch=[1, 3], inputs=True, to_cpu=True) as cap:
+        model(x)
+    assert cap["0"].shape == (2, 2, 4, 4)
+    torch.testing.assert_close(cap.inputs["0"], x[[1, 3]])
+    assert cap.stored_bytes == (2 * 2 * 16 + 2 * 36) * 4
+    assert "2 ran" not in repr(cap) and "1 ran" in repr(cap)
+
+
+def test_no_grad_block_captures_activations_without_gradients() -> None:
+    model = nn.Sequential(nn.Linear(3, 3))
+    with torch.no_grad(), netsight.capture(model, layers="0", gradients=True) as cap:
+        model(torch.randn(1, 3))
+    assert "0" in cap and cap.gradients == {}
