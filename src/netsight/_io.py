@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import re
 import secrets
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "safe_filename", "save_figure"]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -62,3 +65,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
         ``path`` as a :class:`~pathlib.Path`.
     """
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_filename(name: str, default: str = "model") -> str:
+    """A file-name-safe version of a layer or model name (``layer1.0`` stays,
+    ``<script>/x`` becomes ``_script_x``); never empty, never hidden, at most 120 chars."""
+    cleaned = _UNSAFE.sub("_", name).strip("._") or default
+    return cleaned[:120]
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
+    """Render a matplotlib figure to PNG (or the suffix's format) and write it atomically."""
+    target = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=target.suffix.lstrip(".") or "png", dpi=dpi)
+    return atomic_write_bytes(target, buffer.getvalue())

@@ -43,6 +43,7 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     ImportError,
     TraceError,
+    KeyError,
 )
 
 
@@ -239,6 +240,172 @@ def _run_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- shared model options
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="torchvision:NAME, timm:NAME, zoo:NAME, path/to/file.py:NAME or package.module:NAME",
+    )
+    p.add_argument("--weights", metavar="FILE", help="load this checkpoint into the model first")
+    p.add_argument(
+        "--trust-weights",
+        action="store_true",
+        help="allow --weights to unpickle arbitrary Python objects (only for files you trust)",
+    )
+
+
+def _model_from_args(args: argparse.Namespace) -> torch.nn.Module:
+    if args.trust_weights and not args.weights:
+        raise UsageError("--trust-weights only applies together with --weights FILE")
+    model = load_model(args.model)
+    if args.weights:
+        load_weights(model, args.weights, trust=args.trust_weights)
+    return model
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0.485,0.456,0.406, got {text!r}"
+        ) from None
+
+
+def _out_dir(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {path}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _report_written(paths: Sequence[Path]) -> None:
+    for path in paths:
+        print(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _configure_features(p: argparse.ArgumentParser) -> None:
+    _add_model_options(p)
+    p.add_argument("image", metavar="IMAGE", help="an image file Pillow can read")
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        metavar="LAYER",
+        help="layer names or globs (default: every convolution); see `netsight layers MODEL`",
+    )
+    p.add_argument("--out", default="out/features", metavar="DIR", help="output directory")
+    p.add_argument(
+        "--size",
+        type=_shape,
+        metavar="H,W",
+        help="resize the image (default: the "
+        "model's usual input size when netsight knows it, else the image's own)",
+    )
+    p.add_argument(
+        "--mean", type=_floats, metavar="M[,M,M]", help="normalisation mean (default 0.5)"
+    )
+    p.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalisation std (default 0.5)")
+    p.add_argument("--max-channels", type=int, default=64, metavar="N", help="tiles per layer grid")
+    p.add_argument("--cmap", default="viridis", help="matplotlib colormap (default: viridis)")
+
+
+def _run_features(args: argparse.Namespace) -> int:
+    from netsight.features import export_features
+    from netsight.images import load_image
+
+    out = _out_dir(args.out)
+    model = _model_from_args(args)
+    size: tuple[int, ...] | None = args.size
+    if size is None:
+        default = default_input_size(args.model)
+        size = default[-2:] if default is not None else None
+    if size is not None and len(size) != 2:
+        raise UsageError(f"--size: expected H,W, got {','.join(map(str, size))}")
+    x = load_image(
+        args.image,
+        size=(size[0], size[1]) if size is not None else None,
+        model=model,
+        mean=args.mean,
+        std=args.std,
+    )
+    paths = export_features(
+        model, x, out, layers=args.layers, max_channels=args.max_channels, cmap=args.cmap
+    )
+    _report_written(paths)
+    stats_text = (out / "layer_stats.txt").read_text(encoding="utf-8").splitlines()
+    print(stats_text[-1])
+    return 0
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def _configure_filters(p: argparse.ArgumentParser) -> None:
+    _add_model_options(p)
+    p.add_argument(
+        "--layer",
+        nargs="+",
+        metavar="LAYER",
+        help="convolution layer name(s) (default: the first convolution)",
+    )
+    p.add_argument("--out", default="out/filters", metavar="DIR", help="output directory")
+    p.add_argument(
+        "--mode",
+        default="auto",
+        choices=("auto", "rgb", "channels", "mean"),
+        help="rgb tiles for 3-channel inputs, one tile per (filter, input channel), "
+        "or the per-filter mean (default: auto)",
+    )
+    p.add_argument("--max-tiles", type=int, default=256, metavar="N", help="cap on tiles")
+
+
+def _run_filters(args: argparse.Namespace) -> int:
+    from torch import nn
+
+    from netsight._io import safe_filename, save_figure
+    from netsight.capture import list_layers
+    from netsight.filters import plot_filters
+
+    out = _out_dir(args.out)
+    model = _model_from_args(args)
+    layers: list[str] = args.layer or []
+    if not layers:
+        convs = list_layers(model, types=[nn.Conv1d, nn.Conv2d, nn.Conv3d])
+        if not convs:
+            raise UsageError(f"{args.model} has no convolution layer to draw")
+        layers = convs[:1]
+    paths = []
+    for layer in layers:
+        fig = plot_filters(model, layer, mode=args.mode, max_tiles=args.max_tiles)
+        paths.append(save_figure(fig, out / f"filters_{safe_filename(layer)}.png"))
+    _report_written(paths)
+    return 0
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _configure_layers(p: argparse.ArgumentParser) -> None:
+    _add_model_options(p)
+
+
+def _run_layers(args: argparse.Namespace) -> int:
+    from netsight.capture import list_layers
+
+    model = _model_from_args(args)
+    modules = dict(model.named_modules())
+    for name in list_layers(model):
+        print(f"{name}\t{type(modules[name]).__name__}")
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -263,6 +430,27 @@ COMMANDS: tuple[Command, ...] = (
         _configure_summary,
         _run_summary,
         description="Print a layer-by-layer summary: shapes, parameters, mult-adds, memory.",
+    ),
+    Command(
+        "features",
+        "feature-map grids, mean maps and layer statistics for one image",
+        _configure_features,
+        _run_features,
+        description="Capture every chosen layer's output for IMAGE with forward hooks and "
+        "write per-layer grids, the mean-map figure and the layer statistics "
+        "(sparsity, dead channels) to --out.",
+    ),
+    Command(
+        "filters",
+        "convolution kernels drawn as image grids",
+        _configure_filters,
+        _run_filters,
+    ),
+    Command(
+        "layers",
+        "list the model's layer names (for --layers)",
+        _configure_layers,
+        _run_layers,
     ),
     Command(
         "demo",
@@ -346,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     except _USER_ERRORS as exc:
         if args.traceback:
             raise
-        print(f"netsight: error: {exc}", file=sys.stderr)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"netsight: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     return code
 

@@ -23,7 +23,8 @@ happen.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import gc
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -182,9 +183,25 @@ class TraceError(RuntimeError):
 # --------------------------------------------------------------------------- structures
 
 
+# TensorMeta is immutable: one instance per (shape, dtype) is shared by every
+# record that shows it, which spares a dataclass construction per tensor.
+_TENSOR_META: dict[tuple[Any, Any], TensorMeta] = {}
+
+
+def _tensor_meta(t: torch.Tensor) -> TensorMeta:
+    key = (t.shape, t.dtype)
+    meta = _TENSOR_META.get(key)
+    if meta is None:
+        if len(_TENSOR_META) >= 4096:
+            _TENSOR_META.clear()
+        meta = TensorMeta(tuple(t.shape), str(t.dtype).removeprefix("torch."))
+        _TENSOR_META[key] = meta
+    return meta
+
+
 def _describe(obj: Any) -> Structure:
     if isinstance(obj, torch.Tensor):
-        return TensorMeta(tuple(obj.shape), str(obj.dtype).removeprefix("torch."))
+        return _tensor_meta(obj)
     if isinstance(obj, tuple):
         return tuple(_describe(o) for o in obj)
     if isinstance(obj, list):
@@ -369,17 +386,21 @@ class _Recorder:
 
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         stack = self.stack
+        frames = self.frames
         key = id(module)
         call = self.calls.get(key, 0)
         self.calls[key] = call + 1
         if stack:
             parent = stack[-1]
             parent.children += 1
-            frame = _Frame(module, len(self.frames), parent.index, parent.depth + 1, call)
+            frame = _Frame(module, len(frames), parent.index, parent.depth + 1, call)
         else:
-            frame = _Frame(module, len(self.frames), None, 0, call)
-        frame.input = _describe_call(args, kwargs)
-        self.frames.append(frame)
+            frame = _Frame(module, len(frames), None, 0, call)
+        if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+            frame.input = _tensor_meta(args[0])
+        else:
+            frame.input = _describe_call(args, kwargs)
+        frames.append(frame)
         stack.append(frame)
 
     def post_hook(
@@ -391,8 +412,12 @@ class _Recorder:
         while stack:
             frame = stack.pop()
             if frame.module is module:
-                frame.output = _describe(output)
-                frame.output_bytes = _nbytes(output)
+                if isinstance(output, torch.Tensor):
+                    frame.output = _tensor_meta(output)
+                    frame.output_bytes = output.numel() * output.element_size()
+                else:
+                    frame.output = _describe(output)
+                    frame.output_bytes = _nbytes(output)
                 return
 
     def add_op(self, packet: Any, flops: int | None) -> None:
@@ -406,26 +431,27 @@ class _Recorder:
             frame.flops += flops
 
 
-# ----------------------------------------------------------------- meta-op cache
+# --------------------------------------------------------------------------- meta-op cache
 #
 # Many meta kernels are Python reference implementations (torch._refs) costing
-# 0.2-2 ms a call, while a forward pass repeats the same op on the same shapes
+# 0.2-2 ms a call, and a forward pass repeats the same op on the same shapes
 # many times (every block of a stage, every layer of a transformer). On meta
 # there are no values: an op's outputs are a function of its inputs' metadata
-# and its non-tensor arguments. So the first call of each (op, metadata,
-# arguments) runs the real meta kernel and records what came out; later calls
-# build the same outputs with ``empty_strided`` in microseconds.
+# and its other arguments. So the first call of each (op, argument metadata,
+# other arguments) runs the meta kernel and records what came out; later calls
+# build the same outputs with ``empty_strided`` in a few microseconds.
 #
-# What is recorded per output: a fresh meta tensor's shape, strides, storage
-# offset, dtype and storage size; or "this is input argument i itself" (in-place
-# and out= ops return their argument); or an immutable Python value. A call is
-# never cached when it could not be replayed exactly: an argument that is not a
-# plain strided meta tensor (real tensors' values matter; subclasses, conj/neg
-# views, sparse layouts), an argument type the key does not know, ops that
-# change metadata in place (``inplace_view``: transpose_, resize_, set_, ...,
-# and any call whose arguments' metadata differ after it ran), outputs that are
-# not plain strided meta tensors. Views come back as fresh tensors with the
-# view's exact geometry and storage size: on meta there is no data to share.
+# Recorded per output: a fresh meta tensor's shape, strides, storage offset,
+# dtype and storage size; or "this is argument i itself" (in-place and out=
+# ops return their argument); or an immutable Python value. A call is never
+# replayed when that could differ from running it: an argument that is not a
+# plain strided meta tensor (a real tensor's values can matter; subclasses,
+# conj/neg views, other layouts), an argument type the key does not know,
+# ops that change metadata in place (tagged ``inplace_view``: transpose_,
+# resize_, set_, ...; and any call whose arguments' metadata differ after it
+# ran), outputs that are not plain strided meta tensors. Views come back as
+# fresh tensors with the view's exact geometry and storage size: on meta there
+# is no data to share. The cache lives for one trace.
 
 _META = torch.device("meta")
 _STRIDED = torch.strided
@@ -449,31 +475,45 @@ class _Uncacheable(Exception):
     pass
 
 
-def _arg_key(a: Any) -> Any:
-    tp = type(a)
-    if tp is torch.Tensor or tp is nn.Parameter:
-        if not a.is_meta or a.layout is not _STRIDED or a.is_conj() or a.is_neg():
+def _key_of(items: Sequence[Any]) -> tuple[Any, ...]:
+    """Hashable metadata of a call's arguments (raises _Uncacheable)."""
+    key: list[Any] = []
+    for a in items:
+        tp = type(a)
+        if tp is torch.Tensor or tp is nn.Parameter:
+            if not a.is_meta or a.layout is not _STRIDED or a.is_conj() or a.is_neg():
+                raise _Uncacheable
+            key.append((a.shape, a.stride(), a.storage_offset(), a.dtype))
+        elif tp in _ATOMS:
+            # The type is part of the key: add(x, 1) and add(x, 1.0) differ in dtype.
+            key.append((tp, a))
+        elif tp is list or tp is tuple:
+            if all(type(x) is int for x in a):
+                key.append((tp, "ints", *a))
+            else:
+                key.append((tp, _key_of(a)))
+        else:
             raise _Uncacheable
-        return (a.shape, a.stride(), a.storage_offset(), a.dtype)
-    if tp in _ATOMS:
-        # The type is part of the key: add(x, 1) and add(x, 1.0) differ in dtype.
-        return (tp, a)
-    if tp is list or tp is tuple:
-        return (tp, *[_arg_key(x) for x in a])
-    raise _Uncacheable
+    return tuple(key)
 
 
 def _call_key(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    # The default dtype decides the result of int/int division and dtype=None factories.
-    return (
-        func,
-        torch.get_default_dtype(),
-        tuple([_arg_key(a) for a in args]),
-        tuple([(k, _arg_key(v)) for k, v in kwargs.items()]),
-    )
+    # The default dtype decides int/int division and dtype=None factories.
+    kw = (tuple(kwargs), _key_of(tuple(kwargs.values()))) if kwargs else ()
+    return (func, torch.get_default_dtype(), _key_of(args), kw)
 
 
 _OutSpec: TypeAlias = tuple[Any, ...]
+
+
+def _inside_sequences(out: torch.Tensor, items: Iterable[Any]) -> bool:
+    for item in items:
+        tp = type(item)
+        if (tp is list or tp is tuple) and any(
+            o is out or _inside_sequences(out, (o,)) for o in item
+        ):
+            return True
+    return False
 
 
 def _out_spec(
@@ -487,67 +527,58 @@ def _out_spec(
         for k, v in kwargs.items():
             if out is v:
                 return ("kwarg", k)
-        if _inside_sequences(out, args) or _inside_sequences(out, tuple(kwargs.values())):
-            raise _Uncacheable  # one of the tensors inside a list argument
         if (
             type(out) is not torch.Tensor
+            or id(out) in seen
+            or _inside_sequences(out, args)
+            or _inside_sequences(out, kwargs.values())
             or not out.is_meta
             or out.layout is not _STRIDED
             or out.is_conj()
             or out.is_neg()
             or out.requires_grad
-            or id(out) in seen
         ):
             raise _Uncacheable
         seen.add(id(out))
         shape, stride, offset = tuple(out.shape), out.stride(), out.storage_offset()
         dtype, nbytes = out.dtype, out.untyped_storage().nbytes()
-        probe = torch.empty_strided(shape, stride, dtype=dtype, device=_META)
-        if offset == 0 and probe.untyped_storage().nbytes() == nbytes:
-            return ("strided", shape, stride, dtype)
-        itemsize = out.element_size()
-        if nbytes % itemsize:
-            raise _Uncacheable
-        spec = ("view", shape, stride, offset, dtype, nbytes // itemsize)
+        spec: _OutSpec = ("strided", shape, stride, dtype)
+        if offset != 0 or _build(spec, args, kwargs).untyped_storage().nbytes() != nbytes:
+            itemsize = out.element_size()
+            if nbytes % itemsize:
+                raise _Uncacheable
+            spec = ("view", shape, stride, offset, dtype, nbytes // itemsize)
         rebuilt = _build(spec, args, kwargs)
         if (
-            rebuilt.stride() != stride
+            tuple(rebuilt.shape) != shape
+            or rebuilt.stride() != stride
             or rebuilt.storage_offset() != offset
+            or rebuilt.dtype != dtype
             or rebuilt.untyped_storage().nbytes() != nbytes
         ):
             raise _Uncacheable
         return spec
     tp = type(out)
     if tp is tuple or tp is list:
-        return ("seq", tp, tuple(_out_spec(o, args, kwargs, seen) for o in out))
+        return ("seq", tp, tuple([_out_spec(o, args, kwargs, seen) for o in out]))
     if tp in _ATOMS:
         return ("value", out)
     raise _Uncacheable
-
-
-def _inside_sequences(out: torch.Tensor, items: Sequence[Any]) -> bool:
-    for item in items:
-        tp = type(item)
-        if (tp is list or tp is tuple) and any(
-            o is out or _inside_sequences(out, (o,)) for o in item
-        ):
-            return True
-    return False
 
 
 def _build(spec: _OutSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     kind = spec[0]
     if kind == "strided":
         return torch.empty_strided(spec[1], spec[2], dtype=spec[3], device=_META)
+    if kind == "seq":
+        return spec[1]([_build(s, args, kwargs) for s in spec[2]])
+    if kind == "arg":
+        return args[spec[1]]
     if kind == "view":
         base = torch.empty((spec[5],), dtype=spec[4], device=_META)
         return base.as_strided(spec[1], spec[2], spec[3])
-    if kind == "arg":
-        return args[spec[1]]
     if kind == "kwarg":
         return kwargs[spec[1]]
-    if kind == "seq":
-        return spec[1](_build(s, args, kwargs) for s in spec[2])
     return spec[1]
 
 
@@ -566,37 +597,21 @@ _NEVER_CACHED: dict[Any, bool] = {}
 def _never_cached(func: Any) -> bool:
     never = _NEVER_CACHED.get(func)
     if never is None:
-        tags = getattr(func, "tags", ())
-        never = torch.Tag.inplace_view in tags or not isinstance(func, torch._ops.OpOverload)
+        never = not isinstance(func, torch._ops.OpOverload) or torch.Tag.inplace_view in func.tags
         _NEVER_CACHED[func] = never
     return never
 
 
 class _OpCounter(TorchDispatchMode):
-    """Counts every ATen op into the innermost running module's frame; on the
-    meta device it also replays repeated ops from a per-trace cache."""
+    """Adds every ATen op's mult-adds to the innermost running module call; with
+    ``cache`` (meta tensors only) it also replays repeated calls (see above)."""
 
     def __init__(self, recorder: _Recorder, *, cache: bool = False) -> None:
         super().__init__()
-        self._recorder = recorder
+        self._stack = recorder.stack
         self._cache: dict[Any, _Cached | None] | None = {} if cache else None
         self.hits = 0
         self.misses = 0
-
-    @classmethod
-    def _should_skip_dynamo(cls) -> bool:
-        # Skip the per-call torch._disable_dynamo wrapper (about 3 us per op):
-        # nothing here is compiled.
-        return False
-
-    def _count(self, flops: int | None, heavy: str | None) -> None:
-        stack = self._recorder.stack
-        if stack:
-            frame = stack[-1]
-            if flops is not None:
-                frame.flops += flops
-            elif heavy is not None:
-                frame.uncounted.append(heavy)
 
     def __torch_dispatch__(
         self,
@@ -605,50 +620,63 @@ class _OpCounter(TorchDispatchMode):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        kwargs = kwargs or {}
+        if kwargs is None:
+            kwargs = {}
         cache = self._cache
         key = None
         if cache is not None and not _never_cached(func):
             try:
                 key = _call_key(func, args, kwargs)
             except _Uncacheable:
-                key = None
-            if key is not None:
+                pass
+            else:
                 entry = cache.get(key)
                 if entry is not None:
                     self.hits += 1
-                    self._count(entry.flops, entry.heavy)
+                    stack = self._stack
+                    if stack:
+                        if entry.flops is not None:
+                            stack[-1].flops += entry.flops
+                        elif entry.heavy is not None:
+                            stack[-1].uncounted.append(entry.heavy)
                     return _build(entry.spec, args, kwargs)
         out = func(*args, **kwargs)
         packet = func._overloadpacket
         formula = formula_for(packet)
-        flops = None if formula is None else int(formula(*args, out_val=out, **kwargs))
+        flops = None
         heavy = None
-        if flops is None and is_heavy_uncounted(packet):
+        if formula is not None:
+            flops = int(formula(*args, out_val=out, **kwargs))
+        elif is_heavy_uncounted(packet):
             heavy = str(packet)
-        self._count(flops, heavy)
+        stack = self._stack
+        if stack:
+            if flops is not None:
+                stack[-1].flops += flops
+            elif heavy is not None:
+                stack[-1].uncounted.append(heavy)
         if key is not None and cache is not None and key not in cache:
             self.misses += 1
-            cache[key] = self._entry(func, key, args, kwargs, out, flops, heavy)
+            cache[key] = _replayable(func, key, args, kwargs, out, flops, heavy)
         return out
 
-    @staticmethod
-    def _entry(
-        func: Any,
-        key: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        out: Any,
-        flops: int | None,
-        heavy: str | None,
-    ) -> _Cached | None:
-        try:
-            # An op that changed its arguments' metadata cannot be replayed.
-            if _call_key(func, args, kwargs) != key:
-                return None
-            return _Cached(_out_spec(out, args, kwargs, set()), flops, heavy)
-        except _Uncacheable:
+
+def _replayable(
+    func: Any,
+    key: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    out: Any,
+    flops: int | None,
+    heavy: str | None,
+) -> _Cached | None:
+    try:
+        # A call that changed its arguments' metadata cannot be replayed.
+        if _call_key(func, args, kwargs) != key:
             return None
+        return _Cached(_out_spec(out, args, kwargs, set()), flops, heavy)
+    except _Uncacheable:
+        return None
 
 
 class _NoFusedPaths(TorchFunctionMode):
@@ -666,10 +694,10 @@ class _NoFusedPaths(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-#: The modules whose forward takes a fused fast path unless a torch-function
-#: mode is active (torch/nn/modules/activation.py and transformer.py). The mode
-#: costs every torch call a Python round trip, so it is only entered for models
-#: that contain one of these.
+#: Modules whose forward takes a fused fast path unless a torch-function mode is
+#: active (the only ones in torch.nn: activation.py and transformer.py). The mode
+#: costs every torch call a Python round trip, so the real pass enters it only
+#: for models that contain one of these.
 _FUSED_PATH_MODULES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
 
 
@@ -680,6 +708,7 @@ def _swapped_to_meta(model: nn.Module) -> Iterator[None]:
     swapped: list[tuple[dict[str, Any], str, Any]] = []
     replacements: dict[int, torch.Tensor] = {}
     rnns: list[nn.RNNBase] = []
+    make_parameter = torch.Tensor._make_subclass
     try:
         for module in model.modules():
             for store in (module._parameters, module._buffers):
@@ -688,11 +717,10 @@ def _swapped_to_meta(model: nn.Module) -> Iterator[None]:
                         continue
                     meta = replacements.get(id(tensor))
                     if meta is None:
-                        blank = torch.empty_like(tensor, device=_META)
+                        meta = torch.empty_like(tensor, device=_META)
                         if isinstance(tensor, nn.Parameter):
-                            meta = nn.Parameter(blank, requires_grad=tensor.requires_grad)
-                        else:
-                            meta = blank
+                            # nn.Parameter(meta, requires_grad), without its Python __new__
+                            meta = make_parameter(nn.Parameter, meta, tensor.requires_grad)
                         replacements[id(tensor)] = meta
                     swapped.append((store, key, tensor))
                     store[key] = meta
@@ -736,11 +764,18 @@ def _run(
         fused_off: contextlib.AbstractContextManager[Any] = (
             _NoFusedPaths() if fused_paths else contextlib.nullcontext()
         )
+        # The pass makes many short-lived objects and no garbage cycles worth
+        # collecting; a full collection of a process holding torch costs ~0.1 s.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
             with torch.no_grad(), fused_off, _OpCounter(recorder, cache=not real):
                 model(*args, **kwargs)
         except Exception as exc:
             raise _trace_error(exc, recorder, names) from exc
+        finally:
+            if gc_was_enabled:
+                gc.enable()
     return recorder
 
 

@@ -1,0 +1,649 @@
+"""Feature maps and layer statistics: what the tutorials draw after grabbing
+intermediate outputs with hooks, as functions that return figures, tensors and
+tables.
+
+Example:
+    >>> with netsight.capture(model, layers=nn.Conv2d) as cap:
+    ...     model(x)
+    >>> fig = netsight.plot_feature_maps(cap["features.0"], max_channels=32)
+    >>> fig = netsight.plot_mean_maps(cap)            # one channel-averaged map per layer
+    >>> stats = netsight.layer_stats(model, loader)    # sparsity, dead channels, per layer
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from netsight.capture import Capture, LayerSpec, resolve_layers
+from netsight.hooks import HookSet, preserve_state
+from netsight.images import MapGrid, map_grid
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "LayerStat",
+    "LayerStats",
+    "feature_grid",
+    "layer_stats",
+    "mean_maps",
+    "plot_feature_maps",
+    "plot_layer_stats",
+    "plot_mean_maps",
+    "top_channels",
+]
+
+
+def _maps_of(activation: torch.Tensor, index: int) -> torch.Tensor:
+    """(C, H, W) maps of one batch item from a layer output."""
+    if not isinstance(activation, torch.Tensor):
+        raise TypeError(f"activation: expected a tensor, got {type(activation).__name__}")
+    if activation.device.type == "meta":
+        raise ValueError("activation: a meta tensor has no values to draw")
+    x = activation.detach()
+    if x.dim() == 4:  # (B, C, H, W)
+        if not -x.shape[0] <= index < x.shape[0]:
+            raise IndexError(f"index: the batch has {x.shape[0]} items, got index {index}")
+        return x[index]
+    if x.dim() == 3:  # (C, H, W), or (B, C, L) of a 1-d conv: treat as one image's maps
+        return x
+    if x.dim() == 5:  # (B, C, D, H, W): middle depth slice
+        return x[index][:, x.shape[2] // 2]
+    raise ValueError(
+        f"activation: expected a feature map (B, C, H, W) or (C, H, W), got shape "
+        f"{list(x.shape)}; a layer without spatial dimensions has no feature maps to draw"
+    )
+
+
+def top_channels(
+    activation: torch.Tensor, k: int = 8, *, index: int = 0, by: str = "mean"
+) -> list[tuple[int, float]]:
+    """The ``k`` most active channels of one image: ``[(channel, score), ...]``.
+
+    Args:
+        activation: a layer output ``(B, C, H, W)`` or ``(C, H, W)``.
+        k: how many.
+        index: which batch item.
+        by: ``"mean"`` (average activation) or ``"max"`` (peak activation).
+    """
+    maps = _maps_of(activation, index).float()
+    flat = torch.nan_to_num(maps.reshape(maps.shape[0], -1), nan=-math.inf)
+    if by == "mean":
+        scores = flat.mean(dim=1)
+    elif by == "max":
+        scores = flat.amax(dim=1)
+    else:
+        raise ValueError(f"by: expected 'mean' or 'max', got {by!r}")
+    k = min(k, scores.numel())
+    values, channels = torch.topk(scores, k)
+    return [(int(c), float(v)) for c, v in zip(channels, values, strict=True)]
+
+
+def feature_grid(
+    activation: torch.Tensor,
+    *,
+    index: int = 0,
+    channels: Sequence[int] | None = None,
+    max_channels: int = 64,
+    normalize: str = "each",
+    value_range: tuple[float, float] | None = None,
+    cmap: str = "viridis",
+    nrow: int | None = None,
+    upscale: int | None = None,
+) -> MapGrid:
+    """A grid image of a layer's channels for one image (via ``make_grid``).
+
+    Args:
+        activation: a layer output ``(B, C, H, W)`` or ``(C, H, W)``.
+        index: which batch item.
+        channels: which channels (default: the first ``max_channels``).
+        max_channels: cap on tiles; the grid's ``note`` says what was left out.
+        normalize: ``"each"`` (per channel), ``"shared"`` (one scale) or ``"none"``.
+        value_range: fixed ``(low, high)`` instead.
+        cmap: a matplotlib colormap name.
+        nrow: tiles per row (default: about square).
+        upscale: integer zoom (default: so that small maps are at least ~32 px).
+
+    Returns:
+        A :class:`~netsight.images.MapGrid`; ``grid.image`` is ``(3, H, W)`` in
+        ``[0, 1]``, ready for ``SummaryWriter.add_image``.
+    """
+    maps = _maps_of(activation, index)
+    total = maps.shape[0]
+    if channels is None:
+        chosen = list(range(min(total, max_channels)))
+    else:
+        chosen = [int(c) for c in channels]
+        bad = [c for c in chosen if not 0 <= c < total]
+        if bad:
+            raise IndexError(f"channels: the layer has {total} channels, got {bad}")
+        chosen = chosen[:max_channels]
+    if upscale is None:
+        upscale = max(1, math.ceil(32 / max(1, min(maps.shape[-2:]))))
+    return map_grid(
+        maps,
+        indices=chosen,
+        normalize=normalize,
+        value_range=value_range,
+        cmap=cmap,
+        nrow=nrow,
+        upscale=upscale,
+    )
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def plot_feature_maps(
+    activation: torch.Tensor,
+    *,
+    title: str | None = None,
+    index: int = 0,
+    channels: Sequence[int] | None = None,
+    max_channels: int = 64,
+    normalize: str = "each",
+    value_range: tuple[float, float] | None = None,
+    cmap: str = "viridis",
+    nrow: int | None = None,
+) -> Figure:
+    """A matplotlib Figure of a layer's channels for one image; see :func:`feature_grid`.
+
+    The caption says how many channels are shown and flags NaN/Inf values (drawn
+    in magenta). Nothing is shown or saved: call ``fig.savefig(...)``.
+    """
+    grid = feature_grid(
+        activation,
+        index=index,
+        channels=channels,
+        max_channels=max_channels,
+        normalize=normalize,
+        value_range=value_range,
+        cmap=cmap,
+        nrow=nrow,
+    )
+    image = grid.image.permute(1, 2, 0).numpy()
+    height, width = image.shape[:2]
+    scale = 8.0 / max(height, width)
+    fig = _new_figure(max(3.0, width * scale), max(3.0, height * scale) + 0.5)
+    ax = fig.add_subplot()
+    ax.imshow(image, interpolation="nearest")
+    ax.set_axis_off()
+    shape = "x".join(str(d) for d in _maps_of(activation, index).shape)
+    heading = f"{title}: " if title else ""
+    ax.set_title(f"{heading}{shape} ({grid.note})", fontsize=9)
+    return fig
+
+
+def mean_maps(
+    activations: Mapping[str, torch.Tensor] | Capture, *, index: int = 0
+) -> dict[str, torch.Tensor]:
+    """One channel-averaged map ``(H, W)`` per layer, for one image."""
+    source = activations.activations if isinstance(activations, Capture) else activations
+    result = {}
+    for name, activation in source.items():
+        try:
+            maps = _maps_of(activation, index)
+        except ValueError:
+            continue  # a layer without spatial maps (a Linear, say) has no mean map
+        result[name] = maps.float().mean(dim=0)
+    if not result:
+        raise ValueError("mean maps: none of the given layers produced spatial feature maps")
+    return result
+
+
+def plot_mean_maps(
+    activations: Mapping[str, torch.Tensor] | Capture,
+    *,
+    index: int = 0,
+    ncols: int = 5,
+    cmap: str = "viridis",
+    title: str | None = None,
+) -> Figure:
+    """The tutorials' figure: one channel-averaged map per layer, side by side."""
+    maps = mean_maps(activations, index=index)
+    n = len(maps)
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig = _new_figure(2.2 * ncols, 2.4 * nrows + (0.4 if title else 0))
+    if title:
+        fig.suptitle(title)
+    for i, (name, m) in enumerate(maps.items()):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        data = m.cpu().numpy()
+        finite = np.isfinite(data)
+        ax.imshow(np.where(finite, data, np.nan), cmap=cmap, interpolation="nearest")
+        flag = "" if finite.all() else f"\n{int((~finite).sum())} NaN/Inf"
+        ax.set_title(f"{name}\n{m.shape[0]}x{m.shape[1]}{flag}", fontsize=8)
+        ax.set_axis_off()
+    return fig
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class LayerStat:
+    """Statistics of one layer's output over the data seen.
+
+    ``sparsity`` is the fraction of exact zeros; a *dead* channel never had a
+    positive value on any input.
+    """
+
+    name: str
+    type_name: str
+    shape: tuple[int, ...]
+    mean: float
+    std: float
+    min: float
+    max: float
+    sparsity: float
+    channels: int
+    dead_channels: int
+    nonfinite: int
+    samples: int
+
+
+def _spearman(values: Sequence[float]) -> float | None:
+    if len(values) < 3:
+        return None
+    x = np.arange(len(values), dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.arange(len(values), dtype=np.float64)
+    # average ranks of ties
+    vals = np.asarray(values, dtype=np.float64)
+    for v in np.unique(vals):
+        tie = vals == v
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    if np.std(ranks) == 0:
+        return None
+    return float(np.corrcoef(x, ranks)[0, 1])
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Per-layer statistics, in model order, with text/HTML/JSON renderings."""
+
+    layers: tuple[LayerStat, ...]
+    batches: int
+    samples: int
+
+    def __getitem__(self, name: str) -> LayerStat:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no statistics for layer {name!r}")
+
+    @property
+    def sparsity_trend(self) -> float | None:
+        """Spearman rank correlation between layer order and sparsity (None if < 3
+        layers or constant): positive means activations get sparser with depth."""
+        return _spearman([layer.sparsity for layer in self.layers])
+
+    def trend_text(self) -> str:
+        rho = self.sparsity_trend
+        if rho is None:
+            return "sparsity trend: not enough layers (or all equal) to tell"
+        if rho > 0.5:
+            verdict = "rises with depth"
+        elif rho < -0.5:
+            verdict = "falls with depth"
+        else:
+            verdict = "shows no clear trend with depth"
+        return (
+            f"sparsity {verdict} (Spearman rho = {rho:+.2f} over {len(self.layers)} layers, "
+            f"{self.samples} inputs)"
+        )
+
+    def _rows(self) -> tuple[list[str], list[list[str]]]:
+        header = ["Layer", "Type", "Shape", "Mean", "Std", "Min", "Max", "Zeros", "Dead ch."]
+        rows = []
+        for s in self.layers:
+            dead = f"{s.dead_channels}/{s.channels}"
+            rows.append(
+                [
+                    s.name,
+                    s.type_name,
+                    "x".join(str(d) for d in s.shape),
+                    f"{s.mean:.4g}",
+                    f"{s.std:.4g}",
+                    f"{s.min:.4g}",
+                    f"{s.max:.4g}",
+                    f"{100 * s.sparsity:.1f}%",
+                    dead + (f" ({s.nonfinite} NaN/Inf)" if s.nonfinite else ""),
+                ]
+            )
+        return header, rows
+
+    def to_text(self) -> str:
+        header, rows = self._rows()
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+        lines.append("  ".join("-" * w for w in widths))
+        for r in rows:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        lines.append(self.trend_text())
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def to_html(self) -> str:
+        header, rows = self._rows()
+        e = html.escape
+        out = ['<table class="netsight-stats"><thead><tr>']
+        out += [f"<th>{e(h)}</th>" for h in header]
+        out.append("</tr></thead><tbody>")
+        for r in rows:
+            out.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>")
+        out.append(f"</tbody></table><p>{e(self.trend_text())}</p>")
+        return "".join(out)
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": "netsight.layer_stats/1",
+            "batches": self.batches,
+            "samples": self.samples,
+            "sparsity_trend": self.sparsity_trend,
+            "layers": [{**asdict(s), "shape": list(s.shape)} for s in self.layers],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def plot(self) -> Figure:
+        return plot_layer_stats(self)
+
+
+def plot_layer_stats(stats: LayerStats) -> Figure:
+    """Bar chart: fraction of zeros and of dead channels per layer, in model order."""
+    n = len(stats.layers)
+    fig = _new_figure(max(5.0, 0.45 * n + 2), 3.8)
+    ax = fig.add_subplot()
+    x = np.arange(n)
+    sparsity = [s.sparsity for s in stats.layers]
+    dead = [s.dead_channels / s.channels if s.channels else 0.0 for s in stats.layers]
+    ax.bar(x - 0.2, sparsity, width=0.4, label="zeros (sparsity)", color="#4c72b0")
+    ax.bar(x + 0.2, dead, width=0.4, label="dead channels", color="#dd8452")
+    ax.set_xticks(x, [s.name for s in stats.layers], rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction")
+    ax.set_title(stats.trend_text(), fontsize=9)
+    ax.legend(fontsize=8)
+    return fig
+
+
+class _Accumulator:
+    __slots__ = ("channel_max", "count", "max", "min", "nonfinite", "shape", "sum", "sumsq", "zeros")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum = 0.0
+        self.sumsq = 0.0
+        self.zeros = 0
+        self.nonfinite = 0
+        self.min = math.inf
+        self.max = -math.inf
+        self.channel_max: torch.Tensor | None = None
+        self.shape: tuple[int, ...] = ()
+
+    @torch.no_grad()
+    def add(self, output: torch.Tensor) -> None:
+        x = output.detach()
+        if not x.is_floating_point():
+            x = x.float()
+        self.shape = tuple(x.shape[1:])
+        finite = torch.isfinite(x)
+        self.nonfinite += int((~finite).sum())
+        xf = torch.where(finite, x, torch.zeros_like(x)).double()
+        self.count += int(finite.sum())
+        self.sum += float(xf.sum())
+        self.sumsq += float((xf * xf).sum())
+        self.zeros += int(((x == 0) & finite).sum())
+        if finite.any():
+            self.min = min(self.min, float(x[finite].min()))
+            self.max = max(self.max, float(x[finite].max()))
+        if x.dim() >= 2:
+            per_channel = torch.where(finite, x, torch.full_like(x, -math.inf))
+            per_channel = per_channel.transpose(0, 1).reshape(x.shape[1], -1).amax(dim=1).cpu()
+            if self.channel_max is None:
+                self.channel_max = per_channel
+            else:
+                self.channel_max = torch.maximum(self.channel_max, per_channel)
+
+    def result(self, name: str, type_name: str, samples: int) -> LayerStat:
+        n = max(self.count, 1)
+        mean = self.sum / n
+        var = max(self.sumsq / n - mean * mean, 0.0)
+        channels = int(self.channel_max.numel()) if self.channel_max is not None else 0
+        dead = int((self.channel_max <= 0).sum()) if self.channel_max is not None else 0
+        total = self.count + self.nonfinite
+        return LayerStat(
+            name=name,
+            type_name=type_name,
+            shape=self.shape,
+            mean=mean,
+            std=math.sqrt(var),
+            min=self.min if self.count else math.nan,
+            max=self.max if self.count else math.nan,
+            sparsity=self.zeros / total if total else 0.0,
+            channels=channels,
+            dead_channels=dead,
+            nonfinite=self.nonfinite,
+            samples=samples,
+        )
+
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.PReLU)
+
+
+def _default_layers(model: nn.Module) -> list[type[nn.Module]]:
+    if any(isinstance(m, _ACTIVATIONS) for m in model.modules()):
+        return [t for t in _ACTIVATIONS if any(isinstance(m, t) for m in model.modules())]
+    return [nn.Conv1d, nn.Conv2d, nn.Conv3d]
+
+
+def _batches(data: Any) -> Iterable[Any]:
+    if isinstance(data, torch.Tensor):
+        return [data]
+    return data  # type: ignore[no-any-return]
+
+
+def _first_input(batch: Any) -> Any:
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    return batch
+
+
+def layer_stats(
+    model: nn.Module,
+    data: torch.Tensor | Iterable[Any],
+    layers: LayerSpec | Sequence[LayerSpec] | None = None,
+    *,
+    max_batches: int | None = None,
+    mode: str = "eval",
+    progress: bool = False,
+) -> LayerStats:
+    """Mean, std, range, sparsity and dead channels of layer outputs over data.
+
+    Statistics are accumulated batch by batch inside the hooks, so a dataset of
+    any size costs the memory of one batch.
+
+    Args:
+        model: the network (left as it came: hooks removed, modes restored).
+        data: one input batch, or an iterable of batches (a DataLoader; for
+            ``(x, y)`` batches the first element is used).
+        layers: which layers (default: every activation module, ReLU and kin,
+            since sparsity is a property of post-activation outputs; convolutions
+            when the model has none).
+        max_batches: stop after this many batches.
+        mode: ``"eval"`` (default), ``"train"`` or ``"same"``.
+        progress: show a progress bar (the CLI does).
+
+    Returns:
+        :class:`LayerStats`; ``stats.trend_text()`` says whether sparsity rises with depth.
+    """
+    chosen = resolve_layers(model, layers if layers is not None else _default_layers(model))
+    accumulators = {name: _Accumulator() for name in chosen}
+    batches = samples = 0
+    iterable = _batches(data)
+    total = None
+    if max_batches is not None:
+        total = max_batches
+    elif hasattr(iterable, "__len__"):
+        total = len(iterable)
+    with preserve_state(model, mode), HookSet() as hooks, torch.no_grad():
+        for name, module in chosen.items():
+
+            def hook(m: nn.Module, args: Any, output: Any, name: str = name) -> None:
+                if isinstance(output, torch.Tensor):
+                    accumulators[name].add(output)
+
+            hooks.add(module.register_forward_hook(hook))
+        bar = _progress(progress, total)
+        try:
+            for batch in iterable:
+                if max_batches is not None and batches >= max_batches:
+                    break
+                x = _first_input(batch)
+                model(x)
+                batches += 1
+                samples += int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() else 1
+                bar.advance()
+        finally:
+            bar.close()
+    if batches == 0:
+        raise ValueError("layer_stats: the data yielded no batch")
+    results = []
+    for name, module in chosen.items():
+        acc = accumulators[name]
+        if acc.count == 0 and acc.nonfinite == 0:
+            continue  # never ran
+        results.append(acc.result(name, type(module).__name__, samples))
+    if not results:
+        raise ValueError(f"layer_stats: none of the layers ran: {', '.join(chosen)}")
+    return LayerStats(tuple(results), batches, samples)
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int | None) -> None:
+        self._progress: Any = None
+        self._task: Any = None
+        if enabled:
+            from rich.progress import Progress
+
+            self._progress = Progress(transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task("layer statistics", total=total)
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _progress(enabled: bool, total: int | None) -> _Progress:
+    return _Progress(enabled, total)
+
+
+def run_forward(model: nn.Module, x: Any) -> Any:
+    """Run ``model(x)`` under ``no_grad``; if it fails, re-run it through the trace
+    engine so the error names the layer that failed and its input shapes."""
+    from netsight.trace import trace
+
+    try:
+        with torch.no_grad():
+            return model(x)
+    except Exception:
+        trace(model, input_data=x, execution="real", mode="same")
+        raise  # the traced pass succeeded where the plain one failed: show the original
+
+
+def export_features(
+    model: nn.Module,
+    x: torch.Tensor,
+    out_dir: str | Any,
+    *,
+    layers: LayerSpec | Sequence[LayerSpec] | None = None,
+    max_channels: int = 64,
+    cmap: str = "viridis",
+    index: int = 0,
+) -> list[Any]:
+    """Write feature-map grids (one PNG per layer), the mean-map figure, and the
+    layer-statistics table (text, JSON, HTML, PNG) for one input to ``out_dir``.
+
+    Every file is written whole or not at all; a ``manifest.json`` lists them.
+    Returns the paths written.
+    """
+    from pathlib import Path
+
+    import netsight
+    from netsight._io import atomic_write_text, safe_filename, save_figure
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    chosen = layers
+    if chosen is None:
+        chosen = [t for t in conv_types if any(isinstance(m, t) for m in model.modules())]
+        if not chosen:
+            raise ValueError(f"{type(model).__name__} has no convolution; pass layers=...")
+    written: list[Path] = []
+    with preserve_state(model, "eval"), netsight.capture(model, layers=chosen) as cap:
+        run_forward(model, x)
+    never_ran = [name for name, calls in cap.calls.items() if not calls]
+    used_names: set[str] = set()
+    for name, activation in cap.activations.items():
+        try:
+            fig = plot_feature_maps(
+                activation, title=name, index=index, max_channels=max_channels, cmap=cmap
+            )
+        except ValueError:
+            continue  # no spatial maps (e.g. a Linear layer was selected)
+        stem = safe_filename(name)
+        while stem in used_names:
+            stem += "_"
+        used_names.add(stem)
+        written.append(save_figure(fig, out / f"features_{stem}.png"))
+    try:
+        fig = plot_mean_maps(cap, index=index, title=f"{type(model).__name__}: mean feature maps")
+        written.append(save_figure(fig, out / "mean_maps.png"))
+    except ValueError:
+        pass
+    stats = layer_stats(model, x)
+    written.append(atomic_write_text(out / "layer_stats.txt", stats.to_text() + "\n"))
+    written.append(atomic_write_text(out / "layer_stats.json", stats.to_json() + "\n"))
+    written.append(atomic_write_text(out / "layer_stats.html", stats.to_html() + "\n"))
+    written.append(save_figure(stats.plot(), out / "layer_stats.png"))
+    manifest = {
+        "schema": "netsight.features/1",
+        "netsight_version": netsight.__version__,
+        "torch_version": torch.__version__,
+        "model": type(model).__name__,
+        "input_shape": list(x.shape),
+        "layers": list(cap.activations),
+        "never_ran": never_ran,
+        "sparsity_trend": stats.sparsity_trend,
+        "files": [p.name for p in written],
+    }
+    written.append(atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n"))
+    return written

@@ -1,0 +1,279 @@
+"""Images in and out: normalising maps, colormaps, grids, loading user images.
+
+Grids come from :func:`torchvision.utils.make_grid`, colormaps from matplotlib;
+these helpers only glue them together with the two things every caller needs:
+non-finite values are *flagged* (drawn in a conspicuous colour and counted), and
+constant maps never divide by zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+from torchvision.utils import make_grid
+
+__all__ = [
+    "NONFINITE_COLOR",
+    "MapGrid",
+    "colorize",
+    "denormalize",
+    "expected_channels",
+    "load_image",
+    "map_grid",
+    "normalize_maps",
+    "to_pil",
+]
+
+#: Colour of NaN/Inf pixels in every netsight picture (magenta: no colormap uses it).
+NONFINITE_COLOR = (1.0, 0.0, 1.0)
+
+
+@torch.no_grad()
+def normalize_maps(
+    maps: torch.Tensor,
+    mode: str = "each",
+    value_range: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Scale maps of shape ``(N, H, W)`` to ``[0, 1]``.
+
+    Args:
+        maps: the maps; NaN/Inf are ignored when finding the range and stay
+            non-finite in the result, so they can be flagged.
+        mode: ``"each"`` (every map its own min/max), ``"shared"`` (one range for
+            all), or ``"none"`` (clamp ``value_range`` or ``[0, 1]``).
+        value_range: fixed ``(low, high)``; overrides ``mode``.
+
+    A constant map becomes all zeros instead of dividing by zero.
+    """
+    if maps.dim() != 3:
+        raise ValueError(f"maps: expected shape (N, H, W), got {list(maps.shape)}")
+    if mode not in ("each", "shared", "none"):
+        raise ValueError(f"mode: expected 'each', 'shared' or 'none', got {mode!r}")
+    x = maps.detach().float()
+    finite = torch.isfinite(x)
+    if value_range is not None:
+        low = torch.full((x.shape[0], 1, 1), float(value_range[0]), device=x.device)
+        high = torch.full((x.shape[0], 1, 1), float(value_range[1]), device=x.device)
+    elif mode == "none":
+        low = torch.zeros((x.shape[0], 1, 1), device=x.device)
+        high = torch.ones((x.shape[0], 1, 1), device=x.device)
+    else:
+        big = torch.finfo(torch.float32).max
+        lows = torch.where(finite, x, torch.full_like(x, big)).amin(dim=(1, 2), keepdim=True)
+        highs = torch.where(finite, x, torch.full_like(x, -big)).amax(dim=(1, 2), keepdim=True)
+        empty = lows > highs  # a map with no finite value
+        lows = torch.where(empty, torch.zeros_like(lows), lows)
+        highs = torch.where(empty, torch.zeros_like(highs), highs)
+        if mode == "shared":
+            lows = lows.amin().expand_as(lows)
+            highs = highs.amax().expand_as(highs)
+        low, high = lows, highs
+    span = high - low
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    out = ((x - low) / safe).clamp(0.0, 1.0)
+    out = torch.where(span > 0, out, torch.zeros_like(out))
+    return torch.where(finite, out, x)  # keep NaN/Inf so colorize can flag them
+
+
+@torch.no_grad()
+def colorize(maps: torch.Tensor, cmap: str = "viridis") -> torch.Tensor:
+    """Map values in ``[0, 1]`` of shape ``(N, H, W)`` to RGB ``(N, 3, H, W)`` with a
+    matplotlib colormap; non-finite pixels get :data:`NONFINITE_COLOR`."""
+    import matplotlib
+
+    try:
+        colormap = matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ValueError(f"cmap: unknown matplotlib colormap {cmap!r}") from None
+    lut = torch.tensor(
+        colormap(np.linspace(0.0, 1.0, 256))[:, :3], dtype=torch.float32, device=maps.device
+    )
+    finite = torch.isfinite(maps)
+    index = (torch.where(finite, maps, torch.zeros_like(maps)).clamp(0, 1) * 255).round().long()
+    rgb = lut[index]  # (N, H, W, 3)
+    flag = torch.tensor(NONFINITE_COLOR, dtype=torch.float32, device=maps.device)
+    rgb = torch.where(finite.unsqueeze(-1), rgb, flag)
+    return rgb.permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass(frozen=True)
+class MapGrid:
+    """A grid image and what it shows.
+
+    Attributes:
+        image: ``(3, H, W)`` float tensor in ``[0, 1]`` (ready for
+            ``SummaryWriter.add_image`` or :func:`to_pil`).
+        indices: which maps (channels) are shown, in grid order.
+        total: how many there were.
+        nonfinite: how many NaN/Inf values were drawn in magenta.
+        nrow: tiles per grid row.
+    """
+
+    image: torch.Tensor
+    indices: tuple[int, ...]
+    total: int
+    nonfinite: int
+    nrow: int
+
+    @property
+    def note(self) -> str:
+        """A one-line caption: what is shown, what was left out, what was flagged."""
+        parts = [f"showing {len(self.indices)} of {self.total}"]
+        if len(self.indices) < self.total:
+            parts.append(f"{self.total - len(self.indices)} left out")
+        if self.nonfinite:
+            parts.append(f"{self.nonfinite} NaN/Inf values in magenta")
+        return ", ".join(parts)
+
+
+@torch.no_grad()
+def map_grid(
+    maps: torch.Tensor,
+    *,
+    indices: Sequence[int] | None = None,
+    normalize: str = "each",
+    value_range: tuple[float, float] | None = None,
+    cmap: str = "viridis",
+    nrow: int | None = None,
+    padding: int = 1,
+    upscale: int = 1,
+) -> MapGrid:
+    """Colour a stack of maps ``(N, H, W)`` and lay them out with ``make_grid``."""
+    if maps.dim() != 3:
+        raise ValueError(f"maps: expected shape (N, H, W), got {list(maps.shape)}")
+    total = maps.shape[0]
+    chosen = list(range(total)) if indices is None else [int(i) for i in indices]
+    if not chosen:
+        raise ValueError("nothing to draw: no maps selected")
+    selected = maps[chosen].detach().float().cpu()
+    nonfinite = int((~torch.isfinite(selected)).sum())
+    scaled = normalize_maps(selected, normalize, value_range)
+    rgb = colorize(scaled, cmap)
+    if upscale > 1:
+        rgb = rgb.repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
+    if nrow is None:
+        nrow = max(1, int(np.ceil(np.sqrt(len(chosen)))))
+    grid = make_grid(rgb, nrow=nrow, padding=padding, pad_value=1.0)
+    return MapGrid(grid, tuple(chosen), total, nonfinite, nrow)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """A ``(3, H, W)`` or ``(1, H, W)`` float tensor in ``[0, 1]`` as a PIL image."""
+    from torchvision.transforms.functional import to_pil_image
+
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"image: expected shape (3, H, W) or (1, H, W), got {list(image.shape)}")
+    clean = torch.nan_to_num(image.detach().float().cpu(), nan=0.0).clamp(0, 1)
+    return to_pil_image(clean)
+
+
+def expected_channels(model: nn.Module) -> int | None:
+    """Input channels of the model's first convolution, if it has one."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return int(module.in_channels)
+    return None
+
+
+def load_image(
+    path: str | Path,
+    *,
+    size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    model: nn.Module | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Read an image file as a normalised ``(1, C, H, W)`` float tensor.
+
+    Any Pillow-readable file works: grayscale, RGB, RGBA (composited on white),
+    palette, 16-bit and 32-bit integer or float images (scaled by their range).
+
+    Args:
+        path: the file.
+        size: resize to ``(H, W)`` (an int makes a square).
+        channels: 1 or 3; by default the first convolution of ``model`` decides,
+            else the file's own (grayscale stays 1, everything else 3).
+        model: used only to find the expected channel count.
+        mean, std: per-channel normalisation (default: 0.5 and 0.5 for each channel,
+            which maps [0, 1] to [-1, 1]; pass ImageNet statistics for ImageNet models).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an image, or a channel count that cannot be made.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"image: no such file {str(file)!r}")
+    try:
+        with Image.open(file) as opened:
+            opened.load()
+            img = opened.copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"image: {str(file)!r} is not an image Pillow can read ({exc})") from exc
+    if channels is None and model is not None:
+        channels = expected_channels(model)
+    array = _to_float_array(img)
+    if channels is None:
+        channels = 1 if array.shape[2] == 1 else 3
+    if channels not in (1, 3):
+        raise ValueError(
+            f"image: netsight makes 1- or 3-channel inputs, but {channels} channels were asked "
+            f"for (from the model's first convolution); pass the tensor yourself"
+        )
+    if channels == 1 and array.shape[2] == 3:
+        array = array @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]
+    elif channels == 3 and array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).unsqueeze(0)
+    if size is not None:
+        target = (size, size) if isinstance(size, int) else tuple(size)
+        tensor = torch.nn.functional.interpolate(
+            tensor, size=target, mode="bilinear", align_corners=False, antialias=True
+        ).clamp(0, 1)
+    mean_t = torch.tensor(mean if mean is not None else [0.5] * channels).view(1, -1, 1, 1)
+    std_t = torch.tensor(std if std is not None else [0.5] * channels).view(1, -1, 1, 1)
+    if mean_t.shape[1] != channels or std_t.shape[1] != channels:
+        raise ValueError(
+            f"mean/std: expected {channels} values each, got {mean_t.shape[1]} and {std_t.shape[1]}"
+        )
+    return (tensor - mean_t) / std_t
+
+
+def _to_float_array(img: Image.Image) -> np.ndarray:
+    """(H, W, C) float32 in [0, 1], C in (1, 3)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        array = np.asarray(img, dtype=np.float32) / 65535.0
+        return array[:, :, None]
+    if img.mode in ("I", "F"):
+        array = np.asarray(img, dtype=np.float32)
+        low, high = float(np.nanmin(array)), float(np.nanmax(array))
+        scale = high - low if high > low else 1.0
+        return ((array - low) / scale)[:, :, None]
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in ("L", "1"):
+        return np.asarray(img.convert("L"), dtype=np.float32)[:, :, None] / 255.0
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def denormalize(
+    tensor: torch.Tensor,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Undo :func:`load_image`'s normalisation for display: ``x * std + mean``, clamped
+    to ``[0, 1]``. Works on ``(C, H, W)`` and ``(B, C, H, W)``."""
+    channels = tensor.shape[-3]
+    mean_t = torch.tensor(mean if mean is not None else [0.5] * channels, device=tensor.device)
+    std_t = torch.tensor(std if std is not None else [0.5] * channels, device=tensor.device)
+    shape = (-1, 1, 1)
+    return (tensor * std_t.view(shape) + mean_t.view(shape)).clamp(0, 1)
