@@ -26,7 +26,7 @@ $(STAMP_TORCH): | $(VENV)/bin/python
 	touch $@
 
 $(STAMP_PKG): pyproject.toml $(STAMP_TORCH)
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,demo]'
 	touch $@
 
 # Debian packages the suite needs (listed in scripts/system-deps.txt); installed only if missing.

@@ -145,7 +145,7 @@ def test_layer_that_never_ran_is_a_clear_error() -> None:
     with netsight.capture(model, layers=["aux1.fc1", "conv1"]) as cap:
         model(torch.randn(1, 3, 64, 64))
     assert "conv1" in cap and "aux1.fc1" not in cap
-    with pytest.raises(KeyError, match="'aux1.fc1' was watched but never ran"):
+    with pytest.raises(KeyError, match=r"'aux1\.fc1' was watched but never ran"):
         cap["aux1.fc1"]
 
 
@@ -153,9 +153,11 @@ def test_byte_budget_names_the_layer_before_storing() -> None:
     model = Vgg16Net().eval()
     x = torch.randn(1, 1, 32, 32)
     budget = 64 * 32 * 32 * 4 + 100  # room for layer1.0's output only
-    with pytest.raises(CaptureBudgetError, match="layer 'layer1.3'"):
-        with netsight.capture(model, layers=["layer1.0", "layer1.3"], max_bytes=budget) as cap:
-            model(x)
+    with (
+        pytest.raises(CaptureBudgetError, match=r"layer 'layer1\.3'"),
+        netsight.capture(model, layers=["layer1.0", "layer1.3"], max_bytes=budget) as cap,
+    ):
+        model(x)
     assert cap.stored_bytes <= budget
     assert len(cap.calls["layer1.3"]) == 0
     assert netsight.count_hooks(model) == 0

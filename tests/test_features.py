@@ -126,7 +126,9 @@ def test_layer_stats_by_hand() -> None:
     assert relu.sparsity == pytest.approx(9 / 12)
     assert relu.mean == pytest.approx(6 / 12)
     assert relu.dead_channels == 1
-    assert relu.std == pytest.approx(float(torch.tensor([1, 0, 0, 3, 0, 2, 0, 0, 0, 0, 0, 0.0]).std(unbiased=False)))
+    assert relu.std == pytest.approx(
+        float(torch.tensor([1, 0, 0, 3, 0, 2, 0, 0, 0, 0, 0, 0.0]).std(unbiased=False))
+    )
 
 
 def test_layer_stats_over_batches_equal_one_big_batch_and_leave_the_model() -> None:

@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from netsight._version import __version__
 from netsight.capture import Capture, CaptureBudgetError, capture, list_layers
+from netsight.features import (
+    LayerStats,
+    feature_grid,
+    layer_stats,
+    mean_maps,
+    plot_feature_maps,
+    plot_mean_maps,
+    top_channels,
+)
+from netsight.filters import FilterGrid, filter_grid, plot_filters
 from netsight.hooks import count_hooks
+from netsight.images import denormalize, load_image, to_pil
 from netsight.models import ModelSpecError, UntrustedCheckpointError, load_model, load_weights
 from netsight.summary import Column, Summary, summary
 from netsight.trace import LayerRecord, TensorMeta, Trace, TraceError, trace
@@ -16,7 +27,9 @@ __all__ = [
     "Capture",
     "CaptureBudgetError",
     "Column",
+    "FilterGrid",
     "LayerRecord",
+    "LayerStats",
     "ModelSpecError",
     "Summary",
     "TensorMeta",
@@ -26,9 +39,20 @@ __all__ = [
     "__version__",
     "capture",
     "count_hooks",
+    "denormalize",
+    "feature_grid",
+    "filter_grid",
+    "layer_stats",
     "list_layers",
+    "load_image",
     "load_model",
     "load_weights",
+    "mean_maps",
+    "plot_feature_maps",
+    "plot_filters",
+    "plot_mean_maps",
     "summary",
+    "to_pil",
+    "top_channels",
     "trace",
 ]

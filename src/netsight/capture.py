@@ -36,8 +36,8 @@ from torch import nn
 from netsight.hooks import HookSet
 
 __all__ = [
-    "CaptureBudgetError",
     "Capture",
+    "CaptureBudgetError",
     "LayerSpec",
     "capture",
     "list_layers",
@@ -86,11 +86,9 @@ def resolve_layers(
         KeyError: a name matches nothing; the message lists close matches.
         TypeError: a spec of another kind.
     """
-    specs: list[LayerSpec]
-    if isinstance(layers, (str, nn.Module, type)):
-        specs = [layers]
-    else:
-        specs = list(layers)
+    specs: list[LayerSpec] = (
+        [layers] if isinstance(layers, (str, nn.Module, type)) else list(layers)
+    )
     if not specs:
         raise ValueError("layers: expected at least one layer, got an empty list")
     canonical: dict[int, str] = {}
@@ -264,7 +262,10 @@ class Capture:
                 index = len(self.grad_calls[name])
                 self.grad_calls[name].append(None)
                 if tensor.requires_grad:
-                    self._tensor_hooks.add(tensor.register_hook(self._make_grad_hook(name, index)))
+                    handle = tensor.register_hook(  # type: ignore[no-untyped-call]
+                        self._make_grad_hook(name, index)
+                    )
+                    self._tensor_hooks.add(handle)
 
         return hook
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -390,7 +390,17 @@ def plot_layer_stats(stats: LayerStats) -> Figure:
 
 
 class _Accumulator:
-    __slots__ = ("channel_max", "count", "max", "min", "nonfinite", "shape", "sum", "sumsq", "zeros")
+    __slots__ = (
+        "channel_max",
+        "count",
+        "max",
+        "min",
+        "nonfinite",
+        "shape",
+        "sum",
+        "sumsq",
+        "zeros",
+    )
 
     def __init__(self) -> None:
         self.count = 0
@@ -506,7 +516,7 @@ def layer_stats(
     total = None
     if max_batches is not None:
         total = max_batches
-    elif hasattr(iterable, "__len__"):
+    elif isinstance(iterable, Sized):
         total = len(iterable)
     with preserve_state(model, mode), HookSet() as hooks, torch.no_grad():
         for name, module in chosen.items():

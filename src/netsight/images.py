@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
-from torchvision.utils import make_grid
 
 __all__ = [
     "NONFINITE_COLOR",
@@ -159,6 +158,8 @@ def map_grid(
         rgb = rgb.repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
     if nrow is None:
         nrow = max(1, int(np.ceil(np.sqrt(len(chosen)))))
+    from torchvision.utils import make_grid  # torchvision is slow to import: only when drawing
+
     grid = make_grid(rgb, nrow=nrow, padding=padding, pad_value=1.0)
     return MapGrid(grid, tuple(chosen), total, nonfinite, nrow)
 
@@ -170,7 +171,8 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     if image.dim() != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"image: expected shape (3, H, W) or (1, H, W), got {list(image.shape)}")
     clean = torch.nan_to_num(image.detach().float().cpu(), nan=0.0).clamp(0, 1)
-    return to_pil_image(clean)
+    pil: Image.Image = to_pil_image(clean)
+    return pil
 
 
 def expected_channels(model: nn.Module) -> int | None:
@@ -214,18 +216,20 @@ def load_image(
     try:
         with Image.open(file) as opened:
             opened.load()
-            img = opened.copy()
+            img = ImageOps.exif_transpose(opened)  # phone photos: honour EXIF orientation
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"image: {str(file)!r} is not an image Pillow can read ({exc})") from exc
+    source = "asked for"
     if channels is None and model is not None:
         channels = expected_channels(model)
+        source = "expected by the model's first convolution"
     array = _to_float_array(img)
     if channels is None:
         channels = 1 if array.shape[2] == 1 else 3
     if channels not in (1, 3):
         raise ValueError(
-            f"image: netsight makes 1- or 3-channel inputs, but {channels} channels were asked "
-            f"for (from the model's first convolution); pass the tensor yourself"
+            f"image: netsight makes 1- or 3-channel inputs, but {channels} channels were "
+            f"{source}; pass the tensor yourself"
         )
     if channels == 1 and array.shape[2] == 3:
         array = array @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]

@@ -14,6 +14,13 @@ created on a fixed device) fail on meta; netsight then runs a real forward under
 ``torch.no_grad()`` on the model's own device and says so in
 :attr:`Trace.execution` and :attr:`Trace.fallback_reason`.
 
+Speed. Many of PyTorch's meta kernels are Python reference implementations
+(0.2-2 ms a call), so the meta pass replays repeated calls (same op, same input
+shapes, strides, dtypes and arguments) from a per-trace cache of their output
+metadata instead of running the kernel again; see ``_OpCounter``. The real pass
+turns off the fused attention fast paths only for models that have them, and
+Python's cyclic garbage collector is paused for the duration of a trace.
+
 Mult-adds are counted at the ATen level (see :mod:`netsight._flops`) and
 attributed to the innermost module call that ran them, so functional ops in a
 ``forward`` (``F.conv2d``, ``x @ w``, attention matmuls) are counted where they
@@ -23,10 +30,11 @@ happen.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import torch
 from torch import nn
@@ -298,9 +306,7 @@ def _make_inputs(
     elif len(dtypes) == 1 and len(shapes) > 1:
         dtypes = list(dtypes) * len(shapes)
     if len(dtypes) != len(shapes):
-        raise ValueError(
-            f"dtypes: expected one dtype per input ({len(shapes)}), got {len(dtypes)}"
-        )
+        raise ValueError(f"dtypes: expected one dtype per input ({len(shapes)}), got {len(dtypes)}")
     generator = None
     if device.type != "meta":
         # A private generator: a summary must not move the user's global RNG.
@@ -420,16 +426,6 @@ class _Recorder:
                     frame.output_bytes = _nbytes(output)
                 return
 
-    def add_op(self, packet: Any, flops: int | None) -> None:
-        if not self.stack:
-            return
-        frame = self.stack[-1]
-        if flops is None:
-            if is_heavy_uncounted(packet):
-                frame.uncounted.append(str(packet))
-        else:
-            frame.flops += flops
-
 
 # --------------------------------------------------------------------------- meta-op cache
 #
@@ -445,13 +441,14 @@ class _Recorder:
 # dtype and storage size; or "this is argument i itself" (in-place and out=
 # ops return their argument); or an immutable Python value. A call is never
 # replayed when that could differ from running it: an argument that is not a
-# plain strided meta tensor (a real tensor's values can matter; subclasses,
-# conj/neg views, other layouts), an argument type the key does not know,
-# ops that change metadata in place (tagged ``inplace_view``: transpose_,
-# resize_, set_, ...; and any call whose arguments' metadata differ after it
-# ran), outputs that are not plain strided meta tensors. Views come back as
-# fresh tensors with the view's exact geometry and storage size: on meta there
-# is no data to share. The cache lives for one trace.
+# plain strided real-valued meta tensor (a real tensor's values can matter;
+# subclasses; complex tensors, which carry conj/neg bits; sparse layouts), an
+# argument type the key does not know, ops that change metadata in place
+# (tagged ``inplace_view``: transpose_, resize_, set_, ...; and any call whose
+# arguments' metadata differ after it ran), outputs that are not plain strided
+# meta tensors. Views come back as fresh tensors with the view's exact geometry
+# and storage size: on meta there is no data to share. The cache lives for one
+# trace.
 
 _META = torch.device("meta")
 _STRIDED = torch.strided
@@ -481,15 +478,18 @@ def _key_of(items: Sequence[Any]) -> tuple[Any, ...]:
     for a in items:
         tp = type(a)
         if tp is torch.Tensor or tp is nn.Parameter:
-            if not a.is_meta or a.layout is not _STRIDED or a.is_conj() or a.is_neg():
+            dtype = a.dtype
+            # Complex tensors may carry conj/neg bits: never replayed.
+            if not a.is_meta or dtype.is_complex:
                 raise _Uncacheable
-            key.append((a.shape, a.stride(), a.storage_offset(), a.dtype))
+            key.append((a.shape, a.stride(), a.storage_offset(), dtype))
         elif tp in _ATOMS:
             # The type is part of the key: add(x, 1) and add(x, 1.0) differ in dtype.
             key.append((tp, a))
         elif tp is list or tp is tuple:
-            if all(type(x) is int for x in a):
-                key.append((tp, "ints", *a))
+            types = tuple(map(type, a))
+            if _ATOMS.issuperset(types):
+                key.append((tp, types, *a))
             else:
                 key.append((tp, _key_of(a)))
         else:
@@ -499,8 +499,9 @@ def _key_of(items: Sequence[Any]) -> tuple[Any, ...]:
 
 def _call_key(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     # The default dtype decides int/int division and dtype=None factories.
+    # id(func): OpOverload.__hash__ is Python code; the entry keeps func to confirm.
     kw = (tuple(kwargs), _key_of(tuple(kwargs.values()))) if kwargs else ()
-    return (func, torch.get_default_dtype(), _key_of(args), kw)
+    return (id(func), torch.get_default_dtype(), _key_of(args), kw)
 
 
 _OutSpec: TypeAlias = tuple[Any, ...]
@@ -516,9 +517,7 @@ def _inside_sequences(out: torch.Tensor, items: Iterable[Any]) -> bool:
     return False
 
 
-def _out_spec(
-    out: Any, args: tuple[Any, ...], kwargs: dict[str, Any], seen: set[int]
-) -> _OutSpec:
+def _out_spec(out: Any, args: tuple[Any, ...], kwargs: dict[str, Any], seen: set[int]) -> _OutSpec:
     """How to rebuild ``out`` on a later identical call (raises _Uncacheable)."""
     if isinstance(out, torch.Tensor):
         for i, a in enumerate(args):
@@ -534,30 +533,35 @@ def _out_spec(
             or _inside_sequences(out, kwargs.values())
             or not out.is_meta
             or out.layout is not _STRIDED
-            or out.is_conj()
-            or out.is_neg()
+            or out.dtype.is_complex
             or out.requires_grad
         ):
             raise _Uncacheable
         seen.add(id(out))
         shape, stride, offset = tuple(out.shape), out.stride(), out.storage_offset()
         dtype, nbytes = out.dtype, out.untyped_storage().nbytes()
-        spec: _OutSpec = ("strided", shape, stride, dtype)
-        if offset != 0 or _build(spec, args, kwargs).untyped_storage().nbytes() != nbytes:
-            itemsize = out.element_size()
-            if nbytes % itemsize:
-                raise _Uncacheable
-            spec = ("view", shape, stride, offset, dtype, nbytes // itemsize)
-        rebuilt = _build(spec, args, kwargs)
-        if (
-            tuple(rebuilt.shape) != shape
-            or rebuilt.stride() != stride
-            or rebuilt.storage_offset() != offset
-            or rebuilt.dtype != dtype
-            or rebuilt.untyped_storage().nbytes() != nbytes
-        ):
-            raise _Uncacheable
-        return spec
+        # Cheapest first: clone a kept prototype (the C++ clone of a dense tensor
+        # keeps its strides), a new empty_strided, or a view into a fresh storage
+        # of the original size. The first that rebuilds the same geometry wins.
+        candidates: list[_OutSpec] = []
+        if offset == 0:
+            proto = torch.empty_strided(shape, stride, dtype=dtype, device=_META)
+            candidates += [("clone", proto), ("strided", shape, stride, dtype)]
+        itemsize = out.element_size()
+        if nbytes % itemsize == 0:
+            candidates.append(("view", shape, stride, offset, dtype, nbytes // itemsize))
+        for spec in candidates:
+            rebuilt = _build(spec, args, kwargs)
+            if (
+                tuple(rebuilt.shape) == shape
+                and rebuilt.stride() == stride
+                and rebuilt.storage_offset() == offset
+                and rebuilt.dtype == dtype
+                and rebuilt.is_meta
+                and rebuilt.untyped_storage().nbytes() == nbytes
+            ):
+                return spec
+        raise _Uncacheable
     tp = type(out)
     if tp is tuple or tp is list:
         return ("seq", tp, tuple([_out_spec(o, args, kwargs, seen) for o in out]))
@@ -568,6 +572,8 @@ def _out_spec(
 
 def _build(spec: _OutSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     kind = spec[0]
+    if kind == "clone":
+        return spec[1].clone()
     if kind == "strided":
         return torch.empty_strided(spec[1], spec[2], dtype=spec[3], device=_META)
     if kind == "seq":
@@ -583,9 +589,10 @@ def _build(spec: _OutSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
 
 
 class _Cached:
-    __slots__ = ("flops", "heavy", "spec")
+    __slots__ = ("flops", "func", "heavy", "spec")
 
-    def __init__(self, spec: _OutSpec, flops: int | None, heavy: str | None) -> None:
+    def __init__(self, func: Any, spec: _OutSpec, flops: int | None, heavy: str | None) -> None:
+        self.func = func
         self.spec = spec
         self.flops = flops
         self.heavy = heavy
@@ -597,19 +604,28 @@ _NEVER_CACHED: dict[Any, bool] = {}
 def _never_cached(func: Any) -> bool:
     never = _NEVER_CACHED.get(func)
     if never is None:
-        never = not isinstance(func, torch._ops.OpOverload) or torch.Tag.inplace_view in func.tags
+        if isinstance(func, torch._ops.OpOverload):
+            # inplace_view: transpose_, resize_, set_, ...; the untagged resize
+            # helpers of out= variants (_resize_output_, resize.out) too.
+            name = func._schema.name
+            never = torch.Tag.inplace_view in func.tags or "resize" in name or "::set_" in name
+        else:
+            never = True
         _NEVER_CACHED[func] = never
     return never
 
 
-class _OpCounter(TorchDispatchMode):
+class _OpCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Adds every ATen op's mult-adds to the innermost running module call; with
     ``cache`` (meta tensors only) it also replays repeated calls (see above)."""
 
     def __init__(self, recorder: _Recorder, *, cache: bool = False) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._stack = recorder.stack
         self._cache: dict[Any, _Cached | None] | None = {} if cache else None
+        # id(func) -> (func, formula, name if heavy and uncounted): OpOverload's
+        # __hash__ is Python code, so ops are looked up by id and confirmed.
+        self._ops: dict[int, tuple[Any, Any, str | None]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -624,14 +640,14 @@ class _OpCounter(TorchDispatchMode):
             kwargs = {}
         cache = self._cache
         key = None
-        if cache is not None and not _never_cached(func):
+        if cache is not None:
             try:
                 key = _call_key(func, args, kwargs)
-            except _Uncacheable:
+            except (_Uncacheable, RuntimeError):  # RuntimeError: no strides (sparse)
                 pass
             else:
                 entry = cache.get(key)
-                if entry is not None:
+                if entry is not None and entry.func is func:
                     self.hits += 1
                     stack = self._stack
                     if stack:
@@ -641,14 +657,15 @@ class _OpCounter(TorchDispatchMode):
                             stack[-1].uncounted.append(entry.heavy)
                     return _build(entry.spec, args, kwargs)
         out = func(*args, **kwargs)
-        packet = func._overloadpacket
-        formula = formula_for(packet)
-        flops = None
-        heavy = None
-        if formula is not None:
-            flops = int(formula(*args, out_val=out, **kwargs))
-        elif is_heavy_uncounted(packet):
-            heavy = str(packet)
+        info = self._ops.get(id(func))
+        if info is None or info[0] is not func:
+            packet = func._overloadpacket
+            formula = formula_for(packet)
+            uncounted = formula is None and is_heavy_uncounted(packet)
+            info = (func, formula, str(packet) if uncounted else None)
+            self._ops[id(func)] = info
+        _, formula, heavy = info
+        flops = None if formula is None else int(formula(*args, out_val=out, **kwargs))
         stack = self._stack
         if stack:
             if flops is not None:
@@ -657,25 +674,21 @@ class _OpCounter(TorchDispatchMode):
                 stack[-1].uncounted.append(heavy)
         if key is not None and cache is not None and key not in cache:
             self.misses += 1
-            cache[key] = _replayable(func, key, args, kwargs, out, flops, heavy)
+            replay = None if _never_cached(func) else _replayable(func, key, args, kwargs, out)
+            cache[key] = None if replay is None else _Cached(func, replay, flops, heavy)
         return out
 
 
 def _replayable(
-    func: Any,
-    key: Any,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    out: Any,
-    flops: int | None,
-    heavy: str | None,
-) -> _Cached | None:
+    func: Any, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+) -> _OutSpec | None:
+    """How to replay this call, or None when it must always run."""
     try:
         # A call that changed its arguments' metadata cannot be replayed.
         if _call_key(func, args, kwargs) != key:
             return None
-        return _Cached(_out_spec(out, args, kwargs, set()), flops, heavy)
-    except _Uncacheable:
+        return _out_spec(out, args, kwargs, set())
+    except (_Uncacheable, RuntimeError):
         return None
 
 
@@ -711,14 +724,19 @@ def _swapped_to_meta(model: nn.Module) -> Iterator[None]:
     make_parameter = torch.Tensor._make_subclass
     try:
         for module in model.modules():
-            for store in (module._parameters, module._buffers):
+            stores: tuple[dict[str, Any], ...] = (module._parameters, module._buffers)
+            for store in stores:
                 for key, tensor in store.items():
                     if tensor is None or tensor.is_meta:
                         continue
-                    meta = replacements.get(id(tensor))
+                    meta: torch.Tensor | None = replacements.get(id(tensor))
                     if meta is None:
                         meta = torch.empty_like(tensor, device=_META)
-                        if isinstance(tensor, nn.Parameter):
+                        tp = type(tensor)
+                        # (isinstance(x, nn.Parameter) runs Python code for any other type)
+                        if tp is nn.Parameter or (
+                            tp is not torch.Tensor and isinstance(tensor, nn.Parameter)
+                        ):
                             # nn.Parameter(meta, requires_grad), without its Python __new__
                             meta = make_parameter(nn.Parameter, meta, tensor.requires_grad)
                         replacements[id(tensor)] = meta
@@ -738,8 +756,8 @@ def _swapped_to_meta(model: nn.Module) -> Iterator[None]:
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -764,18 +782,11 @@ def _run(
         fused_off: contextlib.AbstractContextManager[Any] = (
             _NoFusedPaths() if fused_paths else contextlib.nullcontext()
         )
-        # The pass makes many short-lived objects and no garbage cycles worth
-        # collecting; a full collection of a process holding torch costs ~0.1 s.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
         try:
             with torch.no_grad(), fused_off, _OpCounter(recorder, cache=not real):
                 model(*args, **kwargs)
         except Exception as exc:
             raise _trace_error(exc, recorder, names) from exc
-        finally:
-            if gc_was_enabled:
-                gc.enable()
     return recorder
 
 
@@ -950,6 +961,33 @@ def _check_inputs(model_device: torch.device, tensors: list[torch.Tensor]) -> No
             )
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _gc_paused(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` with Python's cyclic garbage collector paused (and restored).
+
+    A trace allocates many small objects (frames, shape tuples, records), which
+    triggers collections; in a process holding torch a full collection walks a
+    few hundred thousand objects (~0.1-0.3 s). What a trace allocates is freed
+    by reference counting or kept in the result, so pausing loses nothing.
+    """
+
+    @functools.wraps(fn)
+    def paused(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if not gc.isenabled():
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return paused
+
+
+@_gc_paused
 def trace(
     model: nn.Module,
     input_size: _Shape | Sequence[_Shape] | None = None,
@@ -1015,6 +1053,7 @@ def trace(
             return tuple(_make_inputs(shapes, dtypes, dev or target_device)), dict(extra_kwargs)
         data, kw = input_data, dict(extra_kwargs)
         if dev is not None:
+
             def to_meta(t: torch.Tensor) -> torch.Tensor:
                 return torch.empty_like(t, device=dev)
 

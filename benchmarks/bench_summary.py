@@ -1,0 +1,467 @@
+"""Time netsight.summary against torchinfo.summary and a bare forward pass.
+
+Usage::
+
+    python benchmarks/bench_summary.py                 # full run (~3 minutes on 2 cores)
+    python benchmarks/bench_summary.py --quick         # smaller sizes, 5 repeats (~1 minute)
+    python benchmarks/bench_summary.py --json out.json
+
+Four parts, each printed as a table:
+
+1. torchvision resnet50, vit_b_16, efficientnet_b0 (random weights, eval mode,
+   batch 1, 224 x 224): netsight.summary, torchinfo.summary(verbose=0) and a bare
+   forward under torch.no_grad(), interleaved, median of --repeats runs after one
+   warm-up run of each.
+2. Scaling: netsight.zoo.wide_model with 1,000 to 8,000 leaf modules.
+3. Nesting: netsight.zoo.NestedChain at depths 10, 20, 22 and 50; torchinfo runs
+   in a subprocess per depth with a time limit and is reported as "timeout" when
+   it does not finish.
+4. The LLaMA-7B-shaped netsight.zoo.LlamaDecoder on the meta device, 2,048
+   tokens, in a fresh subprocess: wall time and peak resident memory above the
+   process after ``import torch, torchvision``.
+
+Every timed call starts after ``gc.collect()`` so that no tool pays for garbage
+left by another. Times are wall-clock medians; the machine should be otherwise
+idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torchinfo
+import torchvision
+from torch import nn
+
+import netsight
+from netsight.zoo import NestedChain, wide_model
+
+NESTING_TIMEOUT_S = 20.0  # one torchinfo call at one depth
+NESTING_BUDGET_S = 60.0  # all torchinfo calls at one depth
+LLAMA_TIMEOUT_S = 300.0
+# 32 x [2048 x (4 x 4096^2 + 3 x 4096 x 11008) + 2 x 32 x 2048^2 x 128] (projections and
+# attention per layer) + 2048 x 4096 x 32000 (the head); tests/test_trace.py checks it too.
+LLAMA_MULT_ADDS = 14_630_806_093_824
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _interleaved(tools: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per tool; one warm-up call each, then rounds in rotating order."""
+    for fn in tools.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in tools}
+    names = list(tools)
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(_timed(tools[name]))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _bare(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    def run() -> object:
+        with torch.no_grad():
+            return model(x)
+
+    return run
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.1f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.2f}" if a / b >= 0.1 else f"{a / b:.2g}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in pairs)
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+# --------------------------------------------------------------------------- 1. models
+
+
+MODELS = ("resnet50", "vit_b_16", "efficientnet_b0")
+
+
+def bench_models(names: list[str], repeats: int) -> list[dict[str, Any]]:
+    results = []
+    for name in names:
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(name, weights=None).eval()
+        size = (1, 3, 224, 224)
+        x = torch.randn(size)
+        execution = netsight.summary(model, input_size=size).trace.execution
+        medians = _interleaved(
+            {
+                "netsight": lambda m=model, s=size: netsight.summary(m, input_size=s),
+                "torchinfo": lambda m=model, s=size: torchinfo.summary(m, input_size=s, verbose=0),
+                "bare": _bare(model, x),
+            },
+            repeats,
+        )
+        results.append({"model": name, "netsight_execution": execution, **medians})
+        print(f"  {name}: done", file=sys.stderr, flush=True)
+    return results
+
+
+def print_models(results: list[dict[str, Any]]) -> None:
+    rows = [
+        [
+            r["model"],
+            r["netsight_execution"],
+            _ms(r["bare"]),
+            _ms(r["netsight"]),
+            _ms(r["torchinfo"]),
+            _ratio(r["netsight"], r["torchinfo"]),
+            _ratio(r["netsight"], r["bare"]),
+        ]
+        for r in results
+    ]
+    headers = ["model", "netsight ran", "bare ms", "netsight ms", "torchinfo ms"]
+    headers += ["netsight/torchinfo", "netsight/bare"]
+    print(_table(headers, rows))
+
+
+# --------------------------------------------------------------------------- 2. scaling
+
+
+def bench_scaling(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+    results = []
+    for leaves in sizes:
+        model = wide_model(leaves).eval()
+        x = torch.randn(1, 8)
+        tools: dict[str, Callable[[], object]] = {
+            "netsight": lambda m=model: netsight.summary(m, input_size=(1, 8)),
+            "bare": _bare(model, x),
+        }
+        if leaves <= 8000:
+            tools["torchinfo"] = lambda m=model: torchinfo.summary(m, input_size=(1, 8), verbose=0)
+        medians = _interleaved(tools, repeats)
+        results.append({"leaves": leaves, "torchinfo": None, **medians})
+        print(f"  wide_model({leaves}): done", file=sys.stderr, flush=True)
+    return results
+
+
+def print_scaling(results: list[dict[str, Any]]) -> None:
+    rows = []
+    for r in results:
+        per_leaf = r["netsight"] / r["leaves"] * 1e6
+        rows.append(
+            [
+                f"{r['leaves']:,}",
+                _ms(r["bare"]),
+                _ms(r["netsight"]),
+                f"{per_leaf:.0f}",
+                _ms(r["torchinfo"]),
+                _ratio(r["netsight"], r["torchinfo"]),
+            ]
+        )
+    headers = ["leaves", "bare ms", "netsight ms", "netsight us/leaf", "torchinfo ms"]
+    headers += ["netsight/torchinfo"]
+    print(_table(headers, rows))
+
+
+# --------------------------------------------------------------------------- 3. nesting
+
+_TORCHINFO_NESTED = textwrap.dedent(
+    """
+    import sys, time
+    import torch, torchinfo
+    from netsight.zoo import NestedChain
+    model = NestedChain(int(sys.argv[1]))
+    print("ready", flush=True)
+    for _ in range(int(sys.argv[2]) + 1):  # a warm-up call, then the timed ones
+        start = time.perf_counter()
+        torchinfo.summary(model, input_size=(1, 8), verbose=0, depth=1000)
+        print(time.perf_counter() - start, flush=True)
+    """
+)
+
+
+def _torchinfo_nested(depth: int, repeats: int) -> tuple[float | str, int]:
+    """(median seconds, calls timed), or ("timeout", 0) when the first call takes
+    longer than NESTING_TIMEOUT_S. Calls are repeated while each finishes within
+    the limit and the whole run within NESTING_BUDGET_S."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _TORCHINFO_NESTED, str(depth), str(repeats)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    times: list[float] = []
+    try:
+        proc.stdout.readline()  # "ready": imports done, the clock starts now
+        budget = time.monotonic() + NESTING_BUDGET_S
+        while len(times) < repeats + 1:
+            limit = min(NESTING_TIMEOUT_S, budget - time.monotonic())
+            ready, _, _ = select.select([proc.stdout], [], [], max(limit, 0.0))
+            if not ready:
+                break
+            line = proc.stdout.readline()
+            if not line:
+                break
+            times.append(float(line))
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    if not times:
+        if proc.returncode not in (0, -signal.SIGKILL):
+            return "error: " + (err.strip().splitlines() or ["?"])[-1], 0
+        return "timeout", 0
+    timed = times[1:] or times  # drop the warm-up call when there is more than one
+    return statistics.median(timed), len(timed)
+
+
+def bench_nesting(depths: list[int], repeats: int) -> list[dict[str, Any]]:
+    results = []
+    for depth in depths:
+        model = NestedChain(depth)
+        x = torch.randn(1, 8)
+        medians = _interleaved(
+            {
+                "netsight": lambda m=model: netsight.summary(m, input_size=(1, 8), depth=1000),
+                "bare": _bare(model, x),
+            },
+            repeats,
+        )
+        torchinfo_s, torchinfo_runs = _torchinfo_nested(depth, repeats)
+        results.append(
+            {"depth": depth, **medians, "torchinfo": torchinfo_s, "torchinfo_runs": torchinfo_runs}
+        )
+        print(f"  NestedChain({depth}): done", file=sys.stderr, flush=True)
+    return results
+
+
+def print_nesting(results: list[dict[str, Any]]) -> None:
+    rows = []
+    for r in results:
+        ti = r["torchinfo"]
+        ti_text = _ms(ti) if isinstance(ti, float) else ti
+        ratio = _ratio(r["netsight"], ti) if isinstance(ti, float) else "-"
+        runs = str(r["torchinfo_runs"])
+        rows.append([str(r["depth"]), _ms(r["bare"]), _ms(r["netsight"]), ti_text, runs, ratio])
+    headers = ["depth", "bare ms", "netsight ms", "torchinfo ms", "torchinfo runs"]
+    print(_table([*headers, "netsight/torchinfo"], rows))
+
+
+# --------------------------------------------------------------------------- 4. LLaMA
+
+_LLAMA = textwrap.dedent(
+    """
+    import json, resource, sys, time
+
+    def hwm_kb():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def reset_peak():
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            return True
+        except OSError:
+            return False
+
+    import torch, torchvision
+    reset_ok = reset_peak()
+    base = hwm_kb()
+    tool = sys.argv[1]
+    from netsight.zoo import LlamaDecoder
+    start = time.perf_counter()
+    with torch.device("meta"):
+        model = LlamaDecoder()
+    built = time.perf_counter() - start
+    after_build = hwm_kb()
+    result = {"tool": tool, "build_s": built, "peak_reset": reset_ok}
+    start = time.perf_counter()
+    try:
+        if tool == "netsight":
+            import netsight
+            s = netsight.summary(model, input_size=(1, 2048), dtypes=[torch.long], depth=2)
+            result.update(total_params=s.total_params, total_mult_adds=s.total_mult_adds,
+                          execution=s.trace.execution)
+        else:
+            import torchinfo
+            s = torchinfo.summary(model, input_size=(1, 2048), dtypes=[torch.long], depth=2,
+                                  device="meta", verbose=0)
+            result.update(total_params=s.total_params, total_mult_adds=s.total_mult_adds)
+        result["ok"] = True
+    except Exception as exc:
+        result["ok"] = False
+        result["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    result["summary_s"] = time.perf_counter() - start
+    result["build_peak_mb"] = (after_build - base) / 1024
+    result["peak_mb"] = (hwm_kb() - base) / 1024
+    print(json.dumps(result))
+    """
+)
+
+
+def bench_llama() -> list[dict[str, Any]]:
+    results = []
+    for tool in ("netsight", "torchinfo"):
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", _LLAMA, tool],
+                capture_output=True,
+                text=True,
+                timeout=LLAMA_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            results.append({"tool": tool, "ok": False, "error": "timeout"})
+            continue
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            error = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            results.append({"tool": tool, "ok": False, "error": f"crashed: {error}"})
+        else:
+            results.append(json.loads(lines[-1]))
+        print(f"  LLaMA-7B ({tool}): done", file=sys.stderr, flush=True)
+    return results
+
+
+def print_llama(results: list[dict[str, Any]]) -> None:
+    rows = []
+    for r in results:
+        if r.get("ok"):
+            outcome = f"{r['total_params']:,} params, {r['total_mult_adds']:,} mult-adds"
+        else:
+            outcome = r.get("error", "failed")
+        rows.append(
+            [
+                r["tool"],
+                _ms(r.get("summary_s")),
+                f"{r['peak_mb']:.1f}" if "peak_mb" in r else "-",
+                _ms(r.get("build_s")),
+                f"{r['build_peak_mb']:.1f}" if "build_peak_mb" in r else "-",
+                outcome,
+            ]
+        )
+    headers = ["tool", "summary ms", "peak RSS +MB", "build ms", "build +MB", "result"]
+    print(_table(headers, rows))
+    counts = {r["tool"]: r.get("total_mult_adds") for r in results if r.get("ok")}
+    if len(counts) == 2 and len(set(counts.values())) == 2:
+        print(
+            "  mult-adds differ: "
+            + ", ".join(f"{tool} {value:,}" for tool, value in counts.items())
+            + f" (expected {LLAMA_MULT_ADDS:,})"
+        )
+    print(
+        "  (+MB: peak resident memory above the process after `import torch, torchvision`;"
+        " build: constructing the model on the meta device; peak includes the build)"
+    )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torchinfo": getattr(torchinfo, "__version__", "?"),
+        "netsight": netsight.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per tool (median)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, 5 repeats")
+    parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(MODELS),
+        metavar="NAME",
+        help="torchvision models for part 1 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["models", "scaling", "nesting", "llama"],
+        action="append",
+        help="run only these parts (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    repeats = 5 if args.quick and args.repeats == 7 else args.repeats
+    parts = set(args.only or ["models", "scaling", "nesting", "llama"])
+    scaling_sizes = [1000, 2000] if args.quick else [1000, 2000, 4000, 8000]
+    nesting_depths = [10, 20] if args.quick else [10, 20, 22, 50]
+
+    info = machine()
+    print(
+        f"netsight {info['netsight']}, torch {info['torch']}, torchvision {info['torchvision']}, "
+        f"torchinfo {info['torchinfo']}, Python {info['python']}, {info['cpu_count']} CPUs, "
+        f"CUDA {'yes' if info['cuda_available'] else 'no'}; medians of {repeats} runs"
+    )
+    report: dict[str, Any] = {"machine": info, "repeats": repeats}
+    if "models" in parts:
+        print("\nModels (batch 1, 224 x 224, eval, random weights)", file=sys.stderr)
+        report["models"] = bench_models(args.models, repeats)
+        print("\n## torchvision models (batch 1, 3 x 224 x 224, eval)\n")
+        print_models(report["models"])
+    if "scaling" in parts:
+        print("\nScaling", file=sys.stderr)
+        report["scaling"] = bench_scaling(scaling_sizes, repeats)
+        print("\n## Scaling: wide_model(n), input (1, 8)\n")
+        print_scaling(report["scaling"])
+    if "nesting" in parts:
+        print("\nNesting", file=sys.stderr)
+        report["nesting"] = bench_nesting(nesting_depths, repeats)
+        print(
+            f"\n## Nesting: NestedChain(depth); torchinfo: {NESTING_TIMEOUT_S:.0f} s a call, "
+            f"{NESTING_BUDGET_S:.0f} s a depth\n"
+        )
+        print_nesting(report["nesting"])
+    if "llama" in parts:
+        print("\nLLaMA", file=sys.stderr)
+        report["llama"] = bench_llama()
+        print("\n## LLaMA-7B shape on the meta device, 2,048 tokens, fresh process\n")
+        print_llama(report["llama"])
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

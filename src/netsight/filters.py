@@ -1,0 +1,495 @@
+"""Convolution kernels drawn as image grids (what the tutorials do with
+``torchvision.utils.make_grid(layer.weight)``), with the chores done for you:
+tiles are capped and the caption says what was left out, 3x3 kernels are zoomed
+so they can be seen, NaN/Inf weights are drawn in magenta and counted, and
+constant kernels never divide by zero.
+
+Example:
+    >>> grid = netsight.filter_grid(torchvision.models.resnet18(), "conv1")
+    >>> grid.mode, grid.image.shape          # 64 colour tiles of the 7x7 RGB kernels
+    ('rgb', torch.Size([3, 233, 233]))
+    >>> writer.add_image("conv1", grid.image)  # SummaryWriter takes it as it is
+    >>> fig = netsight.plot_filters(model, "layer1.0.conv1")
+    >>> fig.savefig("filters.png")
+
+How a layer is drawn (``mode``):
+
+* ``"rgb"``: one colour tile per filter, its three input channels read as
+  red, green and blue. Needs 3 input channels per group: the first layer of an
+  RGB network.
+* ``"channels"``: one grayscale (colormapped) tile per kernel, i.e. per
+  (filter, input channel) pair. Each grid row holds whole filters: with the
+  default ``nrow`` a filter with ``C`` input channels takes ``C`` tiles (rows of at
+  most 64 tiles; for more channels a filter spans several rows), and filters
+  with few channels share a row so that the grid stays about square.
+  Depthwise convolutions (one input channel per group) get one tile per filter.
+* ``"mean"``: one tile per filter, its kernels averaged over the input channels.
+* ``"auto"`` (default): ``"rgb"`` for an ungrouped layer with 3 input channels
+  (a transposed one with 3 output channels); ``"channels"`` when every kernel
+  fits in ``max_tiles``, and always for depthwise layers; otherwise ``"mean"``, so
+  that a deep layer still shows (up to ``max_tiles``) *all* its filters rather
+  than every kernel of only its first few filters. Ask for ``mode="channels"``
+  to see single kernels of a deep layer.
+
+Shapes: ``Conv1d`` kernels are drawn as tiles one pixel high (zoomed like any
+other tile); ``Conv3d`` kernels ``(kt, kh, kw)`` are drawn at their middle depth
+slice ``kt // 2`` (the caption says which). For transposed convolutions
+(``ConvTranspose*``, weight ``(in, out / groups, ...)``) a grid row belongs to an
+*input* channel and its tiles are the patterns it paints onto each output channel.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from netsight.capture import list_layers, resolve_layers
+from netsight.images import NONFINITE_COLOR, colorize, normalize_maps
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["CONV_TYPES", "FilterGrid", "filter_grid", "plot_filters"]
+
+#: The module types whose kernels can be drawn (their Lazy* variants included).
+CONV_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+_MODES = ("auto", "rgb", "channels", "mean")
+#: Smallest tile side (in pixels) the automatic zoom aims for.
+_MIN_TILE_PX = 24
+#: Most tiles per grid row that ``"channels"`` puts side by side for one filter.
+_MAX_ROW = 64
+
+
+@dataclass(frozen=True)
+class FilterGrid:
+    """A grid image of a convolution's kernels and what it shows.
+
+    Attributes:
+        image: ``(3, H, W)`` float tensor in ``[0, 1]``, ready for
+            ``SummaryWriter.add_image`` or :func:`netsight.images.to_pil`. Tiles are
+            laid out by :func:`torchvision.utils.make_grid` (``padding`` pixels of
+            white around and between them), also when there is only one tile.
+        layer: the layer's qualified name.
+        mode: the mode used (``"rgb"``, ``"channels"`` or ``"mean"``; never ``"auto"``).
+        shown: tiles drawn.
+        total: tiles there were (kernels in ``"channels"`` mode, filters otherwise).
+        note: a one-line caption: the layer's shape, what is shown and left out,
+            the zoom, the depth slice of a 3-d kernel, and NaN/Inf weights.
+        nonfinite: NaN/Inf values in the layer's whole weight (the ones inside the
+            drawn tiles are magenta; the note says how many were not drawn).
+        nrow: tiles per grid row.
+        upscale: the integer (nearest-neighbour) zoom of every tile.
+    """
+
+    image: torch.Tensor
+    layer: str
+    mode: str
+    shown: int
+    total: int
+    note: str
+    nonfinite: int
+    nrow: int
+    upscale: int
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _find_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(layer, (str, nn.Module)):
+        raise TypeError(
+            f"layer: expected a layer name or a module of the model, got {type(layer).__name__}"
+        )
+    found = resolve_layers(model, layer)
+    if len(found) != 1:
+        names = ", ".join(list(found)[:5]) + (", ..." if len(found) > 5 else "")
+        raise ValueError(
+            f"layer: expected {layer!r} to name one layer, but it matches {len(found)}: {names}"
+        )
+    ((name, module),) = found.items()
+    if not isinstance(module, CONV_TYPES):
+        convs = list_layers(model, types=CONV_TYPES)
+        if convs:
+            listed = ", ".join(convs[:6]) + (
+                f", ... ({len(convs)} in all)" if len(convs) > 6 else ""
+            )
+            where = f"convolutions in this model: {listed}"
+        else:
+            where = (
+                "this model has no convolution (nn.Conv1d/2d/3d or nn.ConvTranspose1d/2d/3d) "
+                "whose kernels could be drawn"
+            )
+        raise TypeError(f"layer {name!r} is a {type(module).__name__}, not a convolution; {where}")
+    return name, module
+
+
+def _weight_of(name: str, module: nn.Module) -> torch.Tensor:
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, nn.parameter.UninitializedParameter):
+        raise ValueError(
+            f"layer {name!r} ({type(module).__name__}) has not been initialised yet; "
+            f"run one forward pass so the lazy layer creates its weight"
+        )
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"layer {name!r}: expected a weight tensor, got {type(weight).__name__}")
+    if weight.device.type == "meta":
+        raise ValueError(
+            f"layer {name!r} has its weight on the meta device ({list(weight.shape)}): there "
+            f"are no values to draw; load real weights first (netsight.load_weights, or "
+            f"model.to_empty(device='cpu') followed by load_state_dict)"
+        )
+    if weight.dim() not in (3, 4, 5):
+        raise ValueError(
+            f"layer {name!r}: expected a weight of 3 to 5 dimensions, got {list(weight.shape)}"
+        )
+    return weight.detach()
+
+
+def _count_nonfinite(tensor: torch.Tensor) -> int:
+    """NaN/Inf values in ``tensor``; a finite sum (one fast pass) proves there are none."""
+    if not tensor.is_floating_point() and not tensor.is_complex():
+        return 0
+    if bool(torch.isfinite(tensor.sum())):
+        return 0
+    return int((~torch.isfinite(tensor)).sum())  # a NaN/Inf, or a sum that overflowed
+
+
+def _choose_mode(mode: str, per_group: int, groups: int, kernels: int, max_tiles: int) -> str:
+    if mode not in _MODES:
+        raise ValueError(f"mode: expected one of {', '.join(map(repr, _MODES))}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    if per_group == 3 and groups == 1:
+        return "rgb"
+    if kernels <= max_tiles or per_group == 1:
+        return "channels"
+    return "mean"
+
+
+def _default_channels_nrow(per_filter: int, filters: int) -> int:
+    """Tiles per row for "channels": whole filters per row, about square overall."""
+    if per_filter <= _MAX_ROW:
+        together = max(1, round(math.sqrt(filters / per_filter)))
+        return per_filter * min(together, filters)
+    divisor = max(d for d in range(1, _MAX_ROW + 1) if per_filter % d == 0)
+    return divisor if divisor >= _MAX_ROW // 4 else _MAX_ROW
+
+
+@torch.no_grad()
+def filter_grid(
+    model: nn.Module,
+    layer: str | nn.Module,
+    *,
+    mode: str = "auto",
+    max_tiles: int = 256,
+    nrow: int | None = None,
+    normalize: bool = True,
+    scale_each: bool = True,
+    value_range: tuple[float, float] | None = None,
+    cmap: str = "gray",
+    padding: int = 1,
+    upscale: int | None = None,
+) -> FilterGrid:
+    """Draw a convolution's kernels as one grid image.
+
+    Args:
+        model: the network; it is not changed (no hooks; the weight is read
+            through a detached float copy on the CPU).
+        layer: a qualified name (``"layer1.0.conv1"``; aliases and unique globs
+            work, unknown names get close matches) or a module of ``model``.
+        mode: ``"auto"``, ``"rgb"``, ``"channels"`` or ``"mean"`` (see the module
+            docs; ``"auto"`` picks rgb / channels / mean in that order).
+        max_tiles: never draw more tiles than this; the note says what was left
+            out. ``"channels"`` keeps whole filters when it can (the first
+            ``max_tiles // C`` filters), ``"rgb"``/``"mean"`` the first filters.
+        nrow: tiles per grid row (default: a filter per row for ``"channels"``,
+            about square otherwise).
+        normalize: stretch values to ``[0, 1]``; ``False`` draws the raw weights,
+            clipped to ``[0, 1]`` (``make_grid(normalize=False)`` as a viewer shows it).
+        scale_each: each tile its own min/max (``make_grid(scale_each=True)``; an
+            rgb tile is scaled over its three channels together); ``False``: one
+            range over all the tiles drawn, so tiles can be compared.
+        value_range: a fixed ``(low, high)`` mapped to ``[0, 1]`` instead (wins
+            over ``normalize``/``scale_each``).
+        cmap: matplotlib colormap of the one-channel modes (``"rgb"`` ignores it).
+        padding: pixels of white around and between tiles.
+        upscale: integer nearest-neighbour zoom of every tile (default: enough
+            for the longer kernel side to reach about 24 px, so 3x3 becomes 24x24).
+
+    Returns:
+        A :class:`FilterGrid`; ``grid.image`` is ``(3, H, W)`` in ``[0, 1]``.
+
+    Raises:
+        KeyError: ``layer`` names nothing in the model (close matches listed).
+        TypeError: the layer is not a convolution (the model's convolutions are
+            listed) or the model has none.
+        ValueError: weights on the meta device or not yet initialised, a mode
+            that does not fit the layer, or an out-of-range option.
+
+    Example:
+        >>> grid = filter_grid(Vgg16Net(), "layer1.3", mode="channels", max_tiles=128)
+        >>> grid.shown, grid.total
+        (128, 4096)
+        >>> print(grid.note)
+        64 filters x 64 input channels = 4096 kernels; showing 128 (first 2 filters; 3968
+        left out); 3x3 kernels; tiles zoomed 8x
+    """
+    if max_tiles < 1:
+        raise ValueError(f"max_tiles: expected >= 1, got {max_tiles}")
+    if nrow is not None and nrow < 1:
+        raise ValueError(f"nrow: expected >= 1 or None, got {nrow}")
+    if padding < 0:
+        raise ValueError(f"padding: expected >= 0, got {padding}")
+    if upscale is not None and upscale < 1:
+        raise ValueError(f"upscale: expected an integer >= 1 or None, got {upscale}")
+    if value_range is not None and not float(value_range[0]) < float(value_range[1]):
+        raise ValueError(f"value_range: expected (low, high) with low < high, got {value_range}")
+
+    name, module = _find_layer(model, layer)
+    weight = _weight_of(name, module)
+    transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+    groups = int(getattr(module, "groups", 1))
+    filters, per_group = int(weight.shape[0]), int(weight.shape[1])
+    kernel = tuple(int(k) for k in weight.shape[2:])
+    kernels = filters * per_group
+    chosen_mode = _choose_mode(mode, per_group, groups, kernels, max_tiles)
+    if chosen_mode == "rgb" and per_group != 3:
+        raise ValueError(
+            f"mode='rgb' needs 3 {'output' if transposed else 'input'} channels per group, "
+            f"but layer {name!r} has {per_group}; use mode='channels' or 'mean'"
+        )
+
+    # Only the part that is drawn is copied (a 2048-channel layer stays cheap).
+    if chosen_mode == "channels":
+        if per_group >= max_tiles:
+            n_filters, n_channels = 1, max_tiles
+        else:
+            n_filters, n_channels = min(filters, max_tiles // per_group), per_group
+        part = weight[:n_filters, :n_channels]
+    else:
+        n_filters, n_channels = min(filters, max_tiles), per_group
+        part = weight[:n_filters]
+    depth_note = ""
+    if len(kernel) == 3:  # (kt, kh, kw): the middle depth slice
+        middle = kernel[0] // 2
+        part = part[:, :, middle]
+        depth_note = f"middle depth slice {middle} of 0-{kernel[0] - 1} drawn"
+    elif len(kernel) == 1:  # (k,): tiles one pixel high
+        part = part.unsqueeze(2)
+    tiles = part.to(device="cpu", dtype=torch.float32, copy=True)  # (F, C, h, w)
+
+    nonfinite = _count_nonfinite(weight)
+    drawn_nonfinite = int((~torch.isfinite(tiles)).sum())
+    height, width = int(tiles.shape[-2]), int(tiles.shape[-1])
+    zoom = upscale if upscale is not None else max(1, math.ceil(_MIN_TILE_PX / max(height, width)))
+    scaling = "each" if scale_each else "shared"
+    if not normalize and value_range is None:
+        scaling = "none"
+
+    if chosen_mode == "rgb":
+        count = tiles.shape[0]
+        scaled = normalize_maps(tiles.reshape(count, 3 * height, width), scaling, value_range)
+        rgb = scaled.reshape(count, 3, height, width)
+        bad = (~torch.isfinite(rgb)).any(dim=1, keepdim=True)
+        flag = torch.tensor(NONFINITE_COLOR, dtype=torch.float32).view(1, 3, 1, 1)
+        rgb = torch.where(bad, flag, rgb)
+        shown, total = count, filters
+    else:
+        maps = tiles.mean(dim=1) if chosen_mode == "mean" else tiles.flatten(0, 1)
+        rgb = colorize(normalize_maps(maps, scaling, value_range), cmap)
+        shown = int(maps.shape[0])
+        total = kernels if chosen_mode == "channels" else filters
+    if zoom > 1:
+        rgb = rgb.repeat_interleave(zoom, dim=2).repeat_interleave(zoom, dim=3)
+
+    if nrow is None:
+        if chosen_mode == "channels":
+            nrow = _default_channels_nrow(n_channels, n_filters)
+        else:
+            nrow = max(1, math.ceil(math.sqrt(shown)))
+    nrow = min(nrow, shown)
+    if shown == 1:  # make_grid returns a lone tile without its padding
+        image = nn.functional.pad(rgb[0], [padding] * 4, value=1.0)
+    else:
+        from torchvision.utils import make_grid  # slow to import: only when drawing
+
+        image = make_grid(rgb, nrow=nrow, padding=padding, pad_value=1.0)
+
+    note = _note(
+        mode=chosen_mode,
+        transposed=transposed,
+        filters=filters,
+        per_group=per_group,
+        groups=groups,
+        kernel=kernel,
+        n_filters=n_filters,
+        n_channels=n_channels,
+        shown=shown,
+        zoom=zoom,
+        depth_note=depth_note,
+        nonfinite=nonfinite,
+        drawn_nonfinite=drawn_nonfinite,
+    )
+    return FilterGrid(
+        image=image.clamp(0.0, 1.0),
+        layer=name,
+        mode=chosen_mode,
+        shown=shown,
+        total=total,
+        note=note,
+        nonfinite=nonfinite,
+        nrow=nrow,
+        upscale=zoom,
+    )
+
+
+def _note(
+    *,
+    mode: str,
+    transposed: bool,
+    filters: int,
+    per_group: int,
+    groups: int,
+    kernel: tuple[int, ...],
+    n_filters: int,
+    n_channels: int,
+    shown: int,
+    zoom: int,
+    depth_note: str,
+    nonfinite: int,
+    drawn_nonfinite: int,
+) -> str:
+    row_word, col_word = (
+        ("input channel", "output channel") if transposed else ("filter", "input channel")
+    )
+    if groups == 1:
+        grouping = ""
+    elif per_group == 1 and not transposed:
+        grouping = f" (depthwise, groups={groups})"
+    else:
+        grouping = f" per group (groups={groups})"
+    kernels = filters * per_group
+    head = (
+        f"{_plural(filters, row_word)} x {_plural(per_group, col_word)}{grouping} "
+        f"= {_plural(kernels, 'kernel')}"
+    )
+    if transposed:
+        head = "transposed convolution: " + head
+    parts = [head]
+    if mode == "channels":
+        if shown == kernels:
+            parts.append(f"showing all {kernels}")
+        elif n_channels < per_group:
+            parts.append(
+                f"showing {shown} (input channels 0-{n_channels - 1} of the first "
+                f"{row_word}; {kernels - shown} left out)"
+                if not transposed
+                else f"showing {shown} (output channels 0-{n_channels - 1} of the first "
+                f"input channel; {kernels - shown} left out)"
+            )
+        else:
+            parts.append(
+                f"showing {shown} (first {_plural(n_filters, row_word)}; "
+                f"{kernels - shown} left out)"
+            )
+    else:
+        what = "colour tiles" if mode == "rgb" else "tiles"
+        if n_filters == filters:
+            showing = f"showing all {_plural(filters, row_word)} as {what}"
+        else:
+            showing = (
+                f"showing {n_filters} of {filters} {row_word}s as {what} "
+                f"(first {n_filters}; {filters - n_filters} left out)"
+            )
+        if mode == "mean":
+            showing += f", each averaged over its {_plural(per_group, col_word)}"
+        parts.append(showing)
+    if len(kernel) == 1:
+        parts.append(f"length-{kernel[0]} kernels (1-d)")
+    else:
+        parts.append("x".join(str(k) for k in kernel) + " kernels")
+    if depth_note:
+        parts.append(depth_note)
+    if zoom > 1:
+        parts.append(f"tiles zoomed {zoom}x")
+    if nonfinite:
+        hidden = nonfinite - drawn_nonfinite
+        flagged = f"{_plural(nonfinite, 'NaN/Inf weight')}"
+        if hidden:
+            flagged += f" ({drawn_nonfinite} drawn in magenta, {hidden} in parts not shown)"
+        else:
+            flagged += " drawn in magenta"
+        parts.append(flagged)
+    return "; ".join(parts)
+
+
+def plot_filters(
+    model: nn.Module,
+    layer: str | nn.Module,
+    *,
+    mode: str = "auto",
+    max_tiles: int = 256,
+    nrow: int | None = None,
+    normalize: bool = True,
+    scale_each: bool = True,
+    value_range: tuple[float, float] | None = None,
+    cmap: str = "gray",
+    padding: int = 1,
+    upscale: int | None = None,
+    title: str | None = None,
+) -> Figure:
+    """A matplotlib Figure of a convolution's kernels; see :func:`filter_grid`.
+
+    The title names the layer (or ``title``) and carries the grid's note. Built
+    with the object-oriented API (no pyplot state): nothing is shown, call
+    ``fig.savefig(...)`` or display it in a notebook.
+
+    Example:
+        >>> fig = plot_filters(torchvision.models.resnet18(), "conv1")
+        >>> fig.savefig("conv1.png")
+    """
+    from matplotlib.figure import Figure
+
+    grid = filter_grid(
+        model,
+        layer,
+        mode=mode,
+        max_tiles=max_tiles,
+        nrow=nrow,
+        normalize=normalize,
+        scale_each=scale_each,
+        value_range=value_range,
+        cmap=cmap,
+        padding=padding,
+        upscale=upscale,
+    )
+    image = grid.image.permute(1, 2, 0).numpy()
+    height, width = image.shape[:2]
+    # inches per image pixel: at most 1/40 (small grids), wide grids up to 16 in, tall to 10 in
+    scale = min(1 / 40, 16.0 / width, 10.0 / height)
+    fig_width = max(4.0, width * scale)
+    wrapped = textwrap.fill(grid.note, width=max(40, int(fig_width * 12)))
+    lines = wrapped.count("\n") + 2
+    fig = Figure(figsize=(fig_width, max(1.0, height * scale) + 0.2 * lines), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(image, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{title if title is not None else grid.layer}\n{wrapped}", fontsize=9)
+    return fig
