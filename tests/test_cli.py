@@ -13,7 +13,6 @@ import torch
 
 from netsight import __version__
 from netsight.cli import COMMANDS, main
-from netsight.demo import run_demo
 from netsight.models import ModelSpecError, load_model
 
 MODEL_FILE = """
@@ -295,37 +294,6 @@ def test_python_m_netsight_subprocess() -> None:
     assert data["model"] == "ResNet"
     assert data["input"]["shape"] == [1, 3, 224, 224]
     assert data["totals"]["total_params"] == 11_689_512
-
-
-def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    out_dir = tmp_path / "demo" / "out"
-    rng = torch.get_rng_state()
-    code, out, err = run(capsys, "demo", "--out", str(out_dir))
-    assert code == 0, err
-    assert torch.equal(torch.get_rng_state(), rng)
-    names = ["vgg16.html", "vgg16.json", "resnet18.html", "resnet18.json"]
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted(names)
-    vgg = json.loads((out_dir / "vgg16.json").read_text())
-    assert vgg["totals"]["total_params"] == 15_118_538
-    resnet = json.loads((out_dir / "resnet18.json").read_text())
-    assert resnet["totals"]["total_params"] == 11_689_512
-    assert (out_dir / "vgg16.html").read_text().startswith("<!DOCTYPE html>")
-    assert "Vgg16Net" in out
-    assert "ResNet" in out
-    for name in names:
-        assert str(out_dir / name) in out
-
-
-def test_run_demo_returns_paths(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    paths = run_demo(tmp_path)
-    assert [p.name for p in paths] == [
-        "vgg16.html",
-        "vgg16.json",
-        "resnet18.html",
-        "resnet18.json",
-    ]
-    assert all(p.is_file() for p in paths)
-    capsys.readouterr()
 
 
 def test_demo_out_is_a_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

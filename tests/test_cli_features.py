@@ -85,3 +85,62 @@ def test_layers_lists_names(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["layers", "zoo:Vgg16Net"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "layer1.0\tConv2d" in lines and "fc.6\tLinear" in lines
+
+
+def test_filters_default_layer_and_chosen_layers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "filt"
+    assert main(["filters", "torchvision:resnet18", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["filters_conv1.png"]
+    with Image.open(out / "filters_conv1.png") as image:
+        assert image.size[0] > 200 and image.mode in ("RGB", "RGBA")
+    argv = ["filters", "zoo:Vgg16Net", "--layer", "layer1.0", "layer5.6", "--out", str(out)]
+    assert main([*argv, "--max-tiles", "16", "--mode", "mean"]) == 0
+    assert {"filters_layer1.0.png", "filters_layer5.6.png"} <= {p.name for p in out.iterdir()}
+    assert str(out / "filters_layer5.6.png") in capsys.readouterr().out
+
+
+def test_filters_with_weights_draws_the_loaded_kernels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from netsight._io import save_figure
+    from netsight.filters import plot_filters
+    from netsight.zoo import Vgg16Net
+
+    torch.manual_seed(1)
+    model = Vgg16Net()
+    weights = tmp_path / "trained.pth"
+    torch.save(model.state_dict(), weights)
+    expected = save_figure(plot_filters(model, "layer1.0"), tmp_path / "expected.png")
+
+    out = tmp_path / "o"
+    argv = ["filters", "zoo:Vgg16Net", "--layer", "layer1.0", "--out", str(out)]
+    assert main([*argv, "--weights", str(weights)]) == 0
+    drawn = out / "filters_layer1.0.png"
+
+    def pixels(path: Path) -> np.ndarray:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+
+    np.testing.assert_array_equal(pixels(drawn), pixels(expected))
+    assert main(argv) == 0  # without --weights: a fresh random init, other kernels
+    assert not np.array_equal(pixels(drawn), pixels(expected))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["zoo:Vgg16Net", "--layer", "fc.0"], "not a convolution"),
+        (["zoo:Vgg16Net", "--layer", "layer10"], "did you mean 'layer1.0'"),
+        (["torchvision:resnet18", "--weights", "missing.pth"], "missing.pth"),
+    ],
+)
+def test_filters_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(["filters", *argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

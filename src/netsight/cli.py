@@ -411,12 +411,30 @@ def _run_layers(args: argparse.Namespace) -> int:
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="out", metavar="DIR", help="where the files go (default: out)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="train one epoch on 64 digits (seconds, a smoke test) instead of the full run",
+    )
+    p.add_argument("--epochs", type=int, metavar="N", help="training epochs (default: 4)")
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train even if weights from an earlier run with the same settings are in --out",
+    )
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from netsight.demo import run_demo
+    import dataclasses
 
-    run_demo(args.out)
+    from netsight.demo import DemoConfig, run_demo
+
+    config = DemoConfig.quick() if args.quick else DemoConfig()
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise UsageError(f"--epochs: expected at least 1, got {args.epochs}")
+        config = dataclasses.replace(config, epochs=args.epochs)
+    run_demo(args.out, config=config, retrain=args.retrain)
     return 0
 
 

@@ -1,31 +1,77 @@
-"""The demo: summaries of the tutorials' VGG-16 and of ResNet-18, printed and saved.
+"""The demo: the tutorials' VGG-16 trained on scikit-learn's digits, shown inside out.
 
-Run it with ``netsight demo --out out`` (or ``make demo``).
+Run it with ``netsight demo --out out`` (or ``make demo``). It
+
+1. prints and saves the summaries of the tutorials' VGG-16 and of ResNet-18;
+2. trains the VGG-16 on the bundled digits (about 4 epochs; the weights are cached
+   in ``out/vgg16_digits.pth`` so a second run skips training);
+3. draws the filters of the first and the last convolution;
+4. writes the feature maps of every convolution and the mean maps for one test digit;
+5. measures the statistics of every ReLU over the whole test set, for the trained
+   network and for the same network at initialisation, and says whether sparsity
+   rises with depth (the tutorials' claim).
+
+Everything goes under ``out/``; ``out/index.txt`` lists the files.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
-from netsight._io import atomic_write_text
+from netsight._io import atomic_write_bytes, atomic_write_text, save_figure
 from netsight.summary import Summary, summary
 from netsight.zoo import Vgg16Net
 
-__all__ = ["run_demo"]
+__all__ = ["DemoConfig", "run_demo", "train_digits"]
 
 _DEPTH = 3
+_WEIGHTS = "vgg16_digits.pth"
+_TRAINING = "training.json"
 
 
-def _build(factory: Callable[[], nn.Module]) -> nn.Module:
-    """Build a model with a fixed seed without moving the caller's global RNG."""
+@dataclass(frozen=True)
+class DemoConfig:
+    """How the demo trains its VGG-16 (the defaults reach about 97 % test accuracy).
+
+    ``train_limit``/``test_limit`` cut the dataset for a quick run (tests use them).
+    """
+
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    seed: int = 0
+    train_limit: int | None = None
+    test_limit: int | None = None
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        """A smoke run of seconds: one epoch on 64 digits, tested on 32."""
+        return cls(epochs=1, train_limit=64, test_limit=32)
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Run with a fixed seed without moving the caller's global RNG."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
+        yield
+
+
+def _build(factory: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
+    with _seeded(seed):
         return factory()
 
 
@@ -47,37 +93,271 @@ def _demo_summaries() -> list[tuple[str, str, Summary]]:
     ]
 
 
-def run_demo(out_dir: str | os.PathLike[str] = "out") -> list[Path]:
-    """Print two model summaries and save them as HTML and JSON.
+def _limit(dataset: torch.utils.data.TensorDataset, n: int | None) -> Any:
+    if n is None or n >= len(dataset):
+        return dataset
+    x, y = dataset.tensors
+    return torch.utils.data.TensorDataset(x[:n], y[:n])
 
-    Prints the text summary (depth 3) of the tutorials' VGG-16
-    (:class:`netsight.zoo.Vgg16Net`, input ``(1, 1, 32, 32)``) and of torchvision's
-    ResNet-18 (random weights, input ``(1, 3, 224, 224)``), then writes
-    ``vgg16.html``, ``vgg16.json``, ``resnet18.html`` and ``resnet18.json`` under
-    ``out_dir`` (each file written whole or not at all) and prints their paths.
-    The global RNG state is left as it was.
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """``(loss, accuracy)`` of ``model`` in eval mode on ``(x, y)``, by batches of 256."""
+    was_training = model.training
+    model.eval()
+    losses, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(y), 256):
+            logits = model(x[start : start + 256])
+            target = y[start : start + 256]
+            losses += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+            correct += int((logits.argmax(1) == target).sum())
+    model.train(was_training)
+    return losses / len(y), correct / len(y)
+
+
+def train_digits(
+    model: nn.Module, config: DemoConfig = DemoConfig(), *, progress: bool = True
+) -> list[dict[str, float]]:
+    """Train ``model`` on the digits' training split; returns one record per epoch.
+
+    SGD with Nesterov momentum 0.9, weight decay and a one-cycle learning rate
+    (peak ``config.lr``), cross-entropy loss, seeded shuffling. Each record holds
+    ``epoch``, ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc`` and ``seconds``.
+    The model is left in eval mode. The global RNG state is left as it was.
+    """
+    from netsight.datasets import digits
+
+    train = _limit(digits("train"), config.train_limit)
+    test_x, test_y = _limit(digits("test"), config.test_limit).tensors
+    loader = torch.utils.data.DataLoader(
+        train,
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=config.weight_decay,
+    )
+    steps = max(1, config.epochs * len(loader))
+    # OneCycleLR needs a few steps per phase; a tiny run just stops early in its cycle.
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=max(steps, 10), pct_start=0.25
+    )
+    history: list[dict[str, float]] = []
+    bar = _Bar(progress, steps, "training VGG-16 on digits")
+    try:
+        with _seeded(config.seed):
+            for epoch in range(1, config.epochs + 1):
+                model.train()
+                start = time.perf_counter()
+                seen, loss_sum, correct = 0, 0.0, 0
+                for x, y in loader:
+                    logits = model(x)
+                    loss = nn.functional.cross_entropy(logits, y)
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise FloatingPointError(f"epoch {epoch}: the loss became {value}")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()  # type: ignore[no-untyped-call]
+                    optimizer.step()
+                    schedule.step()
+                    seen += len(y)
+                    loss_sum += value * len(y)
+                    correct += int((logits.argmax(1) == y).sum())
+                    bar.advance(f"epoch {epoch}/{config.epochs} loss {value:.3f}")
+                test_loss, test_acc = _accuracy(model, test_x, test_y)
+                history.append(
+                    {
+                        "epoch": epoch,
+                        "train_loss": loss_sum / seen,
+                        "train_acc": correct / seen,
+                        "test_loss": test_loss,
+                        "test_acc": test_acc,
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
+    finally:
+        bar.close()
+    model.eval()
+    return history
+
+
+class _Bar:
+    """A rich progress bar, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, description: str) -> None:
+        self._progress: Any = None
+        if enabled:
+            from rich.progress import Progress
+
+            self._progress = Progress(transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, description: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, description=description)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _trained_vgg(
+    out: Path, config: DemoConfig, *, retrain: bool
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The demo's VGG-16, trained, or loaded from ``out`` when a run with the same
+    config left its weights there."""
+    from netsight.models import load_weights
+
+    model = _build(Vgg16Net, config.seed)
+    weights, record = out / _WEIGHTS, out / _TRAINING
+    if not retrain and weights.is_file() and record.is_file():
+        try:
+            saved = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            saved = None
+        if isinstance(saved, dict) and saved.get("config") == asdict(config):
+            load_weights(model, weights)  # weights_only=True
+            model.eval()
+            saved["cached"] = True
+            return model, saved
+    history = train_digits(model, config)
+    buffer = _state_bytes(model)
+    atomic_write_bytes(weights, buffer)
+    info = {"config": asdict(config), "history": history, "cached": False}
+    atomic_write_text(record, json.dumps(info, indent=2) + "\n")
+    return model, info
+
+
+def _state_bytes(model: nn.Module) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def _plot_history(history: list[dict[str, float]]) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    epochs = [h["epoch"] for h in history]
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["test_loss"] for h in history], "o-", label="test")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
+    ax_acc.plot(epochs, [h["test_acc"] for h in history], "o-", label="test")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _section(title: str) -> None:
+    print()
+    print(f"== {title}")
+
+
+def run_demo(
+    out_dir: str | os.PathLike[str] = "out",
+    *,
+    config: DemoConfig | None = None,
+    retrain: bool = False,
+) -> list[Path]:
+    """Run the whole demo (see the module docstring) and return the paths written.
+
+    Prints the text summaries, the training progress and accuracy, the layer
+    statistics and the sparsity verdict; writes HTML, JSON, PNG and text files
+    under ``out_dir`` (each written whole or not at all) and lists them in
+    ``out_dir/index.txt``. The global RNG state is left as it was.
 
     Args:
         out_dir: where the files go; created if missing.
-
-    Returns:
-        The paths written, in the order above.
+        config: training settings (default :class:`DemoConfig`; ``DemoConfig.quick()``
+            for a run of seconds).
+        retrain: train even if weights from a run with the same config are cached.
 
     Raises:
         OSError: ``out_dir`` cannot be created or written to.
     """
-    out = Path(out_dir)
+    # DataLoader iterators draw a seed from the global RNG even without shuffling.
+    with torch.random.fork_rng(devices=[]):
+        return _run_demo(Path(out_dir), config or DemoConfig(), retrain)
+
+
+def _run_demo(out: Path, config: DemoConfig, retrain: bool) -> list[Path]:
+    from netsight.datasets import digits
+    from netsight.features import export_features, layer_stats
+    from netsight.filters import plot_filters
+
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"demo output {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+
+    _section("1. Model summaries")
     for stem, title, s in _demo_summaries():
         print(title)
         print(s.to_text())
         print()
         written.append(atomic_write_text(out / f"{stem}.html", s.to_html(full_page=True)))
         written.append(atomic_write_text(out / f"{stem}.json", s.to_json() + "\n"))
-    print("Wrote:")
-    for path in written:
-        print(f"  {path}")
+
+    _section("2. Training the tutorials' VGG-16 on scikit-learn's digits")
+    model, info = _trained_vgg(out, config, retrain=retrain)
+    history = info["history"]
+    if info["cached"]:
+        print(f"(weights from an earlier run with the same settings: {out / _WEIGHTS})")
+    for h in history:
+        print(
+            f"epoch {h['epoch']}: train loss {h['train_loss']:.3f}, "
+            f"train acc {h['train_acc']:.1%}, test acc {h['test_acc']:.1%} "
+            f"({h['seconds']:.0f} s)"
+        )
+    written += [out / _WEIGHTS, out / _TRAINING]
+    written.append(save_figure(_plot_history(history), out / "training.png"))
+
+    _section("3. Filters")
+    (out / "filters").mkdir(exist_ok=True)
+    for layer in ("layer1.0", "layer5.6"):
+        fig = plot_filters(model, layer, max_tiles=64)
+        written.append(save_figure(fig, out / "filters" / f"filters_{layer}.png"))
+        print(f"{layer}: {' '.join(fig.axes[0].get_title().split())}")
+
+    test = _limit(digits("test"), config.test_limit)
+    test_x, test_y = test.tensors
+
+    _section("4. Feature maps of one test digit")
+    sample = test_x[:1]
+    print(f"a test image of the digit {int(test_y[0])}; every convolution's output")
+    written += export_features(model, sample, out / "features", max_channels=64)
+
+    _section("5. Layer statistics over the test set (every ReLU)")
+    trained = layer_stats(model, torch.utils.data.DataLoader(test, batch_size=128))
+    untrained = layer_stats(
+        _build(Vgg16Net, config.seed), torch.utils.data.DataLoader(test, batch_size=128)
+    )
+    print(trained.to_text().rsplit("\n", 1)[0])  # the table; the verdicts follow
+    print()
+    print(f"trained:        {trained.trend_text()}")
+    print(f"initialisation: {untrained.trend_text()}")
+    stats_dir = out / "layer_stats"
+    stats_dir.mkdir(exist_ok=True)
+    for stem, stats in (("trained", trained), ("untrained", untrained)):
+        written.append(atomic_write_text(stats_dir / f"{stem}.txt", stats.to_text() + "\n"))
+        written.append(atomic_write_text(stats_dir / f"{stem}.json", stats.to_json() + "\n"))
+        written.append(save_figure(stats.plot(), stats_dir / f"{stem}.png"))
+
+    index = out / "index.txt"
+    rel = [str(p.relative_to(out)) if p.is_relative_to(out) else str(p) for p in written]
+    written.append(atomic_write_text(index, "\n".join(rel) + "\n"))
+    _section("Files")
+    print(f"{len(written)} files under {out}; the list is in {index}")
     return written
