@@ -8,10 +8,13 @@ Usage::
 
 Four parts, each printed as a table:
 
-1. torchvision resnet50, vit_b_16, efficientnet_b0 (random weights, eval mode,
-   batch 1, 224 x 224): netsight.summary, torchinfo.summary(verbose=0) and a bare
-   forward under torch.no_grad(), interleaved, median of --repeats runs after one
-   warm-up run of each.
+1. torchvision resnet50, vit_b_16, efficientnet_b0, mobilenet_v3_small (random
+   weights, eval mode, batch 1, 224 x 224): netsight.summary,
+   torchinfo.summary(verbose=0) and a bare forward under torch.no_grad(),
+   interleaved, median of --repeats runs after one warm-up run of each. Also the
+   first call of each tool in a fresh process (one-time costs included: lazy
+   initialisation inside torch, and netsight's once-per-process checks of its
+   flop formulas and meta-kernel shortcuts).
 2. Scaling: netsight.zoo.wide_model with 1,000 to 8,000 leaf modules.
 3. Nesting: netsight.zoo.NestedChain at depths 10, 20, 22 and 50; torchinfo runs
    in a subprocess per depth with a time limit and is reported as "timeout" when
@@ -109,7 +112,42 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 # --------------------------------------------------------------------------- 1. models
 
 
-MODELS = ("resnet50", "vit_b_16", "efficientnet_b0")
+MODELS = ("resnet50", "vit_b_16", "efficientnet_b0", "mobilenet_v3_small")
+FIRST_CALL_TIMEOUT_S = 300.0
+
+_FIRST_CALL = textwrap.dedent(
+    """
+    import sys, time
+    import torch, torchvision
+    tool, name = sys.argv[1], sys.argv[2]
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    if tool == "netsight":
+        import netsight
+        run = lambda: netsight.summary(model, input_size=(1, 3, 224, 224))
+    else:
+        import torchinfo
+        run = lambda: torchinfo.summary(model, input_size=(1, 3, 224, 224), verbose=0)
+    start = time.perf_counter()
+    run()
+    print(time.perf_counter() - start)
+    """
+)
+
+
+def _first_call(tool: str, name: str) -> float | None:
+    """Seconds for the first call of ``tool`` in a fresh process (after imports)."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _FIRST_CALL, tool, name],
+            capture_output=True,
+            text=True,
+            timeout=FIRST_CALL_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    lines = proc.stdout.strip().splitlines()
+    return float(lines[-1]) if proc.returncode == 0 and lines else None
 
 
 def bench_models(names: list[str], repeats: int) -> list[dict[str, Any]]:
@@ -128,7 +166,8 @@ def bench_models(names: list[str], repeats: int) -> list[dict[str, Any]]:
             },
             repeats,
         )
-        results.append({"model": name, "netsight_execution": execution, **medians})
+        first = {f"{tool}_first": _first_call(tool, name) for tool in ("netsight", "torchinfo")}
+        results.append({"model": name, "netsight_execution": execution, **medians, **first})
         print(f"  {name}: done", file=sys.stderr, flush=True)
     return results
 
@@ -143,12 +182,20 @@ def print_models(results: list[dict[str, Any]]) -> None:
             _ms(r["torchinfo"]),
             _ratio(r["netsight"], r["torchinfo"]),
             _ratio(r["netsight"], r["bare"]),
+            _ms(r.get("netsight_first")),
+            _ms(r.get("torchinfo_first")),
+            _ratio(r.get("netsight_first"), r.get("torchinfo_first")),
         ]
         for r in results
     ]
     headers = ["model", "netsight ran", "bare ms", "netsight ms", "torchinfo ms"]
     headers += ["netsight/torchinfo", "netsight/bare"]
+    headers += ["netsight 1st ms", "torchinfo 1st ms", "1st: netsight/torchinfo"]
     print(_table(headers, rows))
+    print(
+        "  (1st: the first call in a fresh process, after the imports and building the model;"
+        " the other columns are medians after one warm-up call)"
+    )
 
 
 # --------------------------------------------------------------------------- 2. scaling
@@ -174,18 +221,19 @@ def bench_scaling(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
 def print_scaling(results: list[dict[str, Any]]) -> None:
     rows = []
     for r in results:
-        per_leaf = r["netsight"] / r["leaves"] * 1e6
+        modules = r["leaves"] + 1  # the leaves and their nn.Sequential
         rows.append(
             [
                 f"{r['leaves']:,}",
+                f"{modules:,}",
                 _ms(r["bare"]),
                 _ms(r["netsight"]),
-                f"{per_leaf:.0f}",
+                f"{r['netsight'] / modules * 1e6:.0f}",
                 _ms(r["torchinfo"]),
                 _ratio(r["netsight"], r["torchinfo"]),
             ]
         )
-    headers = ["leaves", "bare ms", "netsight ms", "netsight us/leaf", "torchinfo ms"]
+    headers = ["leaves", "modules", "bare ms", "netsight ms", "netsight us/module", "torchinfo ms"]
     headers += ["netsight/torchinfo"]
     print(_table(headers, rows))
 
@@ -407,6 +455,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per tool (median)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, 5 repeats")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch intra-op threads, here and in the subprocesses (default: torch's own); "
+        "on a shared machine, 1 keeps other jobs from starving torchinfo's and the bare "
+        "forward's threads",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument(
         "--models",
@@ -423,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     repeats = 5 if args.quick and args.repeats == 7 else args.repeats
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the subprocesses
     parts = set(args.only or ["models", "scaling", "nesting", "llama"])
     scaling_sizes = [1000, 2000] if args.quick else [1000, 2000, 4000, 8000]
     nesting_depths = [10, 20] if args.quick else [10, 20, 22, 50]
@@ -431,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"netsight {info['netsight']}, torch {info['torch']}, torchvision {info['torchvision']}, "
         f"torchinfo {info['torchinfo']}, Python {info['python']}, {info['cpu_count']} CPUs, "
-        f"CUDA {'yes' if info['cuda_available'] else 'no'}; medians of {repeats} runs"
+        f"CUDA {'yes' if info['cuda_available'] else 'no'}, {info['torch_threads']} torch "
+        f"threads; medians of {repeats} runs"
     )
     report: dict[str, Any] = {"machine": info, "repeats": repeats}
     if "models" in parts:

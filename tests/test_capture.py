@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -179,3 +180,44 @@ def test_no_grad_block_captures_activations_without_gradients() -> None:
     with torch.no_grad(), netsight.capture(model, layers="0", gradients=True) as cap:
         model(torch.randn(1, 3))
     assert "0" in cap and cap.gradients == {}
+
+
+def test_captured_tensors_are_independent_copies_holding_only_their_own_bytes() -> None:
+    # On the CPU the copies are copy-on-write: they share the model's buffers until one
+    # side is written. Writes on either side, after the forward too, must not show in
+    # the other; a view of a larger buffer is copied (not kept with all of its base);
+    # a numpy-backed input (which PyTorch cannot share lazily) is copied as well.
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.head = nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.conv(x)[:, :2])
+
+    model = Net().eval()
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 1, 6, 6), dtype=np.float32))
+    kept: list[torch.Tensor] = []
+    handle = model.conv.register_forward_hook(lambda m, a, o: kept.append(o))
+    with torch.no_grad(), netsight.capture(model, layers=["conv", "head"], inputs=True) as cap:
+        out = model(x)
+    handle.remove()
+    is_cow = getattr(torch._C, "_is_cow_tensor", None)
+    if is_cow is not None and hasattr(torch, "_lazy_clone"):
+        # Only the conv output (a whole buffer) is shared; the others were copied.
+        assert is_cow(cap["conv"]) and is_cow(kept[0])
+        assert not is_cow(cap["head"]) and not is_cow(cap.inputs["conv"])
+    conv, head, first_input = cap["conv"].clone(), cap["head"].clone(), x.clone()
+    out.zero_()
+    kept[0].zero_()
+    x.zero_()
+    torch.testing.assert_close(cap["conv"], conv, rtol=0, atol=0)
+    torch.testing.assert_close(cap["head"], head, rtol=0, atol=0)
+    torch.testing.assert_close(cap.inputs["conv"], first_input, rtol=0, atol=0)
+    cap["conv"].fill_(7.0)
+    assert not (kept[0] == 7.0).any()
+    for tensor in (cap["conv"], cap["head"], cap.inputs["conv"]):
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    # outputs: conv, head; inputs: conv (x), head (the view)
+    assert cap.stored_bytes == (2 * 4 * 16 + 2 * 2 * 16 + 2 * 36 + 2 * 2 * 16) * 4

@@ -105,7 +105,7 @@ def test_layer_stats_cover_every_relu_and_give_a_verdict(
     assert "initialisation: sparsity" in printed
 
 
-def test_cli_reuses_cached_weights_and_retrains_on_request(
+def test_cli_reuses_cached_weights(
     quick_run: tuple[Path, list[Path], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, _, _ = quick_run
@@ -113,12 +113,24 @@ def test_cli_reuses_cached_weights_and_retrains_on_request(
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert "weights from an earlier run" in capsys.readouterr().out
     assert (out / "vgg16_digits.pth").read_bytes() == before
-    # other settings do not reuse them
-    assert main(["demo", "--quick", "--epochs", "2", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "weights from an earlier run" not in printed
-    assert "epoch 2: train loss" in printed
-    assert json.loads((out / "training.json").read_text())["config"]["epochs"] == 2
+
+
+def test_other_settings_or_retrain_do_not_reuse_the_cache(tmp_path: Path) -> None:
+    from netsight.demo import _trained_vgg
+
+    tiny = DemoConfig(epochs=1, train_limit=16, test_limit=8, batch_size=16)
+    _, first = _trained_vgg(tmp_path, tiny, retrain=False)
+    assert first["cached"] is False
+    _, again = _trained_vgg(tmp_path, tiny, retrain=False)
+    assert again["cached"] is True and again["history"] == first["history"]
+    _, forced = _trained_vgg(tmp_path, tiny, retrain=True)
+    assert forced["cached"] is False
+    other = DemoConfig(epochs=2, train_limit=16, test_limit=8, batch_size=16)
+    _, changed = _trained_vgg(tmp_path, other, retrain=False)
+    assert changed["cached"] is False and len(changed["history"]) == 2
+    (tmp_path / "training.json").write_text("{not json")  # a damaged record: train again
+    _, damaged = _trained_vgg(tmp_path, other, retrain=False)
+    assert damaged["cached"] is False
 
 
 def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,7 +145,7 @@ def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_training_reduces_the_loss_and_leaves_eval_mode() -> None:
     torch.manual_seed(0)
     model = Vgg16Net()
-    config = DemoConfig(epochs=3, train_limit=64, test_limit=32, batch_size=16, lr=0.02)
+    config = DemoConfig(epochs=3, train_limit=32, test_limit=8, batch_size=16, lr=0.02)
     history = train_digits(model, config, progress=False)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]

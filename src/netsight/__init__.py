@@ -5,7 +5,22 @@ The public API is re-exported here; everything else is an implementation detail.
 
 from __future__ import annotations
 
+from netsight import cam
 from netsight._version import __version__
+from netsight.cam import (
+    CAM,
+    AblationCAM,
+    CAMResult,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    Saliency,
+    ScoreCAM,
+    XGradCAM,
+    overlay,
+)
 from netsight.capture import Capture, CaptureBudgetError, capture, list_layers
 from netsight.features import (
     LayerStats,
@@ -24,19 +39,31 @@ from netsight.summary import Column, Summary, summary
 from netsight.trace import LayerRecord, TensorMeta, Trace, TraceError, trace
 
 __all__ = [
+    "CAM",
+    "AblationCAM",
+    "CAMResult",
     "Capture",
     "CaptureBudgetError",
     "Column",
+    "EigenCAM",
     "FilterGrid",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
     "LayerRecord",
     "LayerStats",
     "ModelSpecError",
+    "Saliency",
+    "ScoreCAM",
     "Summary",
     "TensorMeta",
     "Trace",
     "TraceError",
     "UntrustedCheckpointError",
+    "XGradCAM",
     "__version__",
+    "cam",
     "capture",
     "count_hooks",
     "denormalize",
@@ -48,6 +75,7 @@ __all__ = [
     "load_model",
     "load_weights",
     "mean_maps",
+    "overlay",
     "plot_feature_maps",
     "plot_filters",
     "plot_mean_maps",

@@ -9,10 +9,20 @@ Example:
 
 Why it is built this way:
 
-* Outputs are copied (``detach().clone()``) inside the forward hook, because the
-  next layer may overwrite them in place: the tutorials' VGG runs
-  ``nn.ReLU(inplace=True)`` right after every conv/BN, and a kept reference would
-  show the ReLU'd values instead of the conv output.
+* Outputs are copied inside the forward hook, because the next layer may
+  overwrite them in place: the tutorials' VGG runs ``nn.ReLU(inplace=True)`` right
+  after every conv/BN, and a kept reference would show the ReLU'd values instead
+  of the conv output. On the CPU the copy is a copy-on-write one
+  (``torch._lazy_clone``): the captured tensor shares the output's memory until
+  either side is written, and the first write copies the data, inside PyTorch,
+  before it changes anything. So the conv output under an in-place ReLU is copied
+  then (what ``clone()`` would have cost), while an output that nothing
+  overwrites, such as a ResNet conv's (read by BatchNorm), is never copied: no
+  time and no second buffer. Other devices (on CUDA, writing a copy-on-write
+  tensor on another stream or during graph capture raises), tensor subclasses,
+  views of a larger buffer (which would keep all of it alive), storages PyTorch
+  cannot share lazily (numpy, shared memory), code under ``torch.compile`` and
+  a torch without ``_lazy_clone`` get a plain ``clone()``.
 * Gradients are taken by a tensor hook on each captured output, registered in
   the forward hook. Such a hook sees the gradient with respect to the value the
   module produced, even when an in-place op modifies the tensor afterwards; the
@@ -34,6 +44,10 @@ import torch
 from torch import nn
 
 from netsight.hooks import HookSet
+
+# torch._lazy_clone: a copy-on-write clone (private; missing from older torch versions).
+_LAZY_CLONE: Callable[[torch.Tensor], torch.Tensor] | None = getattr(torch, "_lazy_clone", None)
+_IS_COMPILING: Callable[[], bool] | None = getattr(torch.compiler, "is_compiling", None)
 
 __all__ = [
     "Capture",
@@ -132,6 +146,34 @@ def _unknown(spec: str, names: dict[str, nn.Module], what: str) -> str:
         f"layers: no {what} named {spec!r} in {type(names['']).__name__}{hint} "
         f"(netsight.list_layers(model) lists them)"
     )
+
+
+def _copy(data: torch.Tensor) -> torch.Tensor:
+    """An independent copy of ``data`` (already detached): a later in-place write to
+    either one never shows in the other. Copy-on-write when that is safe (see the
+    module docstring), else ``clone()``."""
+    if (
+        _LAZY_CLONE is not None
+        and data.device.type == "cpu"
+        and type(data) is torch.Tensor
+        and data.layout == torch.strided
+        and not (data.is_quantized or data.is_conj() or data.is_neg())
+        and data.storage_offset() == 0
+        and (
+            data.is_contiguous()
+            or data.is_contiguous(memory_format=torch.channels_last)
+            or data.is_contiguous(memory_format=torch.channels_last_3d)
+        )
+        and not (_IS_COMPILING is not None and _IS_COMPILING())
+    ):
+        try:
+            # Only when the tensor is its whole buffer, so that keeping the copy
+            # keeps no more memory than the tensor's own bytes.
+            if data.untyped_storage().nbytes() == data.numel() * data.element_size():
+                return _LAZY_CLONE(data)
+        except (RuntimeError, NotImplementedError):
+            pass  # no storage (functorch), or one that cannot be shared lazily
+    return data.clone()
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
@@ -245,8 +287,9 @@ class Capture:
                 f"fewer layers, or keep fewer batch items with batch=..."
             )
         self.stored_bytes += nbytes
-        kept = data.to("cpu", copy=True) if self._to_cpu else data.clone()
-        return kept
+        if self._to_cpu and data.device.type != "cpu":
+            return data.to("cpu")
+        return _copy(data)
 
     def _make_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:

@@ -6,15 +6,20 @@ Every netsight feature that watches a model goes through :class:`HookSet`, so
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
 from torch import nn
+from torch.nn.modules import module as module_module
 from torch.utils.hooks import RemovableHandle
 
 __all__ = ["HookSet", "count_hooks", "preserve_state"]
+
+PreHook = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]
+PostHook = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None]
 
 
 class HookSet:
@@ -29,19 +34,108 @@ class HookSet:
 
     def __init__(self) -> None:
         self._handles: list[RemovableHandle] = []
+        # (hook id, modules) of every add_forward_hooks call
+        self._bulk: list[tuple[int, list[nn.Module]]] = []
+        # (module, whether its instance dict had _compiled_call_impl) per add_call_hooks wrapper
+        self._wrapped: list[tuple[nn.Module, bool]] = []
 
     def add(self, handle: RemovableHandle) -> RemovableHandle:
         self._handles.append(handle)
         return handle
 
+    def add_forward_hooks(
+        self, modules: Iterable[nn.Module], pre_hook: PreHook, post_hook: PostHook
+    ) -> None:
+        """Give every module ``pre_hook(module, args, kwargs)`` and
+        ``post_hook(module, args, kwargs, output)``: the same as
+        ``register_forward_pre_hook(pre_hook, with_kwargs=True)`` and
+        ``register_forward_hook(post_hook, with_kwargs=True)`` on each, without
+        two handle objects per module (~5 us a module, which adds up on models
+        with thousands of modules). Removed by :meth:`remove` like the others.
+        """
+        # One id, reserved from torch's own counter, keys the hooks in every
+        # module's dicts (ids only have to be unique within one dict).
+        hook_id = RemovableHandle(OrderedDict()).id
+        done: list[nn.Module] = []
+        self._bulk.append((hook_id, done))
+        for module in modules:
+            try:
+                pre, pre_kwargs = module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs
+                post, post_kwargs = module._forward_hooks, module._forward_hooks_with_kwargs
+            except AttributeError:  # not set up by nn.Module.__init__: the public way
+                self.add(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+                self.add(module.register_forward_hook(post_hook, with_kwargs=True))
+                continue
+            done.append(module)
+            pre[hook_id] = pre_hook
+            pre_kwargs[hook_id] = True
+            post[hook_id] = post_hook
+            post_kwargs[hook_id] = True
+
+    def add_call_hooks(
+        self, modules: Iterable[nn.Module], pre_hook: PreHook, post_hook: PostHook
+    ) -> None:
+        """Run ``pre_hook(module, args, kwargs)`` before and ``post_hook(module,
+        args, kwargs, output)`` after every call of every module, exactly when
+        :meth:`add_forward_hooks` would, for less: ~1 us a call instead of ~4 us.
+
+        ``module(...)`` runs ``Module._wrapped_call_impl``, which calls the
+        instance's ``_compiled_call_impl`` when one is set (``module.compile()``
+        sets it) and ``_call_impl`` (hooks, then ``forward``) otherwise. Setting
+        it to a wrapper around ``_call_impl`` watches the same calls as hooks do
+        (``module.forward(...)`` called directly is not watched either way) and
+        spares ``_call_impl`` its hook-running path. The wrapper is used only
+        where nothing could tell the difference from a last-registered pair of
+        hooks: the class keeps ``Module.__call__``, the module is not compiled,
+        and no forward pre-hook of its own or a global one would run before
+        ours. Any other module gets real hooks (:meth:`add_forward_hooks`).
+        """
+        hooked: list[nn.Module] = []
+        wrappable = _WRAPPED_CALL_IMPL is not None and not _global_pre_hooks()
+        plain_call: dict[type, bool] = {}  # class -> keeps Module.__call__
+        for module in modules:
+            tp = type(module)
+            plain = plain_call.get(tp)
+            if plain is None:
+                plain = plain_call[tp] = (
+                    tp.__call__ is _MODULE_CALL and tp._wrapped_call_impl is _WRAPPED_CALL_IMPL
+                )
+            if (
+                wrappable
+                and plain
+                and module._compiled_call_impl is None
+                and not module._forward_pre_hooks
+            ):
+                state = module.__dict__
+                self._wrapped.append((module, "_compiled_call_impl" in state))
+                state["_compiled_call_impl"] = _call_wrapper(module, pre_hook, post_hook)
+            else:
+                hooked.append(module)
+        if hooked:
+            self.add_forward_hooks(hooked, pre_hook, post_hook)
+
     def remove(self) -> None:
         """Remove every hook; calling it again is harmless."""
         handles, self._handles = self._handles, []
+        bulk, self._bulk = self._bulk, []
+        wrapped, self._wrapped = self._wrapped, []
+        for module, had_entry in wrapped:
+            if had_entry:
+                module.__dict__["_compiled_call_impl"] = None  # it was None (checked)
+            else:
+                module.__dict__.pop("_compiled_call_impl", None)
+        for hook_id, modules in bulk:
+            for module in modules:
+                module._forward_pre_hooks.pop(hook_id, None)
+                module._forward_pre_hooks_with_kwargs.pop(hook_id, None)
+                module._forward_hooks.pop(hook_id, None)
+                module._forward_hooks_with_kwargs.pop(hook_id, None)
         for handle in handles:
             handle.remove()
 
     def __len__(self) -> int:
-        return len(self._handles)
+        bulk = sum(len(modules) for _, modules in self._bulk)
+        return len(self._handles) + 2 * (bulk + len(self._wrapped))
 
     def __enter__(self) -> HookSet:
         return self
@@ -53,6 +147,28 @@ class HookSet:
         tb: TracebackType | None,
     ) -> None:
         self.remove()
+
+
+_MODULE_CALL = nn.Module.__call__
+_WRAPPED_CALL_IMPL = getattr(nn.Module, "_wrapped_call_impl", None)
+
+
+def _global_pre_hooks() -> bool:
+    """Whether global forward pre-hooks exist (or we cannot tell)."""
+    hooks = getattr(module_module, "_global_forward_pre_hooks", None)
+    return hooks is None or bool(hooks)
+
+
+def _call_wrapper(module: nn.Module, pre_hook: PreHook, post_hook: PostHook) -> Callable[..., Any]:
+    call_impl: Callable[..., Any] = module._call_impl
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        pre_hook(module, args, kwargs)
+        output = call_impl(*args, **kwargs)
+        post_hook(module, args, kwargs, output)
+        return output
+
+    return call
 
 
 _HOOK_DICTS = (
@@ -74,17 +190,49 @@ def count_hooks(model: nn.Module) -> int:
     return total
 
 
+_TRAIN = nn.Module.train
+_EVAL = nn.Module.eval
+
+
+def _types(modules: list[nn.Module]) -> set[type[nn.Module]]:
+    return set(map(type, modules))
+
+
+def _set_training(model: nn.Module, modules: list[nn.Module], flag: bool) -> None:
+    """``model.train(flag)``; when no class involved overrides ``train``/``eval``,
+    only the flags that differ are written (each write is a ~4 us
+    ``Module.__setattr__``; ``train`` would write every module's flag)."""
+    overridden = type(model).eval is not _EVAL if not flag else False
+    if overridden or any(tp.train is not _TRAIN for tp in _types(modules)):
+        if flag:
+            model.train()
+        else:
+            model.eval()
+        return
+    for module in modules:
+        if module.training is not flag:
+            module.training = flag
+
+
 @contextmanager
-def preserve_state(model: nn.Module, mode: str = "same") -> Iterator[None]:
+def preserve_state(
+    model: nn.Module, mode: str = "same", *, modules: list[nn.Module] | None = None
+) -> Iterator[None]:
     """Set ``mode`` ("eval", "train" or "same") for the block, then restore every
-    module's own training flag, whatever happened inside."""
-    flags = [(module, module.training) for module in model.modules()]
+    module's own training flag, whatever happened inside.
+
+    ``modules``: ``list(model.modules())`` when the caller has it already.
+    """
+    if modules is None:
+        modules = list(model.modules())
+    flags = [module.training for module in modules]
     try:
         if mode == "eval":
-            model.eval()
+            _set_training(model, modules, False)
         elif mode == "train":
-            model.train()
+            _set_training(model, modules, True)
         yield
     finally:
-        for module, flag in flags:
-            module.training = flag
+        for module, flag in zip(modules, flags, strict=True):
+            if module.training is not flag:
+                module.training = flag

@@ -15,10 +15,15 @@ created on a fixed device) fail on meta; netsight then runs a real forward under
 :attr:`Trace.execution` and :attr:`Trace.fallback_reason`.
 
 Speed. Many of PyTorch's meta kernels are Python reference implementations
-(0.2-2 ms a call), so the meta pass replays repeated calls (same op, same input
+(0.2-10 ms a call), so the meta pass replays repeated calls (same op, same input
 shapes, strides, dtypes and arguments) from a per-trace cache of their output
-metadata instead of running the kernel again; see ``_OpCounter``. The real pass
-turns off the fused attention fast paths only for models that have them, and
+metadata instead of running the kernel again, and computes the outputs of the
+slowest kernels (normalisation, activations, convolution, addmm, ...) from
+checked rules when a shape is new; see ``_OpCounter`` and ``_RULES``. The
+module tree is walked once and reused for names, hooks, the meta swap, the
+training flags and the totals; module calls are watched through a wrapper
+that costs less than hooks (``HookSet.add_call_hooks``). The real pass turns
+off the fused attention fast paths only for models that have them, and
 Python's cyclic garbage collector is paused for the duration of a trace.
 
 Mult-adds are counted at the ATen level (see :mod:`netsight._flops`) and
@@ -33,11 +38,12 @@ import contextlib
 import functools
 import gc
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import torch
 from torch import nn
+from torch._compile import _disable_dynamo
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -350,81 +356,72 @@ def _tensors_in(obj: Any) -> Iterator[torch.Tensor]:
 
 # --------------------------------------------------------------------------- running
 
+# One module call is a frame. There is one per call and a model can have tens of
+# thousands, so a frame is a plain list (~0.1 us to build, against ~0.8 us for an
+# object with slots), read and written through these indices:
+_MODULE = 0  # the module
+_INDEX = 1  # position in call order
+_PARENT = 2  # index of the caller's frame, or None
+_DEPTH = 3  # number of enclosing calls
+_INPUT = 4  # Structure of the inputs
+_OUTPUT = 5  # Structure of the outputs (None until the call returns)
+_OUTPUT_BYTES = 6
+_FLOPS = 7  # FLOPs of the ops run directly in this call
+_UNCOUNTED = 8  # list of heavy ops without a formula, or None
+_Frame: TypeAlias = list[Any]
 
-class _Frame:
-    __slots__ = (
-        "call",
-        "children",
-        "depth",
-        "flops",
-        "index",
-        "input",
-        "module",
-        "output",
-        "output_bytes",
-        "parent",
-        "uncounted",
-    )
 
-    def __init__(
-        self, module: nn.Module, index: int, parent: int | None, depth: int, call: int
-    ) -> None:
-        self.module = module
-        self.index = index
-        self.parent = parent
-        self.depth = depth
-        self.call = call
-        self.input: Structure = None
-        self.output: Structure = None
-        self.output_bytes = 0
-        self.flops = 0
-        self.uncounted: list[str] = []
-        self.children = 0
+def _add_uncounted(frame: _Frame, op: str) -> None:
+    if frame[_UNCOUNTED] is None:
+        frame[_UNCOUNTED] = [op]
+    else:
+        frame[_UNCOUNTED].append(op)
 
 
 class _Recorder:
-    """Hook callbacks and the op counter share this state."""
+    """Hook callbacks and the op counter share this state: ``frames`` in call
+    order and ``stack``, the calls running now (innermost last)."""
 
     def __init__(self) -> None:
         self.frames: list[_Frame] = []
         self.stack: list[_Frame] = []
-        self.calls: dict[int, int] = {}
+        frames, stack = self.frames, self.stack
+        append, push, pop = frames.append, stack.append, stack.pop
+        tensor = torch.Tensor
+        known_meta = _TENSOR_META.get
 
-    def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        stack = self.stack
-        frames = self.frames
-        key = id(module)
-        call = self.calls.get(key, 0)
-        self.calls[key] = call + 1
-        if stack:
-            parent = stack[-1]
-            parent.children += 1
-            frame = _Frame(module, len(frames), parent.index, parent.depth + 1, call)
-        else:
-            frame = _Frame(module, len(frames), None, 0, call)
-        if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
-            frame.input = _tensor_meta(args[0])
-        else:
-            frame.input = _describe_call(args, kwargs)
-        frames.append(frame)
-        stack.append(frame)
+        # Closures over locals rather than methods: these run twice per module
+        # call, and every attribute lookup saved counts on large models.
+        def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if not kwargs and len(args) == 1 and isinstance(args[0], tensor):
+                x = args[0]
+                described: Structure = known_meta((x.shape, x.dtype)) or _tensor_meta(x)
+            else:
+                described = _describe_call(args, kwargs)
+            parent = stack[-1][_INDEX] if stack else None
+            frame = [module, len(frames), parent, len(stack), described, None, 0, 0, None]
+            append(frame)
+            push(frame)
 
-    def post_hook(
-        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-    ) -> None:
-        # Pop to this module's frame: inner calls whose exception the model
-        # caught itself never reached their post-hook.
-        stack = self.stack
-        while stack:
-            frame = stack.pop()
-            if frame.module is module:
-                if isinstance(output, torch.Tensor):
-                    frame.output = _tensor_meta(output)
-                    frame.output_bytes = output.numel() * output.element_size()
-                else:
-                    frame.output = _describe(output)
-                    frame.output_bytes = _nbytes(output)
-                return
+        def post_hook(
+            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+        ) -> None:
+            # Pop to this module's frame: inner calls whose exception the model
+            # caught itself never reached their post-hook.
+            while stack:
+                frame = pop()
+                if frame[_MODULE] is module:
+                    if isinstance(output, tensor):
+                        key = (output.shape, output.dtype)
+                        frame[_OUTPUT] = known_meta(key) or _tensor_meta(output)
+                        frame[_OUTPUT_BYTES] = output.numel() * output.element_size()
+                    else:
+                        frame[_OUTPUT] = _describe(output)
+                        frame[_OUTPUT_BYTES] = _nbytes(output)
+                    return
+
+        self.pre_hook = pre_hook
+        self.post_hook = post_hook
 
 
 # --------------------------------------------------------------------------- meta-op cache
@@ -452,6 +449,8 @@ class _Recorder:
 
 _META = torch.device("meta")
 _STRIDED = torch.strided
+_TENSOR = torch.Tensor
+_PARAMETER = nn.Parameter
 _ATOMS = frozenset(
     {
         int,
@@ -477,7 +476,7 @@ def _key_of(items: Sequence[Any]) -> tuple[Any, ...]:
     key: list[Any] = []
     for a in items:
         tp = type(a)
-        if tp is torch.Tensor or tp is nn.Parameter:
+        if tp is _TENSOR or tp is _PARAMETER:
             dtype = a.dtype
             # Complex tensors may carry conj/neg bits: never replayed.
             if not a.is_meta or dtype.is_complex:
@@ -497,11 +496,31 @@ def _key_of(items: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(key)
 
 
+_default_dtype = torch.get_default_dtype
+
+
 def _call_key(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The cache key of one call (raises _Uncacheable): ``_key_of`` inlined for
+    the positional arguments, which runs for every op of a meta pass."""
     # The default dtype decides int/int division and dtype=None factories.
     # id(func): OpOverload.__hash__ is Python code; the entry keeps func to confirm.
-    kw = (tuple(kwargs), _key_of(tuple(kwargs.values()))) if kwargs else ()
-    return (id(func), torch.get_default_dtype(), _key_of(args), kw)
+    key: list[Any] = [id(func), _default_dtype()]
+    for a in args:
+        tp = type(a)
+        if tp is _TENSOR or tp is _PARAMETER:
+            dtype = a.dtype
+            if not a.is_meta or dtype.is_complex:
+                raise _Uncacheable
+            key.append((a.shape, a.stride(), a.storage_offset(), dtype))
+        elif tp in _ATOMS:
+            key.append((tp, a))
+        else:
+            key.append(_key_of((a,))[0])
+    if kwargs:
+        # Keyword names are strings: no positional item starts with one.
+        key.append(tuple(kwargs))
+        key.append(_key_of(tuple(kwargs.values())))
+    return tuple(key)
 
 
 _OutSpec: TypeAlias = tuple[Any, ...]
@@ -574,12 +593,12 @@ def _build(spec: _OutSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
     kind = spec[0]
     if kind == "clone":
         return spec[1].clone()
-    if kind == "strided":
-        return torch.empty_strided(spec[1], spec[2], dtype=spec[3], device=_META)
-    if kind == "seq":
-        return spec[1]([_build(s, args, kwargs) for s in spec[2]])
     if kind == "arg":
         return args[spec[1]]
+    if kind == "seq":
+        return spec[1]([_build(s, args, kwargs) for s in spec[2]])
+    if kind == "strided":
+        return torch.empty_strided(spec[1], spec[2], dtype=spec[3], device=_META)
     if kind == "view":
         base = torch.empty((spec[5],), dtype=spec[4], device=_META)
         return base.as_strided(spec[1], spec[2], spec[3])
@@ -588,15 +607,9 @@ def _build(spec: _OutSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
     return spec[1]
 
 
-class _Cached:
-    __slots__ = ("flops", "func", "heavy", "spec")
-
-    def __init__(self, func: Any, spec: _OutSpec, flops: int | None, heavy: str | None) -> None:
-        self.func = func
-        self.spec = spec
-        self.flops = flops
-        self.heavy = heavy
-
+#: A cache entry: (op, how to rebuild its outputs, FLOPs or None, name of a heavy
+#: op without a formula or None). None in the cache: this call always runs.
+_Entry: TypeAlias = tuple[Any, _OutSpec, "int | None", "str | None"]
 
 _NEVER_CACHED: dict[Any, bool] = {}
 
@@ -615,19 +628,386 @@ def _never_cached(func: Any) -> bool:
     return never
 
 
+# --------------------------------------------------------------------------- shortcuts
+#
+# The cache replays a call only when it has seen the same shapes, and the
+# first call of each shape still runs the meta kernel. A few kernels cost
+# milliseconds a call on this torch (Python reference implementations):
+# hardswish/hardsigmoid/gelu/relu ~1-7 ms, native_batch_norm 2-10 ms,
+# native_layer_norm ~3-6 ms, addmm ~1-2 ms, a convolution ~0.1-0.3 ms; CNNs call
+# them on a new shape in almost every block. For those ops a *rule* computes the
+# outputs from the arguments' metadata in a few microseconds (``_RULES``).
+#
+# A rule is never trusted blindly. Calls are grouped into classes: the op, the
+# default dtype, the exact non-tensor arguments, and per tensor its dtype,
+# which sizes are 0, 1 or larger, the order of its strides, its contiguity
+# (plain and channels-last), density and whether its offset is 0.
+# The first call of a class runs the real kernel and the rule side by side;
+# only if every output agrees (shape, strides, offset, dtype, storage size,
+# identity with the arguments, view-ness) do later calls of that class use the
+# rule. A rule also declines (returns None) any call it does not fully check,
+# such as mismatched sizes, so that the kernel raises its own error. Verdicts
+# are facts about this torch, not about the model, so they are kept for the
+# process, like the flop formulas' checks in ``_flops``.
+
+_FLOATS = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+_HALF = frozenset({torch.float16, torch.bfloat16})
+_Rule: TypeAlias = Callable[[tuple[Any, ...], dict[str, Any]], Any]
+
+
+def _plain_float(t: Any) -> bool:
+    return type(t) in (_TENSOR, _PARAMETER) and t.dtype in _FLOATS
+
+
+def _rule_pointwise(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """One-input element-wise float op: a new tensor laid out like the input."""
+    x = args[0]
+    return x.clone() if _plain_float(x) else None
+
+
+def _rule_pointwise_(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Its in-place form: the input itself."""
+    x = args[0]
+    return x if _plain_float(x) else None
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in _HALF else dtype
+
+
+def _rule_batch_norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # native_batch_norm(input, weight, bias, running_mean, running_var, training,
+    #   momentum, eps) -> (output, save_mean, save_invstd)
+    if kwargs or len(args) != 8:
+        return None
+    x = args[0]
+    if not _plain_float(x) or x.dim() < 2:
+        return None
+    channels = x.shape[1]
+    for t in args[1:5]:
+        if t is not None and (t.dim() != 1 or t.shape[0] != channels):
+            return None
+    stats = _stats_dtype(x.dtype)
+    return (
+        x.clone(),
+        torch.empty((channels,), dtype=stats, device=_META),
+        torch.empty((channels,), dtype=stats, device=_META),
+    )
+
+
+def _rule_layer_norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # native_layer_norm(input, normalized_shape, weight, bias, eps) -> (output, mean, rstd)
+    if kwargs or len(args) != 5:
+        return None
+    x, normalized = args[0], tuple(args[1])
+    k = len(normalized)
+    if not _plain_float(x) or k == 0 or k > x.dim() or tuple(x.shape[x.dim() - k :]) != normalized:
+        return None
+    for t in args[2:4]:
+        if t is not None and tuple(t.shape) != normalized:
+            return None
+    stats_shape = tuple(x.shape[: x.dim() - k]) + (1,) * k
+    stats = _stats_dtype(x.dtype)
+    return (
+        torch.empty(x.shape, dtype=x.dtype, device=_META),
+        torch.empty(stats_shape, dtype=stats, device=_META),
+        torch.empty(stats_shape, dtype=stats, device=_META),
+    )
+
+
+def _rule_addmm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # addmm(bias, a, b, *, beta=1, alpha=1) -> bias + a @ b
+    if len(args) != 3:
+        return None
+    bias, a, b = args
+    if not (_plain_float(bias) and _plain_float(a) and _plain_float(b)):
+        return None
+    if not (bias.dtype == a.dtype == b.dtype) or a.dim() != 2 or b.dim() != 2:
+        return None
+    m, k = a.shape
+    k2, n = b.shape
+    bias_shape = tuple(bias.shape)
+    if k != k2 or bias.dim() > 2:
+        return None
+    # bias must broadcast to (m, n)
+    for size, want in zip(reversed(bias_shape), (n, m), strict=False):
+        if size not in (1, want):
+            return None
+    return torch.empty((m, n), dtype=a.dtype, device=_META)
+
+
+def _rule_mean_dim(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # mean.dim(input, dim, keepdim=False, *, dtype=None)
+    if kwargs or not 2 <= len(args) <= 3:
+        return None
+    x, dims = args[0], args[1]
+    keepdim = args[2] if len(args) == 3 else False
+    ndim = x.dim()
+    if not _plain_float(x) or type(keepdim) is not bool or ndim == 0 or not dims:
+        return None
+    wrapped = set()
+    for d in dims:
+        if type(d) is not int or not -ndim <= d < ndim:
+            return None
+        wrapped.add(d % ndim)
+    if len(wrapped) != len(dims):
+        return None
+    shape = [1 if i in wrapped else s for i, s in enumerate(x.shape)]
+    if not keepdim:
+        shape = [s for i, s in enumerate(x.shape) if i not in wrapped]
+    return torch.empty(shape, dtype=x.dtype, device=_META)
+
+
+def _broadcast(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...] | None:
+    n = max(len(a), len(b))
+    a = (1,) * (n - len(a)) + tuple(a)
+    b = (1,) * (n - len(b)) + tuple(b)
+    shape = []
+    for x, y in zip(a, b, strict=True):
+        if x != y and x != 1 and y != 1:
+            return None
+        shape.append(y if x == 1 else x)
+    return tuple(shape)
+
+
+def _rule_binary(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Two-tensor element-wise op, both of one float dtype: the broadcast shape,
+    laid out like the operand that has it (or contiguous). With a Python number
+    as the second operand: like a one-input op."""
+    if len(args) != 2:
+        return None
+    a, b = args
+    if type(b) in (int, float, bool):
+        return _rule_pointwise(args, kwargs)
+    if not (_plain_float(a) and _plain_float(b)) or a.dtype != b.dtype:
+        return None
+    shape = _broadcast(a.shape, b.shape)
+    if shape is None:
+        return None
+    if shape == tuple(a.shape):
+        return a.clone()
+    if shape == tuple(b.shape):
+        return b.clone()
+    return torch.empty(shape, dtype=a.dtype, device=_META)
+
+
+def _rule_softmax(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # _softmax(input, dim, half_to_float); _safe_softmax(input, dim, dtype=None)
+    if len(args) not in (2, 3) or (len(args) == 3 and args[2] not in (False, None)):
+        return None
+    x, dim = args[0], args[1]
+    if kwargs.get("dtype") is not None or type(dim) is not int or not _plain_float(x):
+        return None
+    if not -max(x.dim(), 1) <= dim < max(x.dim(), 1):
+        return None
+    return x.clone()
+
+
+def _rule_convolution(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # convolution(input, weight, bias, stride, padding, dilation, transposed,
+    #   output_padding, groups); not transposed, batched, 1-3 spatial dims
+    if kwargs or len(args) != 9:
+        return None
+    x, weight, bias, stride, padding, dilation, transposed, _, groups = args
+    if not (_plain_float(x) and _plain_float(weight)) or transposed is not False:
+        return None
+    spatial = x.dim() - 2
+    if not 1 <= spatial <= 3 or weight.dim() != x.dim() or type(groups) is not int or groups < 1:
+        return None
+    if not all(len(p) == spatial for p in (stride, padding, dilation)):
+        return None
+    out_channels = weight.shape[0]
+    if x.shape[1] != weight.shape[1] * groups or out_channels % groups:
+        return None
+    if bias is not None and (not _plain_float(bias) or tuple(bias.shape) != (out_channels,)):
+        return None
+    if any(s < 1 for s in stride) or any(d < 1 for d in dilation) or any(p < 0 for p in padding):
+        return None
+    shape = [x.shape[0], out_channels]
+    for i in range(spatial):
+        span = dilation[i] * (weight.shape[2 + i] - 1) + 1
+        size = (x.shape[2 + i] + 2 * padding[i] - span) // stride[i] + 1
+        if size < 1:
+            return None
+        shape.append(size)
+    # torch's meta convolution leaves every output contiguous (no backend to ask)
+    return torch.empty(shape, dtype=x.dtype, device=_META)
+
+
+def _rules() -> dict[int, tuple[Any, _Rule]]:
+    aten = torch.ops.aten
+    table: dict[Any, _Rule] = {
+        aten.native_batch_norm.default: _rule_batch_norm,
+        aten.native_layer_norm.default: _rule_layer_norm,
+        aten.addmm.default: _rule_addmm,
+        aten.mean.dim: _rule_mean_dim,
+        aten.convolution.default: _rule_convolution,
+        aten._softmax.default: _rule_softmax,
+    }
+    safe_softmax = getattr(aten, "_safe_softmax", None)
+    if safe_softmax is not None:
+        table[safe_softmax.default] = _rule_softmax
+    for name in ("add", "sub", "mul", "div"):
+        packet = getattr(aten, name)
+        table[packet.Tensor] = _rule_binary
+        table[packet.Scalar] = _rule_pointwise
+    for name in (
+        "relu",
+        "gelu",
+        "silu",
+        "sigmoid",
+        "tanh",
+        "hardswish",
+        "hardsigmoid",
+        "hardtanh",
+        "leaky_relu",
+        "elu",
+        "mish",
+    ):
+        packet = getattr(aten, name, None)
+        if packet is None:
+            continue
+        table[packet.default] = _rule_pointwise
+        inplace = getattr(aten, name + "_", None)
+        if inplace is not None:
+            table[inplace.default] = _rule_pointwise_
+    # By id, confirmed by identity: OpOverload.__hash__ is Python code.
+    return {id(op): (op, rule) for op, rule in table.items()}
+
+
+_RULES = _rules()
+#: (op, call class) -> whether the op's rule agreed with its kernel.
+_VERDICTS: dict[Any, bool] = {}
+
+
+#: (shape, strides, offset, dtype) -> the tensor's part of a call class
+_TENSOR_CLASSES: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+
+def _tensor_class(t: torch.Tensor) -> tuple[Any, ...]:
+    """dtype, sizes as 0/1/more, stride order, density, contiguity (plain and
+    channels-last) and whether the offset is 0: all functions of the geometry,
+    so they are computed once per geometry. (Parameter or Tensor does not
+    matter below the dispatcher, where rules run.)"""
+    shape, stride, offset, dtype = t.shape, t.stride(), t.storage_offset(), t.dtype
+    geometry = (shape, stride, offset, dtype)
+    known = _TENSOR_CLASSES.get(geometry)
+    if known is not None:
+        return known
+    order = tuple(sorted(range(len(shape)), key=lambda i: (stride[i], i)))
+    dense, expected = True, 1
+    for i in order:
+        if shape[i] != 1:
+            if stride[i] != expected:
+                dense = False
+            expected *= shape[i]
+    known = (
+        dtype,
+        tuple(min(s, 2) for s in shape),
+        order,
+        dense,
+        t.is_contiguous(),
+        t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last),
+        offset == 0,
+    )
+    if len(_TENSOR_CLASSES) >= 4096:
+        _TENSOR_CLASSES.clear()
+    _TENSOR_CLASSES[geometry] = known
+    return known
+
+
+def _class_of(items: Iterable[Any]) -> tuple[Any, ...]:
+    """What a rule's verdict holds for: the arguments up to tensor sizes."""
+    out: list[Any] = []
+    for a in items:
+        tp = type(a)
+        if tp is _TENSOR or tp is _PARAMETER:
+            out.append(_tensor_class(a))
+        elif tp is list or tp is tuple:
+            out.append((tp, _class_of(a)))
+        else:
+            out.append((tp, a))
+    return tuple(out)
+
+
+def _same_geometry(kernel: Any, rule: Any, args: tuple[Any, ...]) -> bool:
+    """Whether a rule's output matches the kernel's in everything that matters."""
+    if isinstance(kernel, torch.Tensor) or isinstance(rule, torch.Tensor):
+        if type(kernel) is not type(rule):
+            return False
+        if kernel is rule:
+            return True
+        if any(a is kernel or a is rule for a in args):
+            return False
+        return bool(
+            kernel.shape == rule.shape
+            and kernel.stride() == rule.stride()
+            and kernel.storage_offset() == rule.storage_offset()
+            and kernel.dtype == rule.dtype
+            and kernel.layout == rule.layout
+            and kernel.is_meta
+            and rule.is_meta
+            and kernel.requires_grad == rule.requires_grad
+            and kernel._is_view() == rule._is_view()
+            and kernel.untyped_storage().nbytes() == rule.untyped_storage().nbytes()
+        )
+    tp = type(kernel)
+    if tp is tuple or tp is list:
+        if type(rule) is not tp or len(kernel) != len(rule):
+            return False
+        # the same pattern of repeated objects among the outputs
+        k_ids, r_ids = [id(o) for o in kernel], [id(o) for o in rule]
+        if [k_ids.index(i) for i in k_ids] != [r_ids.index(i) for i in r_ids]:
+            return False
+        return all(_same_geometry(k, r, args) for k, r in zip(kernel, rule, strict=True))
+    return type(rule) is tp and bool(kernel == rule)
+
+
+def _rule_agrees(rule: _Rule, out: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    try:
+        guess = rule(args, kwargs)
+        return guess is not None and _same_geometry(out, guess, args)
+    except Exception:
+        return False
+
+
+def _eval_frame_callback_getter() -> Callable[[], Any] | None:
+    try:
+        from torch._C._dynamo import eval_frame
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return None
+    getter = getattr(eval_frame, "get_eval_frame_callback", None)
+    return getter if callable(getter) else None
+
+
+# torch wraps every TorchDispatchMode.__torch_dispatch__ in torch._disable_dynamo
+# (~2.5 us a call, paid by every op of a trace) so that torch.compile never traces
+# into it. That wrapper only does something while a dynamo frame callback is
+# installed, so the op counter checks for one (~50 ns) and goes through the same
+# wrapper only then; without the check (another torch) torch's wrapping stays.
+_DYNAMO_CALLBACK = _eval_frame_callback_getter()
+_is_compiling = torch.compiler.is_compiling
+
+
 class _OpCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Adds every ATen op's mult-adds to the innermost running module call; with
-    ``cache`` (meta tensors only) it also replays repeated calls (see above)."""
+    ``cache`` (meta tensors only) it also replays repeated calls and applies the
+    checked shortcuts (see above)."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return _DYNAMO_CALLBACK is None
 
     def __init__(self, recorder: _Recorder, *, cache: bool = False) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._stack = recorder.stack
-        self._cache: dict[Any, _Cached | None] | None = {} if cache else None
+        self._cache: dict[Any, _Entry | None] | None = {} if cache else None
         # id(func) -> (func, formula, name if heavy and uncounted): OpOverload's
         # __hash__ is Python code, so ops are looked up by id and confirmed.
         self._ops: dict[int, tuple[Any, Any, str | None]] = {}
         self.hits = 0
         self.misses = 0
+        self.shortcuts = 0
 
     def __torch_dispatch__(
         self,
@@ -636,6 +1016,15 @@ class _OpCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
+        if _DYNAMO_CALLBACK is not None:
+            # is_compiling(): dynamo tracing this frame (it folds the call to True)
+            # takes the wrapped path, which it knows to skip; the callback: running
+            # compiled code.
+            if _is_compiling():
+                return _guarded_dispatch(self, func, types, args, kwargs)
+            callback = _DYNAMO_CALLBACK()
+            if callback is not None and callback is not False:
+                return _guarded_dispatch(self, func, types, args, kwargs)
         if kwargs is None:
             kwargs = {}
         cache = self._cache
@@ -647,16 +1036,20 @@ class _OpCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
                 pass
             else:
                 entry = cache.get(key)
-                if entry is not None and entry.func is func:
+                if entry is not None and entry[0] is func:
                     self.hits += 1
                     stack = self._stack
                     if stack:
-                        if entry.flops is not None:
-                            stack[-1].flops += entry.flops
-                        elif entry.heavy is not None:
-                            stack[-1].uncounted.append(entry.heavy)
-                    return _build(entry.spec, args, kwargs)
-        out = func(*args, **kwargs)
+                        if entry[2] is not None:
+                            stack[-1][_FLOPS] += entry[2]
+                        elif entry[3] is not None:
+                            _add_uncounted(stack[-1], entry[3])
+                    return _build(entry[1], args, kwargs)
+        rule = _RULES.get(id(func)) if key is not None else None
+        if rule is not None and rule[0] is func:
+            out = self._run_with_rule(func, rule[1], args, kwargs)
+        else:
+            out = func(*args, **kwargs)
         info = self._ops.get(id(func))
         if info is None or info[0] is not func:
             packet = func._overloadpacket
@@ -669,13 +1062,44 @@ class _OpCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
         stack = self._stack
         if stack:
             if flops is not None:
-                stack[-1].flops += flops
+                stack[-1][_FLOPS] += flops
             elif heavy is not None:
-                stack[-1].uncounted.append(heavy)
+                _add_uncounted(stack[-1], heavy)
         if key is not None and cache is not None and key not in cache:
             self.misses += 1
             replay = None if _never_cached(func) else _replayable(func, key, args, kwargs, out)
-            cache[key] = None if replay is None else _Cached(func, replay, flops, heavy)
+            cache[key] = None if replay is None else (func, replay, flops, heavy)
+        return out
+
+    def _run_with_rule(
+        self, func: Any, rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """The op's outputs: from its rule once the rule has agreed with the
+        kernel on a call of the same class, from the kernel otherwise."""
+        try:
+            kind = (
+                id(func),
+                _default_dtype(),
+                _class_of(args),
+                tuple(kwargs),
+                _class_of(kwargs.values()),
+            )
+        except Exception:
+            return func(*args, **kwargs)
+        verdict = _VERDICTS.get(kind)
+        if verdict:
+            try:
+                out = rule(args, kwargs)
+            except Exception:  # a rule can only ever hand over to the kernel
+                out = None
+            if out is not None:
+                self.shortcuts += 1
+                return out
+        out = func(*args, **kwargs)
+        if verdict is None:
+            if len(_VERDICTS) >= 4096:
+                _VERDICTS.clear()
+            _VERDICTS[kind] = _rule_agrees(rule, out, args, kwargs)
         return out
 
 
@@ -690,6 +1114,10 @@ def _replayable(
         return _out_spec(out, args, kwargs, set())
     except (_Uncacheable, RuntimeError):
         return None
+
+
+# __torch_dispatch__ as torch would have wrapped it, for when dynamo is active.
+_guarded_dispatch = _disable_dynamo(_OpCounter.__torch_dispatch__, recursive=True)
 
 
 class _NoFusedPaths(TorchFunctionMode):
@@ -715,33 +1143,44 @@ _FUSED_PATH_MODULES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.Tra
 
 
 @contextlib.contextmanager
-def _swapped_to_meta(model: nn.Module) -> Iterator[None]:
-    """Replace every parameter and buffer by a meta tensor of the same shape for
-    the block; put the originals back on every path."""
+def _swapped_to_meta(modules: list[nn.Module]) -> Iterator[None]:
+    """Replace every parameter and buffer of ``modules`` (every module of the
+    model) by a meta tensor of the same shape for the block; put the originals
+    back on every path."""
     swapped: list[tuple[dict[str, Any], str, Any]] = []
+    record = swapped.append
     replacements: dict[int, torch.Tensor] = {}
+    known = replacements.get
     rnns: list[nn.RNNBase] = []
-    make_parameter = torch.Tensor._make_subclass
+    empty_like = torch.empty_like
     try:
-        for module in model.modules():
-            stores: tuple[dict[str, Any], ...] = (module._parameters, module._buffers)
+        for module in modules:
+            stores: tuple[dict[str, Any], dict[str, Any]] = (module._parameters, module._buffers)
             for store in stores:
+                if not store:
+                    continue
                 for key, tensor in store.items():
                     if tensor is None or tensor.is_meta:
                         continue
-                    meta: torch.Tensor | None = replacements.get(id(tensor))
+                    meta: torch.Tensor | None = known(id(tensor))
                     if meta is None:
-                        meta = torch.empty_like(tensor, device=_META)
                         tp = type(tensor)
                         # (isinstance(x, nn.Parameter) runs Python code for any other type)
-                        if tp is nn.Parameter or (
-                            tp is not torch.Tensor and isinstance(tensor, nn.Parameter)
+                        if tp is _PARAMETER or (
+                            tp is not _TENSOR and isinstance(tensor, _PARAMETER)
                         ):
-                            # nn.Parameter(meta, requires_grad), without its Python __new__
-                            meta = make_parameter(nn.Parameter, meta, tensor.requires_grad)
+                            # nn.Parameter(meta, requires_grad), without its Python
+                            # __new__ or the detached alias Tensor._make_subclass makes
+                            # (~4 us a parameter): a fresh leaf whose class is set, as
+                            # torch's UninitializedParameter.materialize does.
+                            rg = tensor.requires_grad
+                            meta = empty_like(tensor, device=_META, requires_grad=rg)
+                            meta.__class__ = _PARAMETER
+                        else:
+                            meta = empty_like(tensor, device=_META)
                         replacements[id(tensor)] = meta
-                    swapped.append((store, key, tensor))
-                    store[key] = meta
+                    record((store, key, tensor))
+                    store[key] = meta  # a value replaced, not a key added: iteration goes on
             if isinstance(module, nn.RNNBase):
                 rnns.append(module)
                 module._init_flat_weights()  # RNNs cache references to their weights
@@ -763,6 +1202,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def _run(
     model: nn.Module,
+    modules: list[nn.Module],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     names: dict[int, list[str]],
@@ -770,15 +1210,9 @@ def _run(
     real: bool,
 ) -> _Recorder:
     recorder = _Recorder()
-    pre_hook, post_hook = recorder.pre_hook, recorder.post_hook
-    fused_paths = False
+    fused_paths = real and any(isinstance(m, _FUSED_PATH_MODULES) for m in modules)
     with HookSet() as hooks:
-        add = hooks.add
-        for module in model.modules():
-            add(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-            add(module.register_forward_hook(post_hook, with_kwargs=True))
-            if real and isinstance(module, _FUSED_PATH_MODULES):
-                fused_paths = True
+        hooks.add_call_hooks(modules, recorder.pre_hook, recorder.post_hook)
         fused_off: contextlib.AbstractContextManager[Any] = (
             _NoFusedPaths() if fused_paths else contextlib.nullcontext()
         )
@@ -792,21 +1226,25 @@ def _run(
 
 def _trace_error(exc: Exception, recorder: _Recorder, names: dict[int, list[str]]) -> TraceError:
     def label(frame: _Frame) -> str:
-        name = names.get(id(frame.module), [""])[0]
-        return name or type(frame.module).__name__
+        module = frame[_MODULE]
+        name = names.get(id(module), [""])[0]
+        return name or type(module).__name__
 
-    if recorder.stack:
-        failing = recorder.stack[-1]
+    stack = recorder.stack
+    if stack:
+        failing = stack[-1]
         module_name = label(failing)
-        module_type = type(failing.module).__name__
-        inputs = format_structure(failing.input)
-        path = " > ".join(f"{label(f)} ({type(f.module).__name__})" for f in recorder.stack)
+        module_type = type(failing[_MODULE]).__name__
+        inputs = format_structure(failing[_INPUT])
+        path = " > ".join(f"{label(f)} ({type(f[_MODULE]).__name__})" for f in stack)
     else:
         module_name, module_type, inputs, path = "", "", "", ""
+    parents = {f[_PARENT] for f in recorder.frames}
+    running = {f[_INDEX] for f in stack}
     done = tuple(
-        f"{label(f)} -> {format_structure(f.output)}"
+        f"{label(f)} -> {format_structure(f[_OUTPUT])}"
         for f in recorder.frames
-        if f.children == 0 and f not in recorder.stack and f.output is not None
+        if f[_INDEX] not in parents and f[_INDEX] not in running and f[_OUTPUT] is not None
     )
     shown = done[-5:]
     lines = [
@@ -831,12 +1269,42 @@ def _trace_error(exc: Exception, recorder: _Recorder, names: dict[int, list[str]
 
 # --------------------------------------------------------------------------- assembling
 
+_MODULE_GETATTR = nn.Module.__getattr__
+_OBJECT_GETATTRIBUTE = object.__getattribute__
+#: module class -> whether ``module.__dict__.get("kernel_size")`` gives what
+#: ``getattr(module, "kernel_size", None)`` gives (no class attribute or
+#: property of that name, the usual attribute lookup). getattr on a module
+#: without the attribute raises inside Module.__getattr__: ~4 us a module.
+_KERNEL_IN_DICT: dict[type, bool] = {}
+
+
+def _kernel_in_dict(tp: type[nn.Module]) -> bool:
+    in_dict = _KERNEL_IN_DICT.get(tp)
+    if in_dict is None:
+        in_dict = (
+            tp.__getattr__ is _MODULE_GETATTR
+            and tp.__getattribute__ is _OBJECT_GETATTRIBUTE
+            and not any("kernel_size" in vars(klass) for klass in tp.__mro__)
+        )
+        if len(_KERNEL_IN_DICT) >= 4096:
+            _KERNEL_IN_DICT.clear()
+        _KERNEL_IN_DICT[tp] = in_dict
+    return in_dict
+
 
 def _kernel_size(module: nn.Module) -> tuple[int, ...] | None:
-    k = getattr(module, "kernel_size", None)
+    tp = type(module)
+    # Module.__getattr__ only finds parameters, buffers and submodules, which
+    # are never ints or tuples: the instance dict is where a kernel size can be.
+    if _kernel_in_dict(tp):
+        k = module.__dict__.get("kernel_size")
+        if k is None:
+            return None
+    else:
+        k = getattr(module, "kernel_size", None)
     if isinstance(k, int):
         # MaxPool2d(3) stores 3: expand it to the layer's dimensionality.
-        name = type(module).__name__
+        name = tp.__name__
         dims = int(name[-2]) if name[-2:] in ("1d", "2d", "3d") else 1
         return (k,) * dims
     if isinstance(k, tuple) and all(isinstance(d, int) for d in k):
@@ -844,109 +1312,285 @@ def _kernel_size(module: nn.Module) -> tuple[int, ...] | None:
     return None
 
 
+_RECORD_FIELDS = (
+    "index",
+    "name",
+    "aliases",
+    "type_name",
+    "depth",
+    "parent",
+    "call",
+    "input",
+    "output",
+    "params",
+    "trainable_params",
+    "shared_params",
+    "buffers",
+    "total_params",
+    "total_trainable_params",
+    "kernel_size",
+    "mult_adds",
+    "total_mult_adds",
+    "output_bytes",
+    "is_leaf",
+    "repeat_of",
+    "uncounted_ops",
+)
+
+
+def _record_factory() -> Callable[..., LayerRecord]:
+    """``LayerRecord(*values)`` at ~60% of the cost: a frozen dataclass's
+    ``__init__`` looks every field up by name through ``object.__setattr__``;
+    this sets the same slots through their descriptors directly. The result is
+    the same object (no ``__post_init__``; equality and hashing read the slots).
+    Falls back to the class itself if its fields ever change."""
+    if tuple(f.name for f in fields(LayerRecord)) != _RECORD_FIELDS:
+        return LayerRecord
+    slot = LayerRecord.__dict__
+    (
+        s_index, s_name, s_aliases, s_type_name, s_depth, s_parent, s_call, s_input,
+        s_output, s_params, s_trainable, s_shared, s_buffers, s_total, s_total_trainable,
+        s_kernel, s_mult_adds, s_total_mult_adds, s_output_bytes, s_is_leaf, s_repeat_of,
+        s_uncounted,
+    ) = (slot[name].__set__ for name in _RECORD_FIELDS)  # fmt: skip
+    new = object.__new__
+
+    def make(
+        index: int, name: str, aliases: tuple[str, ...], type_name: str, depth: int,
+        parent: int | None, call: int, input: Structure, output: Structure, params: int,
+        trainable_params: int, shared_params: int, buffers: int, total_params: int,
+        total_trainable_params: int, kernel_size: tuple[int, ...] | None, mult_adds: int,
+        total_mult_adds: int, output_bytes: int, is_leaf: bool, repeat_of: int | None,
+        uncounted_ops: tuple[str, ...],
+    ) -> LayerRecord:  # fmt: skip
+        record: LayerRecord = new(LayerRecord)
+        s_index(record, index)
+        s_name(record, name)
+        s_aliases(record, aliases)
+        s_type_name(record, type_name)
+        s_depth(record, depth)
+        s_parent(record, parent)
+        s_call(record, call)
+        s_input(record, input)
+        s_output(record, output)
+        s_params(record, params)
+        s_trainable(record, trainable_params)
+        s_shared(record, shared_params)
+        s_buffers(record, buffers)
+        s_total(record, total_params)
+        s_total_trainable(record, total_trainable_params)
+        s_kernel(record, kernel_size)
+        s_mult_adds(record, mult_adds)
+        s_total_mult_adds(record, total_mult_adds)
+        s_output_bytes(record, output_bytes)
+        s_is_leaf(record, is_leaf)
+        s_repeat_of(record, repeat_of)
+        s_uncounted(record, uncounted_ops)
+        return record
+
+    return make
+
+
+_new_record = _record_factory()
+
+
+@dataclass
+class _Totals:
+    """Sums over the model's unique parameters and buffers."""
+
+    params: int = 0
+    trainable: int = 0
+    params_bytes: int = 0
+    buffers: int = 0
+    buffers_bytes: int = 0
+
+
 def _assemble(
-    model: nn.Module,
+    modules: list[nn.Module],
     recorder: _Recorder,
     names: dict[int, list[str]],
-) -> tuple[list[LayerRecord], list[UncalledModule], int]:
+) -> tuple[list[LayerRecord], list[UncalledModule], int, _Totals]:
     frames = recorder.frames
     n = len(frames)
     seen_params: set[int] = set()
     seen_buffers: set[int] = set()
-    first_index: dict[int, int] = {}
+    totals = _Totals()
+    # id(module) -> (first frame index, name, aliases, type name, kernel size)
+    facts: dict[int, tuple[int, str, tuple[str, ...], str, tuple[int, ...] | None]] = {}
+    frame_facts: list[tuple[int, str, tuple[str, ...], str, tuple[int, ...] | None]] = []
+    add_facts = frame_facts.append
+    calls: dict[int, int] = {}
+    call = [0] * n
     own_params = [0] * n
     own_trainable = [0] * n
     shared = [0] * n
     buffers = [0] * n
-    for frame in frames:
-        module = frame.module
+    is_leaf = [True] * n
+    no_names = [""]
+    for i, frame in enumerate(frames):
+        module = frame[_MODULE]
         key = id(module)
-        if key in first_index:
+        parent = frame[_PARENT]
+        if parent is not None:
+            is_leaf[parent] = False
+        known = facts.get(key)
+        if known is not None:
+            add_facts(known)
+            call[i] = calls[key] = calls.get(key, 0) + 1
             for p in module._parameters.values():
                 if p is not None:
-                    shared[frame.index] += p.numel()
+                    shared[i] += p.numel()
             continue
-        first_index[key] = frame.index
-        for p in module._parameters.values():
-            if p is None:
-                continue
-            if id(p) in seen_params:
-                shared[frame.index] += p.numel()
-                continue
-            seen_params.add(id(p))
-            own_params[frame.index] += p.numel()
-            if p.requires_grad:
-                own_trainable[frame.index] += p.numel()
-        for b in module._buffers.values():
-            if b is not None and id(b) not in seen_buffers:
-                seen_buffers.add(id(b))
-                buffers[frame.index] += b.numel()
+        module_names = names.get(key, no_names)
+        known = facts[key] = (
+            i,
+            module_names[0],
+            tuple(module_names[1:]) if len(module_names) > 1 else (),
+            type(module).__name__,
+            _kernel_size(module),
+        )
+        add_facts(known)
+        params = module._parameters
+        if params:
+            for p in params.values():
+                if p is None:
+                    continue
+                numel = p.numel()
+                pid = id(p)
+                if pid in seen_params:
+                    shared[i] += numel
+                    continue
+                seen_params.add(pid)
+                own_params[i] += numel
+                totals.params_bytes += numel * p.element_size()
+                if p.requires_grad:
+                    own_trainable[i] += numel
+        module_buffers = module._buffers
+        if module_buffers:
+            for b in module_buffers.values():
+                if b is not None and id(b) not in seen_buffers:
+                    seen_buffers.add(id(b))
+                    numel = b.numel()
+                    buffers[i] += numel
+                    totals.buffers_bytes += numel * b.element_size()
 
     total_params = list(own_params)
     total_trainable = list(own_trainable)
-    total_flops = [f.flops for f in frames]
+    total_flops = [f[_FLOPS] for f in frames]
     for i in range(n - 1, -1, -1):
-        parent = frames[i].parent
+        parent = frames[i][_PARENT]
         if parent is not None:
             total_params[parent] += total_params[i]
             total_trainable[parent] += total_trainable[i]
             total_flops[parent] += total_flops[i]
 
     records = []
-    for frame in frames:
-        module = frame.module
-        module_names = names.get(id(module), [""])
-        first = first_index[id(module)]
+    record = _new_record
+    for i, frame in enumerate(frames):
+        first, name, aliases, type_name, kernel = frame_facts[i]
+        uncounted = frame[_UNCOUNTED]
         records.append(
-            LayerRecord(
-                index=frame.index,
-                name=module_names[0],
-                aliases=tuple(module_names[1:]),
-                type_name=type(module).__name__,
-                depth=frame.depth,
-                parent=frame.parent,
-                call=frame.call,
-                input=frame.input,
-                output=frame.output,
-                params=own_params[frame.index],
-                trainable_params=own_trainable[frame.index],
-                shared_params=shared[frame.index],
-                buffers=buffers[frame.index],
-                total_params=total_params[frame.index],
-                total_trainable_params=total_trainable[frame.index],
-                kernel_size=_kernel_size(module),
-                mult_adds=frame.flops // 2,
-                total_mult_adds=total_flops[frame.index] // 2,
-                output_bytes=frame.output_bytes,
-                is_leaf=frame.children == 0,
-                repeat_of=None if first == frame.index else first,
-                uncounted_ops=tuple(sorted(set(frame.uncounted))),
+            record(
+                i,
+                name,
+                aliases,
+                type_name,
+                frame[_DEPTH],
+                frame[_PARENT],
+                call[i],
+                frame[_INPUT],
+                frame[_OUTPUT],
+                own_params[i],
+                own_trainable[i],
+                shared[i],
+                buffers[i],
+                total_params[i],
+                total_trainable[i],
+                kernel,
+                frame[_FLOPS] // 2,
+                total_flops[i] // 2,
+                frame[_OUTPUT_BYTES],
+                is_leaf[i],
+                None if first == i else first,
+                tuple(sorted(set(uncounted))) if uncounted else (),
             )
         )
+    totals.params = sum(own_params)
+    totals.trainable = sum(own_trainable)
+    totals.buffers = sum(buffers)
 
     uncalled = []
-    seen_modules: set[int] = set()
-    for module in model.modules():
-        if id(module) in first_index or id(module) in seen_modules:
+    for module in modules:
+        key = id(module)
+        if key in facts:
             continue
-        seen_modules.add(id(module))
         count = trainable = 0
         for p in module._parameters.values():
             if p is not None and id(p) not in seen_params:
                 seen_params.add(id(p))
-                count += p.numel()
-                trainable += p.numel() if p.requires_grad else 0
+                numel = p.numel()
+                count += numel
+                trainable += numel if p.requires_grad else 0
+                totals.params_bytes += numel * p.element_size()
+        for b in module._buffers.values():
+            if b is not None and id(b) not in seen_buffers:
+                seen_buffers.add(id(b))
+                totals.buffers += b.numel()
+                totals.buffers_bytes += b.numel() * b.element_size()
+        totals.params += count
+        totals.trainable += trainable
         uncalled.append(
-            UncalledModule(names.get(id(module), [""])[0], type(module).__name__, count, trainable)
+            UncalledModule(names.get(key, [""])[0], type(module).__name__, count, trainable)
         )
-    return records, uncalled, sum(f.flops for f in frames) // 2
+    return records, uncalled, sum(f[_FLOPS] for f in frames) // 2, totals
 
 
-def _module_names(model: nn.Module) -> dict[int, list[str]]:
+_NAMED_MODULES = nn.Module.named_modules
+
+
+def _survey(model: nn.Module) -> tuple[dict[int, list[str]], list[nn.Module]]:
+    """Every name of every module (id -> names, the first canonical), and the
+    unique modules in ``model.modules()`` order: one walk of the tree serves
+    the names, the hooks, the meta swap, the training flags and the totals.
+
+    The walk is ``named_modules(remove_duplicate=False)`` (depth first, every
+    path), done with a stack instead of nested generators, which pass every
+    name up through each level; a class that overrides ``named_modules`` gets
+    the real thing."""
     names: dict[int, list[str]] = {}
+    modules: list[nn.Module] = []
+    stack: list[tuple[str, nn.Module]] = [("", model)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        prefix, module = pop()
+        if type(module).named_modules is not _NAMED_MODULES:
+            return _survey_public(model)
+        known = names.get(id(module))
+        if known is None:
+            names[id(module)] = [prefix]
+            modules.append(module)
+        else:
+            known.append(prefix)
+        children = module._modules
+        if children:
+            dot = prefix + "." if prefix else ""
+            for name, child in reversed(children.items()):
+                if child is not None:
+                    push((dot + name, child))
+    return names, modules
+
+
+def _survey_public(model: nn.Module) -> tuple[dict[int, list[str]], list[nn.Module]]:
+    names: dict[int, list[str]] = {}
+    modules: list[nn.Module] = []
     for name, module in model.named_modules(remove_duplicate=False):
-        names.setdefault(id(module), []).append(name)
-    return names
+        known = names.get(id(module))
+        if known is None:
+            names[id(module)] = [name]
+            modules.append(module)
+        else:
+            known.append(name)
+    return names, modules
 
 
 def _check_inputs(model_device: torch.device, tensors: list[torch.Tensor]) -> None:
@@ -1065,18 +1709,18 @@ def trace(
             return tuple(data), kw
         return (data,), kw
 
-    names = _module_names(model)
+    names, modules = _survey(model)
     on_meta_already = model_device.type == "meta"
     meta = torch.device("meta")
     fallback_reason: str | None = None
     recorder: _Recorder | None = None
 
-    with preserve_state(model, mode):
+    with preserve_state(model, mode, modules=modules):
         if execution in ("auto", "meta") or on_meta_already:
             try:
                 args, kwargs = inputs_on(meta)
-                with _swapped_to_meta(model):
-                    recorder = _run(model, args, kwargs, names, real=False)
+                with _swapped_to_meta(modules):
+                    recorder = _run(model, modules, args, kwargs, names, real=False)
                 ran = "meta"
             except TraceError as exc:
                 if execution == "meta" or on_meta_already:
@@ -1087,33 +1731,30 @@ def trace(
             buffers = [(b, b.detach().clone()) for b in model.buffers()]
             try:
                 with torch.random.fork_rng(devices=[]):
-                    recorder = _run(model, args, kwargs, names, real=True)
+                    recorder = _run(model, modules, args, kwargs, names, real=True)
             finally:
                 with torch.no_grad():
                     for b, saved in buffers:
                         b.copy_(saved)
             ran = "real"
 
-    records, uncalled, total_mult_adds = _assemble(model, recorder, names)
-    root = recorder.frames[0] if recorder.frames else None
-    unique_params = list(model.parameters())
-    unique_buffers = list(model.buffers())
-    uncounted = sorted({op for r in records for op in r.uncounted_ops})
+    records, uncalled, total_mult_adds, totals = _assemble(modules, recorder, names)
+    root_input = records[0].input if records else None
+    uncounted = sorted({op for f in recorder.frames if f[_UNCOUNTED] for op in f[_UNCOUNTED]})
     aliases = {r.name: r.aliases for r in records if r.aliases and r.call == 0}
     return Trace(
         model_type=type(model).__name__,
         records=tuple(records),
         uncalled=tuple(uncalled),
-        input=root.input if root is not None else None,
-        output=root.output if root is not None else None,
-        total_params=sum(p.numel() for p in unique_params),
-        trainable_params=sum(p.numel() for p in unique_params if p.requires_grad),
-        total_buffers=sum(b.numel() for b in unique_buffers),
-        params_bytes=sum(p.numel() * p.element_size() for p in unique_params),
-        buffers_bytes=sum(b.numel() * b.element_size() for b in unique_buffers),
+        input=root_input,
+        output=records[0].output if records else None,
+        total_params=totals.params,
+        trainable_params=totals.trainable,
+        total_buffers=totals.buffers,
+        params_bytes=totals.params_bytes,
+        buffers_bytes=totals.buffers_bytes,
         input_bytes=sum(
-            t.numel * _DTYPE_BYTES.get(t.dtype, 4)
-            for t in iter_tensor_meta(root.input if root is not None else None)
+            t.numel * _DTYPE_BYTES.get(t.dtype, 4) for t in iter_tensor_meta(root_input)
         ),
         total_mult_adds=total_mult_adds,
         uncounted_ops=tuple(uncounted),

@@ -1,0 +1,61 @@
+"""Class activation maps: where in the input a network finds evidence for a class.
+
+Example:
+    >>> cam = netsight.cam.GradCAM(model)        # target layer found automatically
+    >>> maps = cam(x)                            # (B, H, W) in [0, 1], top-1 class each
+    >>> result = cam.explain(x, targets=[3, 5])  # maps, raw maps, logits, classes, layers
+    >>> netsight.cam.overlay(image, maps[0], alpha=0.5)   # a PIL image
+
+Every method shares one base class (:class:`BaseCAM`) and one verb; :data:`METHODS`
+maps registry names to the classes.
+"""
+
+from __future__ import annotations
+
+from netsight.cam.base import BaseCAM, CAMResult, CAMWarning, Targets
+from netsight.cam.gradient import (
+    GradCAM,
+    GradCAMPlusPlus,
+    GradientCAM,
+    HiResCAM,
+    LayerCAM,
+    Saliency,
+    XGradCAM,
+)
+from netsight.cam.other import CAM, EigenCAM
+from netsight.cam.overlay import overlay
+from netsight.cam.perturbation import AblationCAM, ScoreCAM
+
+__all__ = [
+    "CAM",
+    "METHODS",
+    "AblationCAM",
+    "BaseCAM",
+    "CAMResult",
+    "CAMWarning",
+    "EigenCAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GradientCAM",
+    "HiResCAM",
+    "LayerCAM",
+    "Saliency",
+    "ScoreCAM",
+    "Targets",
+    "XGradCAM",
+    "overlay",
+]
+
+#: Registry name -> method class (read by the command line).
+METHODS: dict[str, type[BaseCAM]] = {
+    "cam": CAM,
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "hirescam": HiResCAM,
+    "layercam": LayerCAM,
+    "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+    "eigencam": EigenCAM,
+    "saliency": Saliency,
+}

@@ -1,0 +1,621 @@
+"""The machinery every class-activation-map method shares.
+
+A method only says how it turns a layer's activations (and, for the gradient
+family, their gradients) into a signed map per image; :class:`BaseCAM` does the
+rest: input checks, choosing the target layer, running the model with hooks that
+are always removed, reading target scores, and turning raw maps into ``[0, 1]``
+maps at input resolution.
+
+How the gradient forward works (see :func:`run_forward`): the model runs under
+``torch.no_grad()`` until the earliest target layer; that layer's forward hook
+switches grad on, keeps its output as a fresh leaf (``out.detach()
+.requires_grad_()``) and passes a clone downstream, so an in-place ReLU after the
+layer cannot touch the kept tensor. Only the head after the target layer builds
+a graph, the gradient comes from one ``torch.autograd.grad`` for the whole batch,
+and no parameter's ``.grad`` is ever written.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeAlias
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from netsight.capture import LayerSpec, resolve_layers
+from netsight.hooks import HookSet, preserve_state
+from netsight.images import expected_channels
+
+__all__ = [
+    "BaseCAM",
+    "CAMResult",
+    "CAMWarning",
+    "ForwardRecord",
+    "Reshape",
+    "ScoreTarget",
+    "TargetSpec",
+    "Targets",
+    "find_target_layer",
+    "resolve_targets",
+    "run_forward",
+    "tokens_to_grid",
+]
+
+#: A callable target: takes one image's model output, returns its scalar score.
+ScoreTarget: TypeAlias = Callable[[Any], torch.Tensor]
+#: What ``targets=`` accepts.
+TargetSpec: TypeAlias = (
+    "int | Sequence[int] | torch.Tensor | ScoreTarget | Sequence[ScoreTarget] | Targets | None"
+)
+#: Turns a layer's output into a ``(B, C, H, W)`` map (e.g. transformer tokens).
+Reshape: TypeAlias = Callable[[torch.Tensor], torch.Tensor]
+
+_ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+class CAMWarning(UserWarning):
+    """Something about a map the caller should know (constant map, NaN values)."""
+
+
+@dataclass(frozen=True)
+class CAMResult:
+    """What one :meth:`BaseCAM.explain` call computed.
+
+    Attributes:
+        maps: ``(B, H, W)`` float maps, in ``[0, 1]`` with ``normalize=True``, at
+            input resolution with ``upsample=True``.
+        raw: ``{layer name: (B, h, w)}`` signed maps at layer resolution, before
+            ReLU, resizing and normalisation (``{"input": ...}`` for saliency).
+        logits: the model output when it is a ``(B, classes)`` tensor, else ``None``.
+        classes: the explained class of each image (``None`` for callable targets).
+        scores: ``(B,)`` target score of each image on the unchanged input.
+        layers: the target layers' qualified names.
+        method: the method's registry name (``"gradcam"``, ...).
+    """
+
+    maps: torch.Tensor
+    raw: dict[str, torch.Tensor]
+    logits: torch.Tensor | None
+    classes: tuple[int | None, ...]
+    scores: torch.Tensor
+    layers: tuple[str, ...]
+    method: str
+
+
+# --------------------------------------------------------------------------- targets
+@dataclass(frozen=True)
+class Targets:
+    """Resolved targets for a batch: class indices or one callable per image."""
+
+    classes: torch.Tensor | None = None
+    fns: tuple[ScoreTarget, ...] | None = None
+
+    @property
+    def labels(self) -> tuple[int | None, ...]:
+        if self.classes is not None:
+            return tuple(int(c) for c in self.classes.tolist())
+        assert self.fns is not None
+        return tuple(None for _ in self.fns)
+
+    def scores(self, output: Any, images: torch.Tensor | None = None) -> torch.Tensor:
+        """Target score of every row of ``output``; row ``j`` belongs to image
+        ``images[j]`` (default: row ``j`` is image ``j``)."""
+        if self.classes is not None:
+            logits = _logits_or_error(output)
+            classes = self.classes if images is None else self.classes[images]
+            return logits.gather(1, classes.to(logits.device).view(-1, 1))[:, 0]
+        assert self.fns is not None
+        owners = range(len(self.fns)) if images is None else images.tolist()
+        values = []
+        for row, owner in enumerate(owners):
+            value = self.fns[owner](_select(output, row))
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise TypeError(
+                    f"targets: the callable for image {owner} returned "
+                    f"{_describe(value)}; it must return a scalar tensor (one score)"
+                )
+            values.append(value.reshape(()))
+        return torch.stack(values)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    if isinstance(value, dict):
+        return f"a dict (keys {list(value)[:5]})"
+    return f"a {type(value).__name__}"
+
+
+def _select(output: Any, row: int) -> Any:
+    """One image's part of a model output (tensors sliced along dim 0)."""
+    if isinstance(output, torch.Tensor):
+        return output[row]
+    if isinstance(output, dict):
+        return {key: _select(value, row) for key, value in output.items()}
+    if isinstance(output, (tuple, list)):
+        return type(output)(_select(value, row) for value in output)
+    return output
+
+
+def _logits_or_error(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor) and output.dim() == 2:
+        return output
+    raise TypeError(
+        f"the model returned {_describe(output)}, not a (batch, classes) logits tensor, so "
+        f"class indices cannot be read from it; pass targets= as a callable that takes one "
+        f"image's output and returns its score, e.g. targets=lambda out: out['logits'][3]"
+    )
+
+
+def resolve_targets(targets: TargetSpec, output: Any, batch: int) -> Targets:
+    """Turn a ``targets=`` argument into :class:`Targets` for a batch.
+
+    Args:
+        targets: ``None`` (top-1 class of each image), an int (that class for every
+            image), one int per image (list or tensor), a callable on one image's
+            output (used for every image) or one callable per image.
+        output: the model's output on the batch.
+        batch: the batch size.
+
+    Raises:
+        TypeError: targets of an unknown kind, or class targets for a model whose
+            output is not a logits tensor.
+        ValueError: a class out of range, or a list of the wrong length.
+    """
+    if isinstance(targets, Targets):
+        return targets
+    if targets is None:
+        logits = _logits_or_error(output)
+        return Targets(classes=logits.detach().argmax(1))
+    if callable(targets) and not isinstance(targets, torch.Tensor):
+        return Targets(fns=(targets,) * batch)
+    if isinstance(targets, torch.Tensor):
+        if targets.dim() > 1 or targets.is_floating_point() or targets.is_complex():
+            raise TypeError(
+                f"targets: expected an integer tensor of shape () or (B,), got "
+                f"{targets.dtype} of shape {list(targets.shape)}"
+            )
+        items: list[Any] = [int(targets)] if targets.dim() == 0 else targets.tolist()
+        single = targets.dim() == 0
+    elif isinstance(targets, int) and not isinstance(targets, bool):
+        items, single = [targets], True
+    elif isinstance(targets, Sequence) and not isinstance(targets, str):
+        items, single = list(targets), False
+    else:
+        raise TypeError(f"targets: expected None, ints or callables, got {_describe(targets)}")
+    if not single and len(items) != batch:
+        raise ValueError(f"targets: got {len(items)} targets for a batch of {batch} images")
+    if items and all(callable(item) for item in items):
+        return Targets(fns=tuple(items))
+    if not all(isinstance(item, int) and not isinstance(item, bool) for item in items):
+        raise TypeError("targets: a list must hold only ints or only callables")
+    logits = _logits_or_error(output)
+    classes = logits.shape[1]
+    for item in items:
+        if not 0 <= item < classes:
+            raise ValueError(
+                f"targets: class {item} is out of range; the model has {classes} classes "
+                f"(0 to {classes - 1})"
+            )
+    values = items * batch if single else items
+    return Targets(classes=torch.tensor(values, dtype=torch.long, device=logits.device))
+
+
+# --------------------------------------------------------------------------- layers
+def tokens_to_grid(tokens: torch.Tensor, name: str = "layer") -> torch.Tensor:
+    """``(B, N, C)`` transformer tokens as a ``(B, C, h, w)`` map.
+
+    When ``N`` is a perfect square the tokens are the grid; when ``N - 1`` is, the
+    first (class) token is dropped.
+
+    Raises:
+        ValueError: neither ``N`` nor ``N - 1`` is a perfect square.
+    """
+    batch, count, channels = tokens.shape
+    for drop in (0, 1):
+        side = math.isqrt(max(count - drop, 0))
+        if count - drop > 1 and side * side == count - drop:
+            grid = tokens[:, drop:, :].reshape(batch, side, side, channels)
+            return grid.permute(0, 3, 1, 2)
+    raise ValueError(
+        f"layer {name!r} has a (B, N, C) output with N = {count} tokens; neither N nor N - 1 "
+        f"is a square patch grid, so pass reshape= to turn it into a (B, C, H, W) map"
+    )
+
+
+def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """Name of the last layer (in forward order) whose output is a spatial map: a
+    4-D tensor with more than one position, adaptive pooling excluded.
+
+    Runs one probe forward on the first image under ``no_grad``.
+    """
+    names = {id(module): name for name, module in model.named_modules()}
+    found: list[tuple[str, nn.Module]] = []
+
+    def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        return None
+
+    def post(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[2:].numel() > 1:
+            found.append((names[id(module)], module))
+
+    modules = [m for m in model.modules() if m is not model]
+    with HookSet() as hooks, torch.no_grad():
+        hooks.add_forward_hooks(modules, pre, post)
+        model(x[:1])
+    for name, module in reversed(found):
+        if not isinstance(module, _ADAPTIVE_POOLS):
+            return name
+    raise ValueError(
+        f"{type(model).__name__} has no layer with a spatial (B, C, H, W) output for input "
+        f"{list(x.shape[1:])}; pass target_layers= (and reshape= for token layers)"
+    )
+
+
+# --------------------------------------------------------------------------- forward
+@dataclass
+class ForwardRecord:
+    """One hooked forward: the model output and the kept output of each target layer
+    (last call), with how often each layer ran."""
+
+    output: Any
+    activations: dict[str, torch.Tensor]
+    calls: dict[str, int] = field(default_factory=dict)
+
+
+def _output_tensor(output: Any, name: str) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(
+        f"layer {name!r} returned {_describe(output)}; a CAM needs a layer whose output is "
+        f"a tensor (or a tuple starting with one)"
+    )
+
+
+def _with_tensor(output: Any, tensor: torch.Tensor) -> Any:
+    if isinstance(output, torch.Tensor):
+        return tensor
+    return type(output)([tensor, *output[1:]])
+
+
+def run_forward(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: dict[str, nn.Module],
+    *,
+    grad: bool,
+) -> ForwardRecord:
+    """Run ``model(x)`` under ``no_grad`` and keep the target layers' outputs.
+
+    With ``grad=True`` the first target layer to run switches grad on and its
+    output is kept as a fresh leaf; later target layers keep their output as it is
+    (already in the graph) or as a leaf when it is not. Every layer passes a clone
+    downstream. Hooks are removed and the grad mode restored on every path.
+
+    Raises:
+        ValueError: a target layer did not run in the forward.
+    """
+    record = ForwardRecord(output=None, activations={}, calls={name: 0 for name in layers})
+
+    def make_hook(name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            tensor = _output_tensor(output, name)
+            if not grad:
+                kept = tensor.detach()
+            elif tensor.requires_grad and torch.is_grad_enabled():
+                kept = tensor
+            else:
+                torch.set_grad_enabled(True)
+                kept = tensor.detach().requires_grad_()
+            record.activations[name] = kept
+            record.calls[name] += 1
+            return _with_tensor(output, kept.clone())
+
+        return hook
+
+    previous = torch.is_grad_enabled()
+    with HookSet() as hooks:
+        for name, module in layers.items():
+            hooks.add(module.register_forward_hook(make_hook(name)))
+        try:
+            with torch.no_grad():
+                record.output = model(x)
+        finally:
+            torch.set_grad_enabled(previous)
+    missing = [name for name, count in record.calls.items() if count == 0]
+    if missing:
+        raise ValueError(
+            f"target layer(s) {', '.join(map(repr, missing))} did not run in the forward pass "
+            f"of {type(model).__name__} (modules that forward() never calls cannot be "
+            f"explained; netsight.list_layers(model) lists the names)"
+        )
+    return record
+
+
+# --------------------------------------------------------------------------- maps
+def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(maps.shape[-2:]) == size:
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def _images(flags: torch.Tensor) -> str:
+    return ", ".join(str(i) for i in flags.nonzero().flatten().tolist())
+
+
+def _minmax(maps: torch.Tensor, *, what: str | None) -> torch.Tensor:
+    """Per-image min-max to ``[0, 1]``; constant maps become zeros (warned when
+    ``what`` names the maps)."""
+    low = maps.amin(dim=(1, 2), keepdim=True)
+    span = maps.amax(dim=(1, 2), keepdim=True) - low
+    constant = span <= 0
+    if what is not None and bool(constant.any()):
+        warnings.warn(
+            f"{what}: the map of image(s) {_images(constant.flatten())} is constant (all zero "
+            f"after ReLU: nothing in the layer raises the target score); returned as zeros",
+            CAMWarning,
+            stacklevel=4,
+        )
+    scaled = (maps - low) / torch.where(constant, torch.ones_like(span), span)
+    return torch.where(constant, torch.zeros_like(scaled), scaled)
+
+
+def _finite(name: str, maps: torch.Tensor) -> torch.Tensor:
+    bad = ~torch.isfinite(maps)
+    if bool(bad.any()):
+        images = bad.flatten(1).any(1)
+        warnings.warn(
+            f"layer {name!r}: {int(bad.sum())} NaN/Inf values in the map of image(s) "
+            f"{_images(images)} (non-finite activations or gradients) were set to 0",
+            CAMWarning,
+            stacklevel=4,
+        )
+        maps = torch.where(bad, torch.zeros_like(maps), maps)
+    return maps
+
+
+# --------------------------------------------------------------------------- base class
+@dataclass
+class RawMaps:
+    """What a method's :meth:`BaseCAM._compute` returns."""
+
+    maps: dict[str, torch.Tensor]
+    output: Any
+    targets: Targets
+    scores: torch.Tensor
+
+
+class BaseCAM:
+    """A class-activation-map method: ``cam(x, targets)`` returns ``(B, H, W)`` maps.
+
+    Args:
+        model: the network; it is left exactly as it came (no hooks, the same
+            training flags, ``requires_grad`` and ``.grad``).
+        target_layers: names, globs, modules or module types (several layers are
+            fused by averaging their normalised maps at input resolution). Default:
+            the last layer with a spatial map, found with one probe forward of a
+            single image per input shape.
+        reshape: turns a layer's output into ``(B, C, H, W)``; ``(B, N, C)`` token
+            layers whose ``N`` or ``N - 1`` is a perfect square are handled
+            without it (the class token is dropped).
+        relu: keep only positive evidence (before resizing and normalising).
+        normalize: per-image min-max to ``[0, 1]``; a constant map is returned as
+            zeros with a :class:`CAMWarning`, never NaN.
+        upsample: resize maps bilinearly to the input size.
+        aug_smooth: average the maps over a horizontal flip and intensity scales
+            0.9, 1.0, 1.1 (as pytorch-grad-cam), flipping back; the targets are
+            those of the unchanged input.
+        mode: ``"eval"`` (default), ``"train"`` or ``"same"``; restored afterwards.
+
+    Calling inside ``torch.no_grad()`` works (gradients are switched on where they
+    are needed); gradient methods raise inside ``torch.inference_mode()``.
+    Non-finite values in a map are set to 0 with a :class:`CAMWarning`.
+    """
+
+    #: Registry name of the method.
+    method: ClassVar[str] = "base"
+    #: Whether the method needs gradients (and so cannot run in inference mode).
+    needs_gradients: ClassVar[bool] = False
+    #: Whether the method reads target layers (saliency works on the input).
+    uses_layers: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: LayerSpec | Sequence[LayerSpec] | None = None,
+        *,
+        reshape: Reshape | None = None,
+        relu: bool = True,
+        normalize: bool = True,
+        upsample: bool = True,
+        aug_smooth: bool = False,
+        mode: str = "eval",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if mode not in ("eval", "train", "same"):
+            raise ValueError(f"mode: expected 'eval', 'train' or 'same', got {mode!r}")
+        if reshape is not None and not callable(reshape):
+            raise TypeError("reshape: expected a callable (tensor -> (B, C, H, W) tensor)")
+        self.model = model
+        self.reshape = reshape
+        self.relu = relu
+        self.normalize = normalize
+        self.upsample = upsample
+        self.aug_smooth = aug_smooth
+        self.mode = mode
+        self._spec = target_layers
+        if target_layers is not None:
+            if not self.uses_layers:
+                raise ValueError(f"{self.method}: works on the input; target_layers must be None")
+            resolve_layers(model, target_layers)  # fail early on unknown names
+        self._auto: dict[tuple[Any, ...], str] = {}
+
+    def __repr__(self) -> str:
+        layers = "auto" if self._spec is None else repr(self._spec)
+        return f"{type(self).__name__}({type(self.model).__name__}, target_layers={layers})"
+
+    # ------------------------------------------------------------------ public
+    def __call__(self, x: torch.Tensor, targets: TargetSpec = None) -> torch.Tensor:
+        """``(B, H, W)`` maps for ``x``; see :meth:`explain`."""
+        return self.explain(x, targets).maps
+
+    def explain(self, x: torch.Tensor, targets: TargetSpec = None) -> CAMResult:
+        """Explain a batch.
+
+        Args:
+            x: ``(B, C, H, W)`` input batch (moved to the model's device).
+            targets: ``None`` (top-1 class per image), an int (that class for
+                every image), one int per image, a callable on one image's output
+                returning its score (for every image), or one callable per image.
+
+        Returns:
+            A :class:`CAMResult` with the maps, raw maps, logits and targets.
+        """
+        x = self._check_input(x)
+        if self.needs_gradients and torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"{self.method} needs gradients, but it was called inside "
+                f"torch.inference_mode(), which disables autograd for every tensor made "
+                f"there and cannot be switched off by netsight; call it outside "
+                f"inference_mode (inside torch.no_grad() is fine)"
+            )
+        with preserve_state(self.model, self.mode):
+            layers = self._layers(x) if self.uses_layers else {}
+            run = self._compute(x, targets, layers)
+            maps = self._maps(run.maps, (x.shape[-2], x.shape[-1]), quiet=False)
+            if self.aug_smooth:
+                maps = self._smooth(x, run.targets, layers, maps)
+        output = run.output
+        logits = output.detach() if isinstance(output, torch.Tensor) else None
+        return CAMResult(
+            maps=maps,
+            raw={name: m.detach() for name, m in run.maps.items()},
+            logits=logits,
+            classes=run.targets.labels,
+            scores=run.scores.detach(),
+            layers=tuple(run.maps) if not layers else tuple(layers),
+            method=self.method,
+        )
+
+    # ------------------------------------------------------------------ for methods
+    def _compute(
+        self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]
+    ) -> RawMaps:
+        """Signed ``(B, h, w)`` maps per layer; implemented by each method."""
+        raise NotImplementedError
+
+    def spatial(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """A layer's output (or its gradient) as ``(B, C, H, W)``.
+
+        Raises:
+            ValueError: the layer has no spatial map.
+        """
+        if self.reshape is not None:
+            tensor = self.reshape(tensor)
+        elif tensor.dim() == 3:
+            tensor = tokens_to_grid(tensor, name)
+        if tensor.dim() != 4:
+            raise ValueError(
+                f"layer {name!r} has output shape {list(tensor.shape)}: not a spatial "
+                f"(B, C, H, W) map; choose a layer before global pooling (e.g. the last "
+                f"convolutional block) or pass reshape= to make one"
+            )
+        return tensor
+
+    def _forward(self, x: torch.Tensor, layers: dict[str, nn.Module], grad: bool) -> ForwardRecord:
+        record = run_forward(self.model, x, layers, grad=grad)
+        for name, tensor in record.activations.items():
+            self.spatial(name, tensor.detach())  # shape check before any further work
+        return record
+
+    # ------------------------------------------------------------------ internals
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x: expected a (B, C, H, W) tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            hint = "; add a batch dimension with x.unsqueeze(0)" if x.dim() == 3 else ""
+            raise ValueError(f"x: expected a (B, C, H, W) batch, got shape {list(x.shape)}{hint}")
+        if x.shape[0] == 0:
+            raise ValueError("x: the batch is empty")
+        if not x.is_floating_point():
+            raise TypeError(f"x: expected a floating-point tensor, got {x.dtype}")
+        wanted = expected_channels(self.model)
+        if wanted is not None and x.shape[1] != wanted:
+            raise ValueError(
+                f"x has {x.shape[1]} channel(s) but the first convolution of "
+                f"{type(self.model).__name__} expects {wanted}: convert the image "
+                f"(e.g. x.expand(-1, {wanted}, -1, -1) for grayscale to RGB, or "
+                f"netsight.load_image(path, model=model))"
+            )
+        device = _model_device(self.model)
+        if device is not None and x.device != device:
+            x = x.to(device)
+        if x.is_inference() and not torch.is_inference_mode_enabled():
+            x = x.clone()  # an inference tensor cannot take part in autograd
+        return x
+
+    def _layers(self, x: torch.Tensor) -> dict[str, nn.Module]:
+        if self._spec is not None:
+            return resolve_layers(self.model, self._spec)
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
+        if key not in self._auto:
+            self._auto[key] = find_target_layer(self.model, x)
+        return resolve_layers(self.model, self._auto[key])
+
+    def _maps(
+        self, raw: dict[str, torch.Tensor], size: tuple[int, int], *, quiet: bool
+    ) -> torch.Tensor:
+        what = None if quiet else self.method
+        maps = []
+        for name, layer_map in raw.items():
+            cleaned = _finite(name, layer_map.detach().float())
+            if self.relu:
+                cleaned = cleaned.clamp(min=0)
+            maps.append(_resize(cleaned, size) if self.upsample else cleaned)
+        if len(maps) == 1:
+            return _minmax(maps[0], what=what) if self.normalize else maps[0]
+        common = size if self.upsample else max((tuple(m.shape[-2:]) for m in maps), key=_area)
+        shape = (int(common[0]), int(common[1]))
+        fused = torch.stack([_minmax(_resize(m, shape), what=None) for m in maps]).mean(0)
+        return _minmax(fused, what=what) if self.normalize else fused
+
+    def _smooth(
+        self,
+        x: torch.Tensor,
+        targets: Targets,
+        layers: dict[str, nn.Module],
+        first: torch.Tensor,
+    ) -> torch.Tensor:
+        size = (x.shape[-2], x.shape[-1])
+        total = first.clone()
+        for flip in (False, True):
+            for factor in (0.9, 1.0, 1.1):
+                if not flip and factor == 1.0:
+                    continue  # the plain run is ``first``
+                augmented = x * factor
+                if flip:
+                    augmented = augmented.flip(-1)
+                maps = self._maps(self._compute(augmented, targets, layers).maps, size, quiet=True)
+                total += maps.flip(-1) if flip else maps
+        mean = total / 6
+        return _minmax(mean, what=None) if self.normalize else mean
+
+
+def _area(shape: tuple[int, ...]) -> int:
+    return int(shape[0]) * int(shape[1])
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
+    return None
