@@ -3,8 +3,8 @@ and torchvision's create_feature_extractor.
 
 Usage::
 
-    python benchmarks/bench_capture.py                  # vgg16, resnet50, batch 8 (~5 minutes)
-    python benchmarks/bench_capture.py --quick          # batch 2, 5 repeats (~1 minute)
+    python benchmarks/bench_capture.py                  # vgg16, resnet50, batch 8 (~8 minutes)
+    python benchmarks/bench_capture.py --quick          # batch 2, 5 repeats (~2 minutes)
     python benchmarks/bench_capture.py --json out.json  # also write the numbers
 
 For each torchvision model (random weights, seeded, eval mode, a batch of 3 x 224 x 224
@@ -134,8 +134,9 @@ def _netsight_clone() -> Iterator[None]:
 
 
 def _tools(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, Callable[[], Any]], float]:
-    """The timed callables, each returning {conv name: captured tensor} (or the logits),
-    and the seconds create_feature_extractor took to build its module."""
+    """The timed callables, each returning what it captured ({conv name: tensor}, a
+    Capture, a list of clones; the logits for bare), and the seconds
+    create_feature_extractor took to build its module."""
     names = _conv_names(model)
     modules = dict(model.named_modules())
 
