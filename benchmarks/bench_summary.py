@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_summary.py                 # full run (~3 minutes on 2 cores)
+    python benchmarks/bench_summary.py                 # full run (~4 minutes on 2 cores)
     python benchmarks/bench_summary.py --quick         # smaller sizes, 5 repeats (~1 minute)
     python benchmarks/bench_summary.py --json out.json
 

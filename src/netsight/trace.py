@@ -1005,9 +1005,8 @@ class _OpCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
         # id(func) -> (func, formula, name if heavy and uncounted): OpOverload's
         # __hash__ is Python code, so ops are looked up by id and confirmed.
         self._ops: dict[int, tuple[Any, Any, str | None]] = {}
-        self.hits = 0
-        self.misses = 0
-        self.shortcuts = 0
+        self.misses = 0  # calls that ran a kernel or a rule (cache hits are the rest)
+        self.shortcuts = 0  # calls answered by a rule
 
     def __torch_dispatch__(
         self,
@@ -1037,14 +1036,16 @@ class _OpCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
             else:
                 entry = cache.get(key)
                 if entry is not None and entry[0] is func:
-                    self.hits += 1
                     stack = self._stack
                     if stack:
                         if entry[2] is not None:
                             stack[-1][_FLOPS] += entry[2]
                         elif entry[3] is not None:
                             _add_uncounted(stack[-1], entry[3])
-                    return _build(entry[1], args, kwargs)
+                    spec = entry[1]
+                    if spec[0] == "clone":  # the usual case, without a call
+                        return spec[1].clone()
+                    return _build(spec, args, kwargs)
         rule = _RULES.get(id(func)) if key is not None else None
         if rule is not None and rule[0] is func:
             out = self._run_with_rule(func, rule[1], args, kwargs)
@@ -1216,6 +1217,9 @@ def _run(
         fused_off: contextlib.AbstractContextManager[Any] = (
             _NoFusedPaths() if fused_paths else contextlib.nullcontext()
         )
+        # no_grad, not inference_mode: under inference_mode composite ops
+        # (linear, conv2d, lstm, ...) reach the op counter undecomposed, so the
+        # ATen-level formulas would not see their matmuls and convolutions.
         try:
             with torch.no_grad(), fused_off, _OpCounter(recorder, cache=not real):
                 model(*args, **kwargs)
@@ -1294,9 +1298,12 @@ def _kernel_in_dict(tp: type[nn.Module]) -> bool:
 
 def _kernel_size(module: nn.Module) -> tuple[int, ...] | None:
     tp = type(module)
+    in_dict = _KERNEL_IN_DICT.get(tp)
+    if in_dict is None:
+        in_dict = _kernel_in_dict(tp)
     # Module.__getattr__ only finds parameters, buffers and submodules, which
     # are never ints or tuples: the instance dict is where a kernel size can be.
-    if _kernel_in_dict(tp):
+    if in_dict:
         k = module.__dict__.get("kernel_size")
         if k is None:
             return None
