@@ -31,6 +31,7 @@ import torchvision
 from torch import nn
 
 from netsight._io import atomic_write_bytes, atomic_write_text, save_figure
+from netsight._progress import ProgressBar
 from netsight.summary import Summary, summary
 from netsight.zoo import Vgg16Net
 
@@ -148,7 +149,7 @@ def train_digits(
         optimizer, max_lr=config.lr, total_steps=max(steps, 10), pct_start=0.25
     )
     history: list[dict[str, float]] = []
-    bar = _Bar(progress, steps, "training VGG-16 on digits")
+    bar = ProgressBar(progress, steps, "training VGG-16 on digits")
     try:
         with _seeded(config.seed):
             for epoch in range(1, config.epochs + 1):
@@ -184,27 +185,6 @@ def train_digits(
         bar.close()
     model.eval()
     return history
-
-
-class _Bar:
-    """A rich progress bar, or nothing."""
-
-    def __init__(self, enabled: bool, total: int, description: str) -> None:
-        self._progress: Any = None
-        if enabled:
-            from rich.progress import Progress
-
-            self._progress = Progress(transient=True)
-            self._progress.start()
-            self._task = self._progress.add_task(description, total=total)
-
-    def advance(self, description: str) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, description=description)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
 
 def _trained_vgg(

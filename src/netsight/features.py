@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from netsight._progress import ProgressBar
 from netsight.capture import Capture, LayerSpec, resolve_layers
 from netsight.hooks import HookSet, preserve_state
 from netsight.images import MapGrid, map_grid
@@ -526,7 +527,7 @@ def layer_stats(
                     accumulators[name].add(output)
 
             hooks.add(module.register_forward_hook(hook))
-        bar = _progress(progress, total)
+        bar = ProgressBar(progress, total, "layer statistics")
         try:
             for batch in iterable:
                 if max_batches is not None and batches >= max_batches:
@@ -549,30 +550,6 @@ def layer_stats(
     if not results:
         raise ValueError(f"layer_stats: none of the layers ran: {', '.join(chosen)}")
     return LayerStats(tuple(results), batches, samples)
-
-
-class _Progress:
-    def __init__(self, enabled: bool, total: int | None) -> None:
-        self._progress: Any = None
-        self._task: Any = None
-        if enabled:
-            from rich.progress import Progress
-
-            self._progress = Progress(transient=True)
-            self._progress.start()
-            self._task = self._progress.add_task("layer statistics", total=total)
-
-    def advance(self) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
-def _progress(enabled: bool, total: int | None) -> _Progress:
-    return _Progress(enabled, total)
 
 
 def run_forward(model: nn.Module, x: Any) -> Any:
