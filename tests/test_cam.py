@@ -380,6 +380,30 @@ def test_vit_tokens_are_reshaped_automatically() -> None:
         tokens_to_grid(torch.zeros(1, 15, 3))
 
 
+def test_automatic_layer_on_a_vision_transformer_is_the_last_attention_input() -> None:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
+    ).eval()
+    nn.init.normal_(vit.heads.head.weight, std=0.5)  # torchvision zero-initialises the head
+    x = torch.randn(2, 3, 32, 32)
+    result = nscam.GradCAM(vit).explain(x, [0, 3])
+    # not the patch convolution (the last 4-D output), but the norm before the last attention
+    assert result.layers == ("encoder.layers.encoder_layer_1.ln_1",)
+    assert result.raw[result.layers[0]].shape == (2, 4, 4)
+    assert (result.raw[result.layers[0]].abs().sum(dim=(1, 2)) > 0).all()
+    # why: after the last attention the patch tokens reach the head only through the
+    # class token, so a later token layer has zero gradient on its patch tokens
+    with pytest.warns(nscam.CAMWarning, match="constant"):
+        late = nscam.GradCAM(vit, "encoder.ln").explain(x, [0, 3])
+    assert float(late.raw["encoder.ln"].abs().sum()) == 0.0
+    # a CNN keeps its last spatial layer, a token model without attention its last token layer
+    assert nscam.GradCAM(_model()).explain(torch.randn(1, 3, 16, 16)).layers == ("features",)
+    assert nscam.GradCAM(TokenNet()).explain(torch.randn(1, 3, 16, 16)).layers == ("block",)
+
+
 # --------------------------------------------------------------------------- perturbation
 def test_scorecam_chunking_and_skipped_channels_do_not_change_weights() -> None:
     model = _model().eval()

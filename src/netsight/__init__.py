@@ -5,7 +5,7 @@ The public API is re-exported here; everything else is an implementation detail.
 
 from __future__ import annotations
 
-from netsight import cam
+from netsight import cam, monitor
 from netsight._version import __version__
 from netsight.cam import (
     CAM,
@@ -35,6 +35,7 @@ from netsight.filters import FilterGrid, filter_grid, plot_filters
 from netsight.hooks import count_hooks
 from netsight.images import denormalize, load_image, to_pil
 from netsight.models import ModelSpecError, UntrustedCheckpointError, load_model, load_weights
+from netsight.monitor import Diagnostic, TrainingMonitor, TrainingWarning
 from netsight.summary import Column, Summary, summary
 from netsight.trace import LayerRecord, TensorMeta, Trace, TraceError, trace
 
@@ -45,6 +46,7 @@ __all__ = [
     "Capture",
     "CaptureBudgetError",
     "Column",
+    "Diagnostic",
     "EigenCAM",
     "FilterGrid",
     "GradCAM",
@@ -60,6 +62,8 @@ __all__ = [
     "TensorMeta",
     "Trace",
     "TraceError",
+    "TrainingMonitor",
+    "TrainingWarning",
     "UntrustedCheckpointError",
     "XGradCAM",
     "__version__",
@@ -75,6 +79,7 @@ __all__ = [
     "load_model",
     "load_weights",
     "mean_maps",
+    "monitor",
     "overlay",
     "plot_feature_maps",
     "plot_filters",

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 
@@ -406,6 +406,504 @@ def _run_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- cam
+
+#: Size of one grid cell in inches (the grid PNG is ``columns * W`` by ``rows * H``
+#: inches at :data:`_CAM_DPI`).
+_CAM_CELL = (2.4, 2.9)
+_CAM_DPI = 100
+#: Exit code when some explicitly requested methods could not run but others did.
+EXIT_PARTIAL = 1
+
+
+@dataclass(frozen=True)
+class _MethodChoice:
+    """What ``--method`` asked for: registry names, and whether it said ``all``."""
+
+    names: tuple[str, ...]
+    everything: bool
+
+
+def _cam_methods(text: str) -> _MethodChoice:
+    """``gradcam,scorecam`` or ``all`` -> registry names (from :data:`netsight.cam.METHODS`)."""
+    import difflib
+
+    from netsight.cam import METHODS
+
+    names: list[str] = []
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if not name:
+            continue
+        if name == "all":
+            return _MethodChoice(tuple(METHODS), everything=True)
+        if name not in METHODS:
+            close = difflib.get_close_matches(name, list(METHODS), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise argparse.ArgumentTypeError(
+                f"unknown method {raw.strip()!r}{hint} (expected names from: "
+                f"{', '.join(METHODS)}, or all)"
+            )
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected method names such as gradcam, got {text!r}")
+    return _MethodChoice(tuple(names), everything=False)
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def _class_index(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a class index (an integer >= 0), got {text!r}")
+    return int(text)
+
+
+def _configure_cam(p: argparse.ArgumentParser) -> None:
+    from netsight.cam import METHODS
+
+    _add_model_options(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files Pillow can read")
+    p.add_argument(
+        "--method",
+        type=_cam_methods,
+        default=_MethodChoice(("gradcam",), everything=False),
+        metavar="NAME[,NAME...]",
+        help=f"methods to run, comma-separated, from: {', '.join(METHODS)}; or all "
+        f"(every method this model supports) (default: gradcam)",
+    )
+    p.add_argument(
+        "--target",
+        type=_class_index,
+        metavar="CLASS",
+        help="class index to explain in every image (default: each image's top-1 class)",
+    )
+    p.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="target layer name or glob (default: the last layer with a spatial map); "
+        "see `netsight layers MODEL`; saliency ignores it",
+    )
+    p.add_argument(
+        "--out", default="out/cam", metavar="DIR", help="output directory (default: out/cam)"
+    )
+    p.add_argument(
+        "--size",
+        type=_shape,
+        metavar="H,W",
+        help="resize the images (default: the model's usual input size when netsight "
+        "knows it, else each image's own)",
+    )
+    p.add_argument(
+        "--mean", type=_floats, metavar="M[,M,M]", help="normalisation mean (default 0.5)"
+    )
+    p.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalisation std (default 0.5)")
+    p.add_argument(
+        "--alpha",
+        type=_unit_float,
+        default=0.5,
+        metavar="A",
+        help="heat-map weight in the overlays, 0 to 1 (default: 0.5)",
+    )
+    p.add_argument(
+        "--colormap",
+        "--cmap",
+        dest="colormap",
+        default="jet",
+        metavar="NAME",
+        help="matplotlib colormap of the heat maps (default: jet)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        metavar="N",
+        help="inputs per forward in the perturbation methods (scorecam, ablationcam; "
+        "default: the method's own)",
+    )
+    p.add_argument(
+        "--save-maps",
+        action="store_true",
+        help="also write each map as IMAGE__METHOD.npy: float32 (H, W) in [0, 1], "
+        "at the input resolution",
+    )
+
+
+@dataclass(frozen=True)
+class _CamInput:
+    """One image as the model sees it, and what the model says about it."""
+
+    path: Path
+    stem: str
+    x: torch.Tensor  # (1, C, H, W), normalised
+    picture: torch.Tensor  # (C, H, W) in [0, 1], for drawing
+    predicted: int
+    probability: float
+    target: int
+    score: float  # the target's logit
+
+
+@dataclass(frozen=True)
+class _CamMap:
+    """One method's map for one image."""
+
+    map: torch.Tensor  # (H, W) in [0, 1]
+    layers: tuple[str, ...]
+    notes: tuple[str, ...]  # warnings the method gave (e.g. a constant map)
+
+
+@dataclass(frozen=True)
+class _CamRun:
+    """Every map computed, and why the methods that did not run did not."""
+
+    methods: tuple[str, ...]
+    maps: dict[tuple[int, str], _CamMap]  # (image index, method) -> map
+    skipped: dict[str, str]
+
+
+def _method_slug(name: str) -> str:
+    """A registry name in a file name: ``gradcam++`` stays as it is."""
+    return re.sub(r"[^A-Za-z0-9+._-]+", "_", name).strip("._") or "method"
+
+
+def _unique_stems(paths: Sequence[Path]) -> list[str]:
+    """Sanitised file stems, made unique (``cat``, ``cat_2``) for same-named images."""
+    from netsight._io import safe_filename
+
+    stems: list[str] = []
+    for path in paths:
+        base = safe_filename(path.stem, default="image")
+        stem, n = base, 1
+        while stem in stems:
+            n += 1
+            stem = f"{base}_{n}"
+        stems.append(stem)
+    return stems
+
+
+def _check_colormap(name: str) -> None:
+    import difflib
+
+    import matplotlib
+
+    if name not in matplotlib.colormaps:
+        close = difflib.get_close_matches(name, list(matplotlib.colormaps), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise UsageError(f"--colormap: unknown matplotlib colormap {name!r}{hint}")
+
+
+def _cam_inputs(args: argparse.Namespace, model: torch.nn.Module) -> list[_CamInput]:
+    """Load every image and run the model once on each: top-1 class, target, score."""
+    from netsight.features import run_forward
+    from netsight.hooks import preserve_state
+    from netsight.images import denormalize, load_image
+
+    size: tuple[int, ...] | None = args.size
+    if size is None:
+        default = default_input_size(args.model)
+        size = default[-2:] if default is not None else None
+    elif len(size) == 1:
+        size = (size[0], size[0])
+    if size is not None and len(size) != 2:
+        raise UsageError(f"--size: expected H,W, got {','.join(map(str, size))}")
+    paths = [Path(p) for p in args.images]
+    inputs = []
+    for path, stem in zip(paths, _unique_stems(paths), strict=True):
+        x = load_image(
+            path,
+            size=(size[0], size[1]) if size is not None else None,
+            model=model,
+            mean=args.mean,
+            std=args.std,
+        )
+        with preserve_state(model, "eval"):
+            output = run_forward(model, x)
+        if not (isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] > 0):
+            got = (
+                f"a tensor of shape {list(output.shape)}"
+                if isinstance(output, torch.Tensor)
+                else f"a {type(output).__name__}"
+            )
+            raise UsageError(
+                f"{args.model} returned {got} for {path.name}; `netsight cam` explains "
+                f"classifiers, whose output is a (batch, classes) logits tensor (from Python, "
+                f"netsight.cam methods also take targets= as a callable)"
+            )
+        logits = output[0].detach().float()
+        classes = logits.shape[0]
+        if args.target is not None and args.target >= classes:
+            raise UsageError(
+                f"--target {args.target}: out of range; {args.model} has {classes} classes "
+                f"(0 to {classes - 1})"
+            )
+        predicted = int(logits.argmax())
+        target = predicted if args.target is None else args.target
+        inputs.append(
+            _CamInput(
+                path=path,
+                stem=stem,
+                x=x,
+                picture=denormalize(x[0], args.mean, args.std),
+                predicted=predicted,
+                probability=float(torch.softmax(logits, 0)[predicted]),
+                target=target,
+                score=float(logits[target]),
+            )
+        )
+    return inputs
+
+
+def _compute_cams(
+    args: argparse.Namespace, model: torch.nn.Module, inputs: Sequence[_CamInput]
+) -> _CamRun:
+    """Run every method on every image; a method that fails is skipped with its reason."""
+    import inspect
+    import warnings
+
+    from netsight._progress import ProgressBar
+    from netsight.cam import METHODS
+
+    choice: _MethodChoice = args.method
+    maps: dict[tuple[int, str], _CamMap] = {}
+    skipped: dict[str, str] = {}
+    ran: list[str] = []
+    steps = [(method, item.path.name) for method in choice.names for item in inputs]
+    labels = iter([f"{method}: {name}" for method, name in steps[1:]] + ["cam"])
+    bar = ProgressBar(sys.stdout.isatty(), len(steps), f"{steps[0][0]}: {steps[0][1]}")
+    try:
+        for method in choice.names:
+            cls = METHODS[method]
+            options: dict[str, Any] = {}
+            if args.batch_size is not None and "batch_size" in inspect.signature(cls).parameters:
+                options["batch_size"] = args.batch_size
+            found: dict[tuple[int, str], _CamMap] = {}
+            done = 0
+            try:
+                cam = cls(model, args.layer if cls.uses_layers else None, **options)
+                for index, item in enumerate(inputs):
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        result = cam.explain(item.x, targets=item.target)
+                    notes = tuple(str(w.message) for w in caught)
+                    for note in notes:
+                        print(f"netsight: warning: {item.path.name}: {note}", file=sys.stderr)
+                    found[(index, method)] = _CamMap(
+                        result.maps[0].detach().float().cpu(), result.layers, notes
+                    )
+                    done += 1
+                    bar.advance(next(labels))
+            except (ValueError, TypeError, RuntimeError) as exc:
+                if args.traceback:
+                    raise
+                skipped[method] = str(exc)
+                print(f"netsight: skipped {method}: {exc}", file=sys.stderr)
+                for _ in range(len(inputs) - done):
+                    bar.advance(next(labels))
+                continue
+            ran.append(method)
+            maps.update(found)
+    finally:
+        bar.close()
+    return _CamRun(tuple(ran), maps, skipped)
+
+
+def _cam_grid(
+    inputs: Sequence[_CamInput], run: _CamRun, overlays: dict[tuple[int, str], Any], title: str
+) -> Any:
+    """The comparison figure: one row per image, the image then one column per method."""
+    from matplotlib.figure import Figure
+
+    rows, columns = len(inputs), 1 + len(run.methods)
+    fig = Figure(
+        figsize=(columns * _CAM_CELL[0], rows * _CAM_CELL[1]), dpi=_CAM_DPI, layout="constrained"
+    )
+    fig.suptitle(title, fontsize=10)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for row, item in enumerate(inputs):
+        picture = item.picture.permute(1, 2, 0).numpy()
+        cells: list[tuple[Any, str]] = [
+            (
+                picture[:, :, 0] if picture.shape[2] == 1 else picture,
+                f"{_shorten(item.path.name)}\ntarget {item.target}, logit {item.score:.3g}\n"
+                f"top-1 {item.predicted} (p={item.probability:.2f})",
+            )
+        ]
+        for method in run.methods:
+            result = run.maps[(row, method)]
+            layers = _shorten(", ".join(result.layers))
+            cells.append((overlays[(row, method)], f"{method}\nclass {item.target}\n{layers}"))
+        for ax, (image, label) in zip(axes[row], cells, strict=True):
+            ax.imshow(image, cmap="gray" if getattr(image, "ndim", 3) == 2 else None)
+            ax.set_title(label, fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig
+
+
+def _shorten(text: str, width: int = 28) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _finite_or_none(value: float) -> float | None:
+    import math
+
+    return value if math.isfinite(value) else None
+
+
+def _write_cams(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    inputs: Sequence[_CamInput],
+    run: _CamRun,
+    out: Path,
+) -> list[Path]:
+    """Overlays (and maps), the grid, then ``cam.json`` listing them: each file whole."""
+    import io
+    import json
+
+    import numpy as np
+
+    import netsight
+    from netsight._io import atomic_write_bytes, atomic_write_text, save_figure
+    from netsight.cam import overlay
+
+    written: list[Path] = []
+    overlays: dict[tuple[int, str], Any] = {}
+    records = []
+    for index, item in enumerate(inputs):
+        per_method: dict[str, dict[str, Any]] = {}
+        for method in run.methods:
+            result = run.maps[(index, method)]
+            name = f"{item.stem}__{_method_slug(method)}"
+            picture = overlay(item.picture, result.map, alpha=args.alpha, cmap=args.colormap)
+            overlays[(index, method)] = np.asarray(picture)
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG")
+            written.append(atomic_write_bytes(out / f"{name}.png", buffer.getvalue()))
+            map_file = None
+            if args.save_maps:
+                buffer = io.BytesIO()
+                np.save(buffer, result.map.numpy().astype(np.float32), allow_pickle=False)
+                map_file = atomic_write_bytes(out / f"{name}.npy", buffer.getvalue()).name
+                written.append(out / map_file)
+            per_method[method] = {
+                "layers": list(result.layers),
+                "overlay": f"{name}.png",
+                "map": map_file,
+                "warnings": list(result.notes),
+            }
+        records.append(
+            {
+                "file": str(item.path),
+                "name": item.stem,
+                "input_shape": list(item.x.shape),
+                "predicted": {
+                    "class": item.predicted,
+                    "probability": _finite_or_none(item.probability),
+                },
+                "target": {"class": item.target, "score": _finite_or_none(item.score)},
+                "methods": per_method,
+            }
+        )
+    title = f"{type(model).__name__} ({args.model})"
+    grid = _cam_grid(inputs, run, overlays, _shorten(title, 100))
+    written.append(save_figure(grid, out / "grid.png", dpi=_CAM_DPI))
+    choice: _MethodChoice = args.method
+    manifest = {
+        "schema": "netsight.cam/1",
+        "netsight_version": netsight.__version__,
+        "torch_version": torch.__version__,
+        "model": args.model,
+        "model_class": type(model).__name__,
+        "weights": args.weights,
+        "requested": "all" if choice.everything else list(choice.names),
+        "methods": list(run.methods),
+        "skipped": dict(run.skipped),
+        "target": args.target,
+        "layer": args.layer,
+        "alpha": args.alpha,
+        "colormap": args.colormap,
+        "mean": args.mean,
+        "std": args.std,
+        "images": records,
+        "grid": {
+            "file": "grid.png",
+            "rows": len(inputs),
+            "columns": 1 + len(run.methods),
+            "column_titles": ["image", *run.methods],
+        },
+        "files": [p.name for p in written],
+    }
+    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    written.append(atomic_write_text(out / "cam.json", text))
+    return written
+
+
+def _print_cam_table(inputs: Sequence[_CamInput], run: _CamRun, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"netsight cam: wrote to {out}", title_justify="left")
+    for column in ("image", "target", "logit", "method", "layer", "overlay"):
+        table.add_column(column, overflow="fold")
+    for index, item in enumerate(inputs):
+        for method in run.methods:
+            result = run.maps[(index, method)]
+            table.add_row(
+                item.path.name,
+                str(item.target),
+                f"{item.score:.3g}",
+                method,
+                ", ".join(result.layers),
+                f"{item.stem}__{_method_slug(method)}.png",
+            )
+    console = Console(file=sys.stdout)
+    console.print(table)
+    print(f"grid: {out / 'grid.png'} ({len(inputs)} x {1 + len(run.methods)})")
+    print(f"manifest: {out / 'cam.json'}")
+    if run.skipped:
+        print(f"skipped: {', '.join(run.skipped)} (reasons on stderr and in cam.json)")
+
+
+def _run_cam(args: argparse.Namespace) -> int:
+    from netsight.capture import resolve_layers
+
+    choice: _MethodChoice = args.method
+    _check_colormap(args.colormap)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a directory")
+    model = _model_from_args(args)
+    if args.layer is not None:
+        resolve_layers(model, args.layer)  # unknown names fail here, with close matches
+    inputs = _cam_inputs(args, model)
+    run = _compute_cams(args, model, inputs)
+    if not run.methods:
+        raise UsageError(
+            f"none of the methods could run on {args.model} ({', '.join(run.skipped)}); "
+            f"the reasons are above"
+        )
+    out = _out_dir(args.out)
+    _write_cams(args, model, inputs, run, out)
+    _print_cam_table(inputs, run, out)
+    if run.skipped and not choice.everything:
+        return EXIT_PARTIAL
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -457,6 +955,17 @@ COMMANDS: tuple[Command, ...] = (
         description="Capture every chosen layer's output for IMAGE with forward hooks and "
         "write per-layer grids, the mean-map figure and the layer statistics "
         "(sparsity, dead channels) to --out.",
+    ),
+    Command(
+        "cam",
+        "class activation maps: overlays and a methods-by-images grid",
+        _configure_cam,
+        _run_cam,
+        description="Explain the class the model picks (or --target) for each IMAGE with "
+        "each --method: one overlay PNG per (image, method), grid.png (rows: images, "
+        "columns: the image then each method) and cam.json in --out. A method that cannot "
+        "run on the model is skipped with its reason; the exit code is 1 when an explicitly "
+        "requested method was skipped, 2 when none ran.",
     ),
     Command(
         "filters",
@@ -527,7 +1036,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         The exit code: 0 on success, 2 for a usage or user error (printed as
-        ``netsight: error: ...`` on stderr), 130 when interrupted.
+        ``netsight: error: ...`` on stderr), 1 when ``cam`` skipped a method the
+        user named (the others were written), 130 when interrupted.
     """
     parser = build_parser()
     try:

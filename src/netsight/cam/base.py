@@ -228,29 +228,63 @@ def tokens_to_grid(tokens: torch.Tensor, name: str = "layer") -> torch.Tensor:
     )
 
 
+def _is_token_grid(out: Any) -> bool:
+    """A ``(B, N, C)`` output whose ``N`` (or ``N - 1``, a class token) is a square."""
+    if not isinstance(out, torch.Tensor) or out.dim() != 3:
+        return False
+    count = out.shape[1]
+    return any(
+        count - drop > 1 and math.isqrt(count - drop) ** 2 == count - drop for drop in (0, 1)
+    )
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return isinstance(module, nn.MultiheadAttention) or type(module).__name__.endswith(
+        ("Attention", "SelfAttention")
+    )
+
+
 def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """Name of the last layer (in forward order) whose output is a spatial map: a
-    4-D tensor with more than one position, adaptive pooling excluded.
+    """Name of the layer a CAM explains when none is given.
+
+    For a convolutional network: the last layer (in forward order) whose output is
+    a spatial map, a 4-D tensor with more than one position, adaptive pooling
+    excluded. When token layers (``(B, N, C)`` with a square patch grid, a class
+    token allowed) come after the last spatial map, as in a vision transformer:
+    the last token layer that finished before the last attention module started,
+    i.e. the input of the last attention block (the norm before it). Later token
+    outputs feed the head only through the class token, so their patch tokens get
+    no gradient and their maps are blank.
 
     Runs one probe forward on the first image under ``no_grad``.
     """
     names = {id(module): name for name, module in model.named_modules()}
-    found: list[tuple[str, nn.Module]] = []
+    # (kind, name, module) in the order the events happened
+    events: list[tuple[str, str, nn.Module]] = []
 
     def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        return None
+        if _is_attention(module):
+            events.append(("attention", names[id(module)], module))
 
     def post(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[2:].numel() > 1:
-            found.append((names[id(module)], module))
+            if not isinstance(module, _ADAPTIVE_POOLS):
+                events.append(("spatial", names[id(module)], module))
+        elif _is_token_grid(out):
+            events.append(("tokens", names[id(module)], module))
 
     modules = [m for m in model.modules() if m is not model]
     with HookSet() as hooks, torch.no_grad():
         hooks.add_forward_hooks(modules, pre, post)
         model(x[:1])
-    for name, module in reversed(found):
-        if not isinstance(module, _ADAPTIVE_POOLS):
-            return name
+    maps = [i for i, (kind, _, _) in enumerate(events) if kind != "attention"]
+    if maps and events[maps[-1]][0] == "spatial":
+        return events[maps[-1]][1]
+    if maps:  # a token model: the input of the last attention block
+        attention = [i for i, (kind, _, _) in enumerate(events) if kind == "attention"]
+        last = attention[-1] if attention else len(events)
+        before = [i for i in maps if i < last]
+        return events[(before or maps)[-1]][1]
     raise ValueError(
         f"{type(model).__name__} has no layer with a spatial (B, C, H, W) output for input "
         f"{list(x.shape[1:])}; pass target_layers= (and reshape= for token layers)"
