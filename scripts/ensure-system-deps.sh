@@ -6,7 +6,9 @@ list="${1:-scripts/system-deps.txt}"
 missing=()
 while read -r pkg cmd; do
   [[ -z "${pkg}" || "${pkg}" == \#* ]] && continue
-  if ! command -v "${cmd:-$pkg}" >/dev/null 2>&1; then
+  if [[ "${cmd}" == "-" ]]; then
+    dpkg -s "${pkg}" >/dev/null 2>&1 || missing+=("${pkg}")
+  elif ! command -v "${cmd:-$pkg}" >/dev/null 2>&1; then
     missing+=("${pkg}")
   fi
 done < "${list}"

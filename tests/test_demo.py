@@ -54,6 +54,7 @@ def test_every_step_writes_its_files(quick_run: tuple[Path, list[Path], str]) ->
         "layer_stats/trained.json",
         "layer_stats/untrained.json",
         "layer_stats/trained.png",
+        "runs/vgg16-digits/index.html",
         "index.txt",
     ]:
         assert expected in names, expected
@@ -74,6 +75,15 @@ def test_summaries_and_training_record(quick_run: tuple[Path, list[Path], str]) 
     assert 0 <= epoch["test_acc"] <= 1 and epoch["train_loss"] > 0
     assert "Vgg16Net" in printed and "ResNet" in printed
     assert "epoch 1: train loss" in printed
+    # the training monitor's run: every step's loss, the test metrics as validation
+    from netsight.monitor import read_scalars
+
+    rows = read_scalars(out / "runs" / "vgg16-digits" / "scalars.csv")
+    steps = [r["step"] for r in rows if r["tag"] == "train/loss"]
+    assert steps == list(range(len(steps))) and len(steps) == 2  # 64 digits, batch 32
+    (acc,) = [r["value"] for r in rows if r["tag"] == "epoch/val_acc"]
+    assert acc == pytest.approx(epoch["test_acc"])
+    assert record["run"].endswith("vgg16-digits") and "training monitor run" in printed
 
 
 def test_saved_weights_load_safely_and_reproduce_the_accuracy(

@@ -4,7 +4,9 @@ Run it with ``netsight demo --out out`` (or ``make demo``). It
 
 1. prints and saves the summaries of the tutorials' VGG-16 and of ResNet-18;
 2. trains the VGG-16 on the bundled digits (about 4 epochs; the weights are cached
-   in ``out/vgg16_digits.pth`` so a second run skips training);
+   in ``out/vgg16_digits.pth`` so a second run skips training), watched by a
+   :class:`~netsight.TrainingMonitor` that writes ``out/runs/vgg16-digits/``
+   (TensorBoard events, ``scalars.csv``, gradient flow, ``index.html``);
 3. draws the filters of the first and the last convolution;
 4. writes the feature maps of every convolution and the mean maps for one test digit;
 5. measures the statistics of every ReLU over the whole test set, for the trained
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torchvision
@@ -34,6 +36,9 @@ from netsight._io import atomic_write_bytes, atomic_write_text, save_figure
 from netsight._progress import ProgressBar
 from netsight.summary import Summary, summary
 from netsight.zoo import Vgg16Net
+
+if TYPE_CHECKING:
+    from netsight.monitor import TrainingMonitor
 
 __all__ = ["DemoConfig", "run_demo", "train_digits"]
 
@@ -117,7 +122,11 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
 
 
 def train_digits(
-    model: nn.Module, config: DemoConfig = DemoConfig(), *, progress: bool = True
+    model: nn.Module,
+    config: DemoConfig = DemoConfig(),
+    *,
+    progress: bool = True,
+    monitor: TrainingMonitor | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` on the digits' training split; returns one record per epoch.
 
@@ -125,6 +134,9 @@ def train_digits(
     (peak ``config.lr``), cross-entropy loss, seeded shuffling. Each record holds
     ``epoch``, ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc`` and ``seconds``.
     The model is left in eval mode. The global RNG state is left as it was.
+
+    With ``monitor``, every step and epoch is logged to it (test metrics as
+    ``val_loss`` / ``val_acc``); the caller closes it.
     """
     from netsight.datasets import digits
 
@@ -149,6 +161,8 @@ def train_digits(
         optimizer, max_lr=config.lr, total_steps=max(steps, 10), pct_start=0.25
     )
     history: list[dict[str, float]] = []
+    if monitor is not None:
+        monitor.optimizer = optimizer
     bar = ProgressBar(progress, steps, "training VGG-16 on digits")
     try:
         with _seeded(config.seed):
@@ -164,6 +178,8 @@ def train_digits(
                         raise FloatingPointError(f"epoch {epoch}: the loss became {value}")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()  # type: ignore[no-untyped-call]
+                    if monitor is not None:
+                        monitor.step(loss=loss, outputs=logits, targets=y)
                     optimizer.step()
                     schedule.step()
                     seen += len(y)
@@ -171,6 +187,8 @@ def train_digits(
                     correct += int((logits.argmax(1) == y).sum())
                     bar.advance(f"epoch {epoch}/{config.epochs} loss {value:.3f}")
                 test_loss, test_acc = _accuracy(model, test_x, test_y)
+                if monitor is not None:
+                    monitor.epoch_end(val_loss=test_loss, val_acc=test_acc)
                 history.append(
                     {
                         "epoch": epoch,
@@ -206,10 +224,29 @@ def _trained_vgg(
             model.eval()
             saved["cached"] = True
             return model, saved
-    history = train_digits(model, config)
+    from netsight.datasets import digits
+    from netsight.monitor import TrainingMonitor
+
+    probe = _limit(digits("test"), config.test_limit).tensors
+    with TrainingMonitor(
+        model,
+        out / "runs",
+        "vgg16-digits",
+        probe=(probe[0][:16], probe[1][:16]),
+        mean=(0.5,),
+        std=(0.5,),
+        log_every=5,
+    ) as monitor:
+        history = train_digits(model, config, monitor=monitor)
     buffer = _state_bytes(model)
     atomic_write_bytes(weights, buffer)
-    info = {"config": asdict(config), "history": history, "cached": False}
+    info = {
+        "config": asdict(config),
+        "history": history,
+        "cached": False,
+        "run": str(monitor.run_dir),
+        "diagnostics": [d.to_dict() for d in monitor.diagnostics],
+    }
     atomic_write_text(record, json.dumps(info, indent=2) + "\n")
     return model, info
 
@@ -303,6 +340,21 @@ def _run_demo(out: Path, config: DemoConfig, retrain: bool) -> list[Path]:
         )
     written += [out / _WEIGHTS, out / _TRAINING]
     written.append(save_figure(_plot_history(history), out / "training.png"))
+    run = info.get("run")
+    if run:
+        problems = info.get("diagnostics") or []
+        print(
+            f"training monitor run: {run} (index.html, scalars.csv, TensorBoard events; "
+            f"`netsight tensorboard {Path(run).parent}`); "
+            + (
+                f"{len(problems)} diagnostic(s): "
+                + "; ".join(sorted({d["kind"] for d in problems}))
+                if problems
+                else "no problems found"
+            )
+        )
+        if (Path(run) / "index.html").is_file():
+            written.append(Path(run) / "index.html")
 
     _section("3. Filters")
     (out / "filters").mkdir(exist_ok=True)

@@ -72,7 +72,10 @@ class Thresholds:
         update_ratio: an optimizer step that moves a layer by more than this fraction
             of its norm (``||dw|| / ||w||``) is too large (healthy: about 1e-3).
         dead_fraction: a ReLU layer where more than this fraction of the units
-            (channels) are zero on every probe image is reported.
+            (channels) are zero on every probe image is reported. Not 0.5: at random
+            initialisation a fully connected layer fed by similar images (one
+            dataset) has about half its units silent on a small probe (measured on
+            the demo's VGG-16: up to 49 % on 16 digits), which is not a failure.
         overfit_epochs: validation loss rising and training loss falling over this
             many consecutive epochs is reported.
     """
@@ -82,7 +85,7 @@ class Thresholds:
     exploding_growth: float = 1e3
     baseline_steps: int = 5
     update_ratio: float = 0.5
-    dead_fraction: float = 0.5
+    dead_fraction: float = 0.6
     overfit_epochs: int = 3
 
 

@@ -58,6 +58,7 @@ from netsight.monitor.sinks import (
     EventWriter,
     MonitorWriteError,
     csv_line,
+    file_errors,
     json_line,
     read_scalars,
     render_index,
@@ -67,6 +68,7 @@ from netsight.monitor.stats import (
     LayerGroups,
     layer_groups,
     snapshot_weights,
+    unwrap_parallel,
     update_ratios,
 )
 
@@ -173,7 +175,8 @@ class TrainingMonitor:
             raise ValueError(f"histogram_every: expected >= 0, got {histogram_every}")
         if flush_secs <= 0:
             raise ValueError(f"flush_secs: expected > 0, got {flush_secs}")
-        self.model = model
+        # a DDP wrapper's forward runs collectives (a rank-0-only probe would hang)
+        self.model = unwrap_parallel(model)
         self.optimizer = optimizer
         self.log_every = log_every
         self.histogram_every = histogram_every
@@ -276,7 +279,8 @@ class TrainingMonitor:
             text = summarize(self.model, input_data=example).to_text()
         except Exception as error:  # a summary is a nicety; training must go on
             text = f"(no summary: {type(error).__name__}: {error})"
-        atomic_write_text(self.run_dir / "summary.txt", text + "\n")
+        with file_errors(str(self.run_dir / "summary.txt")):
+            atomic_write_text(self.run_dir / "summary.txt", text + "\n")
         if self._writer is not None:
             self._writer.add_text("model/summary", "```\n" + text + "\n```", 0)
             if graph:
@@ -469,10 +473,11 @@ class TrainingMonitor:
                     train, val, step=step, epoch=self.epoch + 1, thresholds=self.thresholds
                 )
             )
-        if self.probe_x is not None:
-            self._probe_epoch(step)
-        if self.plots:
-            self._plots(epoch_mean, epoch_max)
+        with file_errors(f"the plots and images in {self.run_dir}"):  # a full disk
+            if self.probe_x is not None:
+                self._probe_epoch(step)
+            if self.plots:
+                self._plots(epoch_mean, epoch_max)
         self._epoch = _Epoch(grad_mean={}, grad_max={})
         self.epoch += 1
         self.flush()
@@ -595,10 +600,11 @@ class TrainingMonitor:
                 from PIL import Image
 
                 image = (grid.image.permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy()
+                buffer = io.BytesIO()
+                Image.fromarray(image).save(buffer, format="PNG")
+                # whole or not at all: a failed write leaves no partial file to glob
                 path = self.run_dir / f"features_{safe_filename(name)}.png"
-                tmp = path.with_suffix(".tmp.png")
-                Image.fromarray(image).save(tmp)
-                os.replace(tmp, path)
+                atomic_write_bytes(path, buffer.getvalue())
 
     # ------------------------------------------------------------------ files
     def _plots(self, epoch_mean: dict[str, float], epoch_max: dict[str, float]) -> None:

@@ -8,11 +8,18 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AppendLog", "EventWriter", "MonitorWriteError", "read_scalars", "render_index"]
+__all__ = [
+    "AppendLog",
+    "EventWriter",
+    "MonitorWriteError",
+    "file_errors",
+    "read_scalars",
+    "render_index",
+]
 
 
 class MonitorWriteError(OSError):
@@ -115,6 +122,8 @@ class EventWriter:
         return self._failed
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # also keeps copy/pickle from recursing before __init__
+            raise AttributeError(name)
         method = getattr(self._writer, name)
         if not callable(method):
             return method
@@ -138,6 +147,21 @@ class EventWriter:
             self._writer.close()
         except OSError as error:
             raise self._error(error) from error
+
+
+@contextlib.contextmanager
+def file_errors(what: str) -> Iterator[None]:
+    """Report an ``OSError`` from writing ``what`` (plots, images, the summary, written
+    whole or not at all) as :class:`MonitorWriteError` naming it."""
+    try:
+        yield
+    except MonitorWriteError:
+        raise
+    except OSError as error:
+        raise MonitorWriteError(
+            error.errno,
+            f"cannot write {what}: {error.strerror or error}; earlier files are intact",
+        ) from error
 
 
 def csv_line(values: Sequence[Any]) -> str:

@@ -16,7 +16,28 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["GradientStats", "LayerGroups", "layer_groups", "snapshot_weights", "update_ratios"]
+__all__ = [
+    "GradientStats",
+    "LayerGroups",
+    "layer_groups",
+    "snapshot_weights",
+    "unwrap_parallel",
+    "update_ratios",
+]
+
+
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The network inside ``DistributedDataParallel`` or ``DataParallel`` wrappers.
+
+    The wrapper prefixes every parameter name with ``module.``, and a DDP forward runs
+    collectives (it broadcasts buffers such as BatchNorm's running statistics), so a
+    probe forward through it on rank 0 alone would wait forever for the other ranks.
+    The wrapped module has the same parameters, so its gradients are the synchronised
+    ones all the same.
+    """
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
 
 
 @dataclass(frozen=True)
@@ -39,7 +60,9 @@ class LayerGroups:
 
 
 def layer_groups(model: nn.Module) -> LayerGroups:
-    """Group the model's trainable parameters by the module that owns them."""
+    """Group the model's trainable parameters by the module that owns them (named
+    without the ``module.`` prefix of a data-parallel wrapper)."""
+    model = unwrap_parallel(model)
     names: list[str] = []
     position: dict[str, int] = {}
     params: list[nn.Parameter] = []
