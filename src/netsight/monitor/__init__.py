@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from netsight.monitor.diagnostics import Diagnostic, Thresholds, TrainingWarning
 from netsight.monitor.monitor import TrainingMonitor
+from netsight.monitor.runs import RunInfo, list_runs
 from netsight.monitor.sinks import MonitorWriteError, read_scalars
 from netsight.monitor.stats import GradientStats, layer_groups
 
@@ -21,9 +22,11 @@ __all__ = [
     "Diagnostic",
     "GradientStats",
     "MonitorWriteError",
+    "RunInfo",
     "Thresholds",
     "TrainingMonitor",
     "TrainingWarning",
     "layer_groups",
+    "list_runs",
     "read_scalars",
 ]
