@@ -5,6 +5,7 @@ Example:
     >>> maps = cam(x)                            # (B, H, W) in [0, 1], top-1 class each
     >>> result = cam.explain(x, targets=[3, 5])  # maps, raw maps, logits, classes, layers
     >>> netsight.cam.overlay(image, maps[0], alpha=0.5)   # a PIL image
+    >>> print(netsight.cam.evaluate(cam, loader))        # deletion, insertion, pointing
 
 Every method shares one base class (:class:`BaseCAM`) and one verb; :data:`METHODS`
 maps registry names to the classes.
@@ -22,6 +23,7 @@ from netsight.cam.gradient import (
     Saliency,
     XGradCAM,
 )
+from netsight.cam.metrics import CAMEvaluation, MethodScores, evaluate
 from netsight.cam.other import CAM, EigenCAM
 from netsight.cam.overlay import overlay
 from netsight.cam.perturbation import AblationCAM, ScoreCAM
@@ -31,6 +33,7 @@ __all__ = [
     "METHODS",
     "AblationCAM",
     "BaseCAM",
+    "CAMEvaluation",
     "CAMResult",
     "CAMWarning",
     "EigenCAM",
@@ -39,10 +42,12 @@ __all__ = [
     "GradientCAM",
     "HiResCAM",
     "LayerCAM",
+    "MethodScores",
     "Saliency",
     "ScoreCAM",
     "Targets",
     "XGradCAM",
+    "evaluate",
     "overlay",
 ]
 
