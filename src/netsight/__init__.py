@@ -22,6 +22,7 @@ from netsight.cam import (
     overlay,
 )
 from netsight.capture import Capture, CaptureBudgetError, capture, list_layers
+from netsight.diagram import Diagram, diagram
 from netsight.features import (
     LayerStats,
     feature_grid,
@@ -47,6 +48,7 @@ __all__ = [
     "CaptureBudgetError",
     "Column",
     "Diagnostic",
+    "Diagram",
     "EigenCAM",
     "FilterGrid",
     "GradCAM",
@@ -71,6 +73,7 @@ __all__ = [
     "capture",
     "count_hooks",
     "denormalize",
+    "diagram",
     "feature_grid",
     "filter_grid",
     "layer_stats",

@@ -240,6 +240,117 @@ def _run_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- diagram
+
+_DIAGRAM_FORMATS = ("svg", "png", "pdf", "dot", "tex", "blocks")
+
+
+def _configure_diagram(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="torchvision:NAME, timm:NAME, zoo:NAME, path/to/file.py:NAME or package.module:NAME",
+    )
+    p.add_argument(
+        "--input",
+        action="append",
+        type=_shape,
+        metavar="SHAPE",
+        help="input shape with the batch dimension, e.g. 1,3,224,224; repeat for several "
+        "inputs (default: the model's usual size, when netsight knows it)",
+    )
+    p.add_argument(
+        "--dtype",
+        type=_dtypes,
+        metavar="DTYPE[,DTYPE...]",
+        help="dtype of the inputs, one for all or one per --input (default: float32)",
+    )
+    p.add_argument(
+        "--format",
+        choices=_DIAGRAM_FORMATS,
+        help="output format (default: from the --out suffix, else svg); dot and tex need "
+        "no binary; svg, png and pdf run Graphviz's dot",
+    )
+    p.add_argument(
+        "--depth", type=_depth, default=3, metavar="N", help="nesting depth drawn (default: 3)"
+    )
+    p.add_argument(
+        "--roll",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draw repeated identical blocks once, marked 'x N' (default: on)",
+    )
+    p.add_argument("--direction", choices=("TB", "LR"), default="TB", help="layout direction")
+    p.add_argument("--weights", metavar="FILE", help="load this checkpoint into the model first")
+    p.add_argument(
+        "--trust-weights",
+        action="store_true",
+        help="allow --weights to unpickle arbitrary Python objects (only for files you trust)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="output file (default: stdout for dot and tex, MODEL.FORMAT otherwise)",
+    )
+
+
+def _run_diagram(args: argparse.Namespace) -> int:
+    from netsight._io import atomic_write_bytes, safe_filename
+    from netsight.diagram import diagram
+
+    if args.trust_weights and not args.weights:
+        raise UsageError("--trust-weights only applies together with --weights FILE")
+    _check_out(args.out)
+    fmt: str | None = args.format
+    if fmt is None:
+        suffix = Path(args.out).suffix.lower().lstrip(".") if args.out else ""
+        fmt = {"gv": "dot", "tikz": "tex"}.get(suffix, suffix) or "svg"
+        if fmt not in _DIAGRAM_FORMATS:
+            raise UsageError(
+                f"--out {args.out}: cannot tell the format from {suffix!r}; pass --format "
+                f"({', '.join(_DIAGRAM_FORMATS)})"
+            )
+    sizes: list[tuple[int, ...]] | None = args.input
+    if not sizes:
+        default = default_input_size(args.model)
+        if default is None:
+            raise UsageError(
+                f"netsight does not know the input size of {args.model!r}; pass --input, "
+                f"e.g. --input 1,3,224,224"
+            )
+        sizes = [default]
+    model = load_model(args.model)
+    if args.weights:
+        load_weights(model, args.weights, trust=args.trust_weights)
+    if fmt == "tex":
+        _emit(diagram(model, input_size=sizes, format="tex"), args.out)
+        return 0
+    out = (
+        args.out
+        or f"{safe_filename(args.model.split(':')[-1])}.{'png' if fmt == 'blocks' else fmt}"
+    )
+    if fmt == "blocks":
+        path = atomic_write_bytes(out, diagram(model, input_size=sizes, format="blocks"))
+        print(f"netsight: wrote {path}", file=sys.stderr)
+        return 0
+    d = diagram(
+        model,
+        input_size=sizes,
+        dtypes=args.dtype,
+        depth=args.depth,
+        roll=args.roll,
+        direction=args.direction,
+    )
+    for note in d.notes:
+        print(f"netsight: note: {note}", file=sys.stderr)
+    if fmt == "dot":
+        _emit(d.dot, args.out)
+        return 0
+    path = d.save(Path(out).with_suffix("." + fmt) if not args.out else out)
+    print(f"netsight: wrote {path} ({len(d.nodes)} nodes)", file=sys.stderr)
+    return 0
+
+
 # --------------------------------------------------------------------------- shared model options
 
 
@@ -1130,6 +1241,16 @@ COMMANDS: tuple[Command, ...] = (
         _configure_summary,
         _run_summary,
         description="Print a layer-by-layer summary: shapes, parameters, mult-adds, memory.",
+    ),
+    Command(
+        "diagram",
+        "draw the architecture as a dataflow graph (Graphviz), TikZ or blocks",
+        _configure_diagram,
+        _run_diagram,
+        description="Draw MODEL as a dataflow graph: module calls collapsed to --depth, the "
+        "additions and concatenations that join branches, repeated blocks rolled into 'x N'. "
+        "svg, png and pdf need Graphviz's dot (Debian package graphviz); when it is missing "
+        "the DOT text is written next to --out.",
     ),
     Command(
         "features",

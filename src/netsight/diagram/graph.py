@@ -1,0 +1,897 @@
+"""Dataflow graphs of a model: trace, graph model, DOT text and Graphviz rendering.
+
+Three steps, kept apart:
+
+1. :func:`record_dataflow` runs the model once (on the ``meta`` device when it
+   can, else on real tensors under ``torch.no_grad()``) with a wrapper around
+   every module call and a ``TorchFunctionMode`` that sees the functional ops in
+   ``forward`` methods (``out += identity``, ``torch.cat``, ``x @ w``). Every
+   tensor is tagged with the step that produced it, so edges follow the real
+   data flow. The result, a :class:`Dataflow`, is a flat list of steps in
+   execution order plus the tree of module calls.
+2. :func:`build_graph` collapses that to a depth: a module call at the chosen
+   depth (or a leaf above it) is one node; functional ops stay visible only
+   where they join two or more different nodes (residual additions,
+   concatenations); everything else passes its producers through. Repeated
+   identical consecutive sibling blocks can be rolled into one node marked
+   "x N". The result is a :class:`Graph` of frozen :class:`Node` and :class:`Edge`.
+3. :func:`to_dot` writes DOT text (every user string escaped for HTML-like
+   labels) and :func:`render` runs Graphviz's ``dot`` on it.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from netsight.hooks import HookSet, preserve_state
+from netsight.trace import (
+    TraceError,
+    _check_inputs,
+    _gc_paused,
+    _make_inputs,
+    _model_device,
+    _normalise_sizes,
+    _survey,
+    _swapped_to_meta,
+    _tensors_in,
+    _tree_map,
+)
+
+__all__ = [
+    "CATEGORY_COLORS",
+    "Dataflow",
+    "Edge",
+    "Graph",
+    "GraphvizNotFoundError",
+    "Node",
+    "build_graph",
+    "record_dataflow",
+    "render",
+    "to_dot",
+]
+
+Shape = tuple[int, ...]
+
+# --------------------------------------------------------------------------- recording
+
+_INPUT, _MODULE, _OP = 0, 1, 2
+
+
+@dataclass
+class _Step:
+    """One producer of tensors: a model input, a module call or a functional op."""
+
+    kind: int
+    name: str  # op name, or "" for modules (their name is on the call)
+    owner: int  # index of the module call running when it happened (-1: none)
+    inputs: list[int]  # producing steps of the tensors it read, in order, repeats dropped
+    in_shapes: list[Shape]
+    out_shapes: list[Shape] = field(default_factory=list)
+    call: int = -1  # for a module step: its call index
+
+
+@dataclass
+class _Call:
+    """One module call, a node of the call tree."""
+
+    module: nn.Module
+    name: str
+    parent: int
+    depth: int
+    step: int  # its module step
+    start: int  # steps [start, end) happened during the call (its own step included)
+    end: int = -1
+    children: list[int] = field(default_factory=list)
+    in_shapes: list[Shape] = field(default_factory=list)
+    out_shapes: list[Shape] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Dataflow:
+    """What one traced forward recorded: steps in execution order and module calls.
+
+    Attributes:
+        model_type: class name of the model.
+        steps: producers of tensors, in execution order (private structure).
+        calls: module calls, in call order; ``calls[0]`` is the model itself.
+        inputs: step indices of the model inputs.
+        outputs: (producing step, shape) for every tensor the model returned.
+        execution: ``"meta"`` or ``"real"``.
+        notes: things the reader of the drawing must know (fallbacks,
+            value-dependent control flow).
+    """
+
+    model_type: str
+    steps: tuple[_Step, ...]
+    calls: tuple[_Call, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[tuple[int, Shape], ...]
+    execution: str
+    notes: tuple[str, ...]
+
+
+#: Tensor methods that turn a value into Python control flow.
+_VALUE_READS = frozenset(
+    {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__len__"}
+)
+#: Attribute reads and bookkeeping that produce nothing worth tracking.
+_IGNORED = frozenset({"__get__", "__set__", "size", "dim", "numel", "__format__", "__repr__"})
+
+
+def _func_name(func: Any) -> str:
+    name = getattr(func, "__name__", None)
+    if not isinstance(name, str):
+        name = type(func).__name__
+    return name
+
+
+class _Recorder(TorchFunctionMode):
+    """Watches module calls (through :class:`HookSet`) and functional ops.
+
+    Tensors are keyed by ``id``; ``self.alive`` holds every tagged tensor for the
+    duration of the trace so an id is never reused by a new tensor.
+    """
+
+    def __init__(self, names: Mapping[int, list[str]]) -> None:
+        super().__init__()
+        self.names = names
+        self.steps: list[_Step] = []
+        self.calls: list[_Call] = []
+        self.stack: list[int] = []  # open call indices
+        self.producer: dict[int, int] = {}
+        self.alive: list[torch.Tensor] = []
+        self.notes: list[str] = []
+        self._noted: set[tuple[str, str]] = set()
+        self._leaf_depth = 0  # > 0 while inside a module without submodules
+
+    # -- tagging
+
+    def _sources(self, obj: Any) -> tuple[list[int], list[Shape]]:
+        steps: list[int] = []
+        shapes: list[Shape] = []
+        for t in _tensors_in(obj):
+            src = self.producer.get(id(t))
+            if src is not None and src not in steps:
+                steps.append(src)
+            shapes.append(tuple(t.shape))
+        return steps, shapes
+
+    def _tag(self, obj: Any, step: int) -> list[Shape]:
+        shapes = []
+        for t in _tensors_in(obj):
+            self.producer[id(t)] = step
+            self.alive.append(t)
+            shapes.append(tuple(t.shape))
+        return shapes
+
+    def add_inputs(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[int]:
+        found: list[int] = []
+        items = [(f"input {i}" if len(args) > 1 else "input", a) for i, a in enumerate(args)]
+        items += [(str(k), v) for k, v in kwargs.items()]
+        for label, value in items:
+            for t in _tensors_in(value):
+                if id(t) in self.producer:
+                    continue
+                index = len(self.steps)
+                self.steps.append(_Step(_INPUT, label, -1, [], [], [tuple(t.shape)]))
+                self._tag(t, index)
+                found.append(index)
+        return found
+
+    # -- module calls
+
+    def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        parent = self.stack[-1] if self.stack else -1
+        index = len(self.calls)
+        step = len(self.steps)
+        sources, shapes = self._sources((args, kwargs))
+        self.steps.append(_Step(_MODULE, "", parent, sources, shapes, call=index))
+        name = self.names.get(id(module), [""])[0]
+        depth = self.calls[parent].depth + 1 if parent >= 0 else 0
+        self.calls.append(_Call(module, name, parent, depth, step, step, in_shapes=shapes))
+        if parent >= 0:
+            self.calls[parent].children.append(index)
+        self.stack.append(index)
+        if not module._modules:
+            self._leaf_depth += 1
+
+    def post_hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
+        index = self.stack.pop()
+        call = self.calls[index]
+        if not module._modules:
+            self._leaf_depth -= 1
+        if call.children:
+            # a container: its output tensors keep the producers inside it
+            call.out_shapes = [tuple(t.shape) for t in _tensors_in(output)]
+        else:
+            call.out_shapes = self._tag(output, call.step)
+            self.steps[call.step].out_shapes = call.out_shapes
+        call.end = len(self.steps)
+
+    # -- functional ops
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if self._leaf_depth:
+            return func(*args, **kwargs)
+        name = _func_name(func)
+        if name in _IGNORED:
+            return func(*args, **kwargs)
+        sources, shapes = self._sources((args, kwargs))
+        if name in _VALUE_READS and sources:
+            self._note_value_read(name)
+        out = func(*args, **kwargs)
+        if sources and name not in _VALUE_READS:
+            owner = self.stack[-1] if self.stack else -1
+            index = len(self.steps)
+            self.steps.append(_Step(_OP, name.strip("_"), owner, sources, shapes))
+            self.steps[index].out_shapes = self._tag(out, index)
+        return out
+
+    def _note_value_read(self, name: str) -> None:
+        if self.stack:
+            call = self.calls[self.stack[-1]]
+            where = f"'{call.name or '(model)'}' ({type(call.module).__name__})"
+        else:
+            where = "the model's caller"
+        if (name, where) in self._noted:
+            return
+        self._noted.add((name, where))
+        self.notes.append(
+            f"value-dependent control flow: Tensor.{name} in {where}; "
+            f"the drawing shows the path this input took"
+        )
+
+
+def _trace_error(exc: Exception, rec: _Recorder) -> TraceError:
+    if rec.stack:
+        call = rec.calls[rec.stack[-1]]
+        module_name = call.name or "(model)"
+        module_type = type(call.module).__name__
+        shapes = ", ".join(_fmt_shape(s) for s in call.in_shapes) or "-"
+        path = " > ".join(
+            f"{rec.calls[i].name or '(model)'} ({type(rec.calls[i].module).__name__})"
+            for i in rec.stack
+        )
+    else:
+        module_name, module_type, shapes, path = "", "", "", ""
+    done = tuple(
+        f"{c.name} -> {', '.join(_fmt_shape(s) for s in c.out_shapes)}"
+        for c in rec.calls
+        if c.end >= 0 and not c.children
+    )
+    lines = [
+        f"cannot trace the model: the forward failed in '{module_name}' ({module_type}) "
+        f"with input {shapes}:",
+        f"  {type(exc).__name__}: {exc}",
+    ]
+    if path:
+        lines.append(f"  call stack: {path}")
+    if done:
+        lines.append(f"  last layers that ran: {'; '.join(done[-3:])}")
+    return TraceError(
+        "\n".join(lines),
+        module_name=module_name,
+        module_type=module_type,
+        input_shapes=shapes,
+        ran_before=done,
+    )
+
+
+def _run_once(
+    model: nn.Module,
+    modules: list[nn.Module],
+    names: Mapping[int, list[str]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> tuple[_Recorder, list[int], Any]:
+    rec = _Recorder(names)
+    inputs = rec.add_inputs(args, kwargs)
+    with HookSet() as hooks:
+        hooks.add_call_hooks(modules, rec.pre_hook, rec.post_hook)
+        try:
+            with torch.no_grad(), rec:
+                output = model(*args, **kwargs)
+        except Exception as exc:
+            raise _trace_error(exc, rec) from exc
+    return rec, inputs, output
+
+
+@_gc_paused
+def record_dataflow(
+    model: nn.Module,
+    input_size: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    input_data: Any = None,
+    *,
+    dtypes: Sequence[torch.dtype] | None = None,
+    mode: str = "eval",
+    execution: str = "auto",
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> Dataflow:
+    """Run ``model`` once and record its dataflow (see the module docstring).
+
+    Args:
+        model: the network; it leaves exactly as it came (no hooks, same
+            training flags, parameters, buffers and device).
+        input_size: a shape with the batch dimension, or a list of shapes.
+        input_data: real input instead: a tensor, a tuple/list of positional
+            inputs, or a dict of keyword arguments.
+        dtypes: dtypes for tensors made from ``input_size`` (default float32).
+        mode: ``"eval"`` (default), ``"train"`` or ``"same"``.
+        execution: ``"auto"`` (meta first, real if the model needs values),
+            ``"meta"`` or ``"real"``.
+        forward_kwargs: extra keyword arguments for ``model.forward``.
+
+    Raises:
+        TraceError: the forward failed; the message names the layer.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if mode not in ("eval", "train", "same"):
+        raise ValueError(f"mode: expected 'eval', 'train' or 'same', got {mode!r}")
+    if execution not in ("auto", "meta", "real"):
+        raise ValueError(f"execution: expected 'auto', 'meta' or 'real', got {execution!r}")
+    if (input_size is None) == (input_data is None):
+        raise TypeError("pass exactly one of input_size or input_data")
+    model_device = _model_device(model)
+    extra = dict(forward_kwargs or {})
+    shapes = _normalise_sizes(input_size) if input_size is not None else None
+    if input_data is not None:
+        _check_inputs(model_device, list(_tensors_in((input_data, extra))))
+
+    def inputs_on(dev: torch.device | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if shapes is not None:
+            return tuple(_make_inputs(shapes, dtypes, dev or model_device)), dict(extra)
+        data, kw = input_data, dict(extra)
+        if dev is not None:
+
+            def to_dev(t: torch.Tensor) -> torch.Tensor:
+                return torch.empty_like(t, device=dev)
+
+            data, kw = _tree_map(to_dev, data), _tree_map(to_dev, kw)
+        if isinstance(data, dict):
+            return (), {**data, **kw}
+        if isinstance(data, (tuple, list)):
+            return tuple(data), kw
+        return (data,), kw
+
+    names, modules = _survey(model)
+    notes: list[str] = []
+    result: tuple[_Recorder, list[int], Any] | None = None
+    ran = "meta"
+    on_meta = model_device.type == "meta"
+    with preserve_state(model, mode, modules=modules):
+        if execution in ("auto", "meta") or on_meta:
+            try:
+                args, kwargs = inputs_on(torch.device("meta"))
+                with _swapped_to_meta(modules):
+                    result = _run_once(model, modules, names, args, kwargs)
+            except TraceError as exc:
+                if execution == "meta" or on_meta:
+                    raise
+                reason = str(exc).splitlines()[1].strip()
+                notes.append(f"traced on real tensors (the meta pass failed: {reason})")
+        if result is None:
+            args, kwargs = inputs_on(None)
+            buffers = [(b, b.detach().clone()) for b in model.buffers()]
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    result = _run_once(model, modules, names, args, kwargs)
+            finally:
+                with torch.no_grad():
+                    for b, saved in buffers:
+                        b.copy_(saved)
+            ran = "real"
+    rec, inputs, output = result
+    outputs = tuple((rec.producer.get(id(t), -1), tuple(t.shape)) for t in _tensors_in(output))
+    rec.alive.clear()
+    return Dataflow(
+        model_type=type(model).__name__,
+        steps=tuple(rec.steps),
+        calls=tuple(rec.calls),
+        inputs=tuple(inputs),
+        outputs=outputs,
+        execution=ran,
+        notes=tuple(notes + rec.notes),
+    )
+
+
+# --------------------------------------------------------------------------- graph model
+
+#: Fill colour per layer kind (light, so black text stays readable).
+CATEGORY_COLORS: dict[str, str] = {
+    "conv": "#a6cee3",
+    "norm": "#b2df8a",
+    "activation": "#fdbf6f",
+    "pool": "#cab2d6",
+    "linear": "#fb9a99",
+    "attention": "#ffd92f",
+    "dropout": "#d9d9d9",
+    "embedding": "#8dd3c7",
+    "recurrent": "#bebada",
+    "container": "#ffffff",
+    "layer": "#f0f0f0",
+    "op": "#ffffb3",
+    "io": "#e0e0e0",
+}
+
+_ACTIVATIONS = frozenset(
+    name for name in dir(nn.modules.activation) if name not in ("MultiheadAttention", "Module")
+)
+
+
+def _category(module: nn.Module, has_children: bool) -> str:
+    tp = type(module)
+    name = tp.__name__
+    lowered = name.lower()
+    if isinstance(module, nn.MultiheadAttention) or "attention" in lowered:
+        return "attention"
+    if not has_children and (isinstance(module, nn.modules.conv._ConvNd) or "conv" in lowered):
+        return "conv"
+    if "norm" in lowered and not has_children:
+        return "norm"
+    if name in _ACTIVATIONS and tp.__module__.startswith("torch.nn"):
+        return "activation"
+    if "pool" in lowered:
+        return "pool"
+    if isinstance(module, (nn.Linear, nn.Bilinear)):
+        return "linear"
+    if isinstance(module, nn.modules.dropout._DropoutNd) or "dropout" in lowered:
+        return "dropout"
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return "embedding"
+    if isinstance(module, nn.RNNBase):
+        return "recurrent"
+    if has_children:
+        return "container"
+    return "layer"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One box of the drawing.
+
+    Attributes:
+        id: DOT identifier (``n0``, ``n1``, ...).
+        kind: ``"input"``, ``"output"``, ``"module"`` or ``"op"``.
+        name: qualified module name, op name or input name.
+        type_name: module class name or op name.
+        category: colour key (see :data:`CATEGORY_COLORS`).
+        out_shapes: shapes of the tensors it produces (its input for ``"output"``).
+        params: parameters of the module (of one block when rolled).
+        repeat: how many identical consecutive blocks it stands for.
+        cluster: the rolled expanded block it is drawn inside, if any.
+    """
+
+    id: str
+    kind: str
+    name: str
+    type_name: str
+    category: str
+    out_shapes: tuple[Shape, ...]
+    params: int = 0
+    repeat: int = 1
+    cluster: str | None = None
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Data flowing from node ``src`` to node ``dst`` (ids)."""
+
+    src: str
+    dst: str
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A rolled block drawn expanded: its first instance, boxed and marked "x N"."""
+
+    id: str
+    label: str
+    repeat: int
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A collapsed, possibly rolled dataflow graph, ready to be written as DOT."""
+
+    model_type: str
+    nodes: tuple[Node, ...]
+    edges: tuple[Edge, ...]
+    clusters: tuple[Cluster, ...]
+    notes: tuple[str, ...]
+    depth: int
+    execution: str
+
+    def node(self, name: str) -> Node:
+        """The node named ``name`` (module name, op or input name)."""
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        known = ", ".join(n.name for n in self.nodes[:20])
+        raise KeyError(f"no node named {name!r}; nodes include: {known}")
+
+
+def _signature(flow: Dataflow, index: int) -> tuple[Any, ...]:
+    """What must match for two calls to roll into one: class, shapes and the
+    kinds of everything that ran inside, in order."""
+    call = flow.calls[index]
+    inner: list[Any] = []
+    for step in flow.steps[call.start + 1 : call.end]:
+        if step.kind == _MODULE:
+            sub = flow.calls[step.call]
+            inner.append((type(sub.module), sub.depth - call.depth, tuple(sub.out_shapes)))
+        else:
+            inner.append((step.name, tuple(step.out_shapes)))
+    return (
+        type(call.module),
+        tuple(call.in_shapes),
+        tuple(call.out_shapes),
+        tuple(inner),
+    )
+
+
+def _runs(flow: Dataflow, depth: int) -> list[list[int]]:
+    """Runs of consecutive identical sibling calls at depth <= ``depth`` whose
+    only link to the rest is the chain from one to the next."""
+    calls = flow.calls
+    steps = flow.steps
+    # step -> steps that read it
+    readers: dict[int, list[int]] = {}
+    for i, step in enumerate(steps):
+        for src in step.inputs:
+            readers.setdefault(src, []).append(i)
+    for src, _shape in flow.outputs:
+        readers.setdefault(src, []).append(len(steps))
+
+    def chained(a: _Call, b: _Call) -> bool:
+        first = steps[b.step]
+        if not any(a.start <= s < a.end for s in first.inputs):
+            return False
+        for s in range(a.start, a.end):
+            for r in readers.get(s, ()):
+                if not (a.start <= r < a.end or b.start <= r < b.end):
+                    return False
+        return True
+
+    runs: list[list[int]] = []
+    for call in calls:
+        if call.depth + 1 > depth or len(call.children) < 2:
+            continue
+        sigs = [_signature(flow, c) for c in call.children]
+        run = [call.children[0]]
+        for prev_i, cur_i in enumerate(range(1, len(call.children))):
+            prev, cur = call.children[prev_i], call.children[cur_i]
+            if sigs[cur_i] == sigs[prev_i] and chained(calls[prev], calls[cur]):
+                run.append(cur)
+                continue
+            if len(run) > 1:
+                runs.append(run)
+            run = [cur]
+        if len(run) > 1:
+            runs.append(run)
+    return runs
+
+
+def _own_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def build_graph(flow: Dataflow, *, depth: int = 3, roll: bool = True) -> Graph:
+    """Collapse a :class:`Dataflow` to ``depth`` and (optionally) roll repeats.
+
+    Args:
+        flow: from :func:`record_dataflow`.
+        depth: module calls at this depth are single nodes; the model itself is
+            depth 0, its children depth 1.
+        roll: draw runs of identical consecutive sibling blocks once, marked "x N".
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise ValueError(f"depth: expected an integer >= 0, got {depth!r}")
+    calls, steps = flow.calls, flow.steps
+
+    # roll: steps of the 2nd..Nth block stand for the same step of the 1st
+    same_as: dict[int, int] = {}
+    rolled: dict[int, tuple[int, int]] = {}  # first call -> (repeat, last call)
+    if roll:
+        for run in _runs(flow, depth):
+            first = calls[run[0]]
+            rolled[run[0]] = (len(run), run[-1])
+            for other in run[1:]:
+                c = calls[other]
+                for s in range(c.start, c.end):
+                    same_as[s] = first.start + (s - c.start)
+
+    def shown_call(index: int) -> int | None:
+        """The call drawn as one node for a step owned by call ``index``, or
+        None when that call is expanded (depth < ``depth`` with children)."""
+        chain = []
+        i = index
+        while i >= 0:
+            chain.append(i)
+            i = calls[i].parent
+        chain.reverse()  # root first; chain[k] is at depth k
+        if len(chain) > depth:
+            return chain[depth]
+        if not calls[index].children:
+            return index
+        return None
+
+    def cluster_of(index: int) -> int | None:
+        i = index
+        found = None
+        while i >= 0:
+            if i in rolled:
+                found = i
+            i = calls[i].parent
+        return found
+
+    nodes: list[Node] = []
+    edges: dict[tuple[str, str], None] = {}
+    node_of_call: dict[int, str] = {}
+    clusters: dict[int, Cluster] = {}
+    resolved: dict[int, tuple[str, ...]] = {}
+
+    def new_id() -> str:
+        return f"n{len(nodes)}"
+
+    def cluster_id(owner: int) -> str | None:
+        c = cluster_of(owner) if owner >= 0 else None
+        if c is None or (shown_call(c) == c):
+            return None
+        if c not in clusters:
+            repeat, last = rolled[c]
+            label = (
+                f"{calls[c].name} … {calls[last].name}: {type(calls[c].module).__name__} x {repeat}"
+            )
+            clusters[c] = Cluster(f"cluster_{c}", label, repeat)
+        return clusters[c].id
+
+    def module_node(index: int) -> str:
+        existing = node_of_call.get(index)
+        if existing is not None:
+            return existing
+        call = calls[index]
+        repeat = rolled[index][0] if index in rolled else 1
+        out_shapes = call.out_shapes
+        if index in rolled:
+            out_shapes = calls[rolled[index][1]].out_shapes
+        node = Node(
+            id=new_id(),
+            kind="module",
+            name=call.name or flow.model_type,
+            type_name=type(call.module).__name__,
+            category=_category(call.module, bool(call.children)),
+            out_shapes=tuple(out_shapes),
+            params=_own_params(call.module),
+            repeat=repeat,
+            cluster=cluster_id(call.parent),
+        )
+        nodes.append(node)
+        node_of_call[index] = node.id
+        return node.id
+
+    def link(sources: Sequence[int], dst: str) -> None:
+        for src in sources:
+            for s in resolved.get(src, ()):
+                if s != dst:
+                    edges[(s, dst)] = None
+
+    for i, step in enumerate(steps):
+        if i in same_as:
+            resolved[i] = resolved.get(same_as[i], ())
+            continue
+        if step.kind == _INPUT:
+            node = Node(new_id(), "input", step.name, "input", "io", tuple(step.out_shapes))
+            nodes.append(node)
+            resolved[i] = (node.id,)
+            continue
+        owner = step.call if step.kind == _MODULE else step.owner
+        shown = None if owner < 0 else shown_call(owner)
+        if step.kind == _MODULE and shown is None:
+            continue  # an expanded container: its insides are drawn
+        if shown is not None:
+            nid = module_node(shown)
+            link(step.inputs, nid)
+            resolved[i] = (nid,)
+            continue
+        # a functional op between drawn nodes: visible only where branches join
+        sources: list[str] = []
+        for src in step.inputs:
+            for nid in resolved.get(src, ()):
+                if nid not in sources:
+                    sources.append(nid)
+        if len(sources) >= 2:
+            node = Node(
+                id=new_id(),
+                kind="op",
+                name=step.name,
+                type_name=step.name,
+                category="op",
+                out_shapes=tuple(step.out_shapes),
+                cluster=cluster_id(owner),
+            )
+            nodes.append(node)
+            for nid in sources:
+                edges[(nid, node.id)] = None
+            resolved[i] = (node.id,)
+        else:
+            resolved[i] = tuple(sources)
+
+    for k, (src, shape) in enumerate(flow.outputs):
+        label = "output" if len(flow.outputs) == 1 else f"output {k}"
+        node = Node(new_id(), "output", label, "output", "io", (shape,))
+        nodes.append(node)
+        for nid in resolved.get(src, ()) if src >= 0 else ():
+            edges[(nid, node.id)] = None
+
+    return Graph(
+        model_type=flow.model_type,
+        nodes=tuple(nodes),
+        edges=tuple(Edge(a, b) for a, b in edges),
+        clusters=tuple(clusters.values()),
+        notes=flow.notes,
+        depth=depth,
+        execution=flow.execution,
+    )
+
+
+# --------------------------------------------------------------------------- DOT
+
+
+def _fmt_shape(shape: Shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _esc(text: str) -> str:
+    """Escape text for a Graphviz HTML-like label."""
+    return html.escape(text, quote=True)
+
+
+def _label(node: Node) -> str:
+    shapes = " ".join(_fmt_shape(s) for s in node.out_shapes[:3])
+    if len(node.out_shapes) > 3:
+        shapes += " …"
+    lines: list[str] = []
+    if node.kind in ("input", "output") or node.kind == "op":
+        lines.append(f"<B>{_esc(node.name)}</B>")
+        lines.append(_esc(shapes))
+    else:
+        title = f"<B>{_esc(node.name)}</B>"
+        if node.repeat > 1:
+            title += f" <B>x {node.repeat}</B>"
+        lines.append(title)
+        lines.append(_esc(node.type_name))
+        lines.append(_esc(shapes))
+        if node.params:
+            each = " each" if node.repeat > 1 else ""
+            lines.append(_esc(f"{node.params:,} params{each}"))
+    return "<" + "<BR/>".join(lines) + ">"
+
+
+def to_dot(graph: Graph, *, direction: str = "TB", legend: bool = True) -> str:
+    """DOT text for ``graph``; every user string is escaped.
+
+    Args:
+        graph: from :func:`build_graph`.
+        direction: ``"TB"`` (top to bottom) or ``"LR"`` (left to right).
+        legend: add a legend of the colours used.
+    """
+    if direction not in ("TB", "LR", "BT", "RL"):
+        raise ValueError(f"direction: expected 'TB' or 'LR', got {direction!r}")
+    out = [
+        "digraph netsight {",
+        f"  rankdir={direction};",
+        '  graph [fontname="Helvetica", fontsize=10, newrank=true];',
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
+        'fillcolor="#ffffff", penwidth=1];',
+        '  edge [color="#555555", arrowsize=0.7];',
+    ]
+    title = [f"<B>{_esc(graph.model_type)}</B>"]
+    title += [_esc(note) for note in graph.notes]
+    out.append(f'  label=<{"<BR/>".join(title)}>; labelloc="t";')
+
+    def node_line(node: Node, indent: str) -> str:
+        shape = ""
+        if node.kind == "op":
+            shape = ", shape=ellipse, style=filled"
+        elif node.kind in ("input", "output"):
+            shape = ", shape=box, style=filled"
+        elif node.repeat > 1:
+            shape = ', peripheries=2, style="rounded,filled"'
+        color = CATEGORY_COLORS.get(node.category, "#ffffff")
+        return f'{indent}{node.id} [label={_label(node)}, fillcolor="{color}"{shape}];'
+
+    by_cluster: dict[str | None, list[Node]] = {}
+    for node in graph.nodes:
+        by_cluster.setdefault(node.cluster, []).append(node)
+    out.extend(node_line(n, "  ") for n in by_cluster.get(None, []))
+    for cluster in graph.clusters:
+        out.append(f"  subgraph {cluster.id} {{")
+        out.append(f'    label=<<B>{_esc(cluster.label)}</B>>; style="dashed,rounded";')
+        out.extend(node_line(n, "    ") for n in by_cluster.get(cluster.id, []))
+        out.append("  }")
+    out.extend(f"  {e.src} -> {e.dst};" for e in graph.edges)
+    if legend:
+        used = [c for c in CATEGORY_COLORS if any(n.category == c for n in graph.nodes)]
+        out.append("  subgraph cluster_legend {")
+        out.append('    label=<<B>legend</B>>; style="rounded"; color="#999999";')
+        for c in used:
+            out.append(
+                f'    legend_{c} [label="{c}", fillcolor="{CATEGORY_COLORS[c]}", fontsize=9];'
+            )
+        out.extend(
+            f"    legend_{a} -> legend_{b} [style=invis];" for a, b in itertools.pairwise(used)
+        )
+        out.append("  }")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+class GraphvizNotFoundError(FileNotFoundError):
+    """Graphviz's ``dot`` program is not installed (Debian package ``graphviz``)."""
+
+
+RENDER_FORMATS = ("svg", "png", "pdf")
+
+
+def find_dot(executable: str | os.PathLike[str] | None = None) -> str:
+    """Path of Graphviz's ``dot``, or :class:`GraphvizNotFoundError` naming the package."""
+    name = os.fspath(executable) if executable is not None else "dot"
+    found = shutil.which(name)
+    if found is None:
+        raise GraphvizNotFoundError(
+            f"Graphviz's {name!r} program was not found on PATH; install the Debian/Ubuntu "
+            f"package graphviz (sudo apt-get install graphviz; macOS: brew install graphviz). "
+            f"The DOT text does not need it: Diagram.dot, or save to a .dot file"
+        )
+    return found
+
+
+def render(dot: str, format: str = "svg", *, executable: str | None = None) -> bytes:
+    """Run Graphviz's ``dot`` on DOT text.
+
+    Args:
+        dot: DOT text.
+        format: ``"svg"``, ``"png"`` or ``"pdf"``.
+        executable: the ``dot`` program (default: ``dot`` on PATH).
+
+    Raises:
+        GraphvizNotFoundError: ``dot`` is not installed.
+        RuntimeError: ``dot`` failed; its message is included.
+    """
+    if format not in RENDER_FORMATS:
+        raise ValueError(f"format: expected one of {', '.join(RENDER_FORMATS)}, got {format!r}")
+    program = find_dot(executable)
+    proc = subprocess.run(
+        [program, f"-T{format}"],
+        input=dot.encode("utf-8"),
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        message = proc.stderr.decode("utf-8", "replace").strip()
+        raise RuntimeError(f"Graphviz dot failed (exit {proc.returncode}): {message}")
+    return proc.stdout
