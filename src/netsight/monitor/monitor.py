@@ -140,6 +140,12 @@ class TrainingMonitor:
         warn: turn the first diagnostic of each kind (per layer) into a
             :class:`TrainingWarning`.
 
+    Under ``torchrun``: only rank 0 writes; a DDP wrapper is unwrapped, so gradient
+    statistics are those of the synchronised gradients; ``train/loss`` and
+    ``train/accuracy`` are rank 0's own batches (the monitor runs no collective of
+    its own): reduce metrics yourself and pass them to :meth:`epoch_end` for
+    global figures.
+
     Raises:
         MonitorWriteError: the run directory cannot be created or written.
     """
