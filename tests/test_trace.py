@@ -14,7 +14,7 @@ from torch import nn
 import netsight
 from helpers import assert_unchanged, snapshot
 from netsight.trace import TensorMeta, format_structure
-from netsight.zoo import LlamaDecoder, NestedChain, Vgg16Net
+from netsight.zoo import LlamaDecoder, NestedChain, Vgg16Net, wide_model
 
 # --------------------------------------------------------------------------- aliases
 
@@ -276,6 +276,108 @@ def test_deep_nesting_is_fast() -> None:
     assert len(s.layers) == 51
     assert s.layers[-1].depth == 50
     assert elapsed < 1.0, f"{elapsed:.2f} s for 50 levels of nesting"
+
+
+# --------------------------------------------------------------------------- leaf replay
+#
+# On meta, repeated calls of torch.nn leaf modules are replayed from a cache; the
+# records must be exactly those of the real pass, which never replays.
+
+
+def _leaf_mix() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Conv2d(4, 4, 3, padding=0),  # same weights' shapes, other settings
+        nn.Conv2d(4, 4, 3, padding=1, bias=False),
+        nn.Dropout(0.1),
+        nn.Dropout(0.5, inplace=True),
+        nn.MaxPool2d(2),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.GELU(),
+        nn.GELU(approximate="tanh"),
+        nn.Identity(),
+        nn.Identity(),
+        nn.Flatten(),
+        nn.Linear(36, 6),
+        nn.Linear(6, 6),
+        nn.Linear(6, 6),
+        nn.LayerNorm(6),
+        nn.LayerNorm(6, elementwise_affine=False),
+        nn.Softmax(dim=1),
+    )
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_replayed_leaf_calls_match_the_real_pass(mode: str) -> None:
+    model = _leaf_mix()
+    meta = netsight.summary(model, input_size=(2, 4, 13, 13), mode=mode, execution="meta")
+    real = netsight.summary(model, input_size=(2, 4, 13, 13), mode=mode, execution="real")
+    assert meta.trace.execution == "meta" and real.trace.execution == "real"
+    assert meta.layers == real.layers
+    assert meta.total_mult_adds == real.total_mult_adds > 0
+
+
+def test_wide_model_records_every_leaf() -> None:
+    model = wide_model(200)
+    s = netsight.summary(model, input_size=(3, 8))
+    assert len(s.layers) == 201
+    assert s.total_mult_adds == 100 * 3 * 8 * 8
+    assert [r.mult_adds for r in s.layers[1:5]] == [3 * 64, 0, 3 * 64, 0]
+    assert all(r.output == TensorMeta((3, 8), "float32") for r in s.layers)
+    assert netsight.count_hooks(model) == 0
+    assert all("_compiled_call_impl" not in m.__dict__ for m in model.modules())
+
+
+class _Watched(nn.Module):
+    """Four identical Linear layers that must not all be replayed alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+        self.c = nn.Linear(8, 8)
+        self.d = nn.Linear(8, 8)
+        self.pool = nn.MaxPool1d(2)
+        # a user hook that changes the output, a patched forward, changing settings
+        self.b.register_forward_hook(lambda m, i, o: torch.cat([o, o], dim=-1))
+        self.c.forward = lambda x: x[..., :3]  # type: ignore[method-assign]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = [self.a(x), self.b(x), self.c(x), self.d(x), self.a(x)]
+        self.pool.kernel_size = self.pool.stride = 2
+        outputs.append(self.pool(x))
+        self.pool.kernel_size = self.pool.stride = 4
+        outputs.append(self.pool(x))
+        return tuple(outputs)
+
+
+def test_leaf_replay_respects_hooks_patched_forward_and_settings() -> None:
+    s = netsight.summary(_Watched(), input_size=(2, 8))
+    assert s.trace.execution == "meta"
+    shapes = [format_structure(r.output) for r in s.layers[1:]]
+    assert shapes == ["[2, 8]", "[2, 16]", "[2, 3]", "[2, 8]", "[2, 8]", "[2, 4]", "[2, 2]"]
+    assert [r.mult_adds for r in s.layers[1:]] == [128, 128, 0, 128, 128, 0, 0]
+    real = netsight.summary(_Watched(), input_size=(2, 8), execution="real")
+    assert s.layers == real.layers
+
+
+def test_leaf_replay_with_global_module_hook() -> None:
+    seen: list[str] = []
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append(type(m).__name__)
+    )
+    try:
+        s = netsight.summary(wide_model(6), input_size=(1, 8))
+    finally:
+        handle.remove()
+    assert seen == ["Linear", "ReLU"] * 3 + ["Sequential"]  # every call ran
+    assert s.total_mult_adds == 3 * 64
 
 
 # --------------------------------------------------------------------------- uncounted ops

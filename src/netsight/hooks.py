@@ -20,6 +20,9 @@ __all__ = ["HookSet", "count_hooks", "preserve_state"]
 
 PreHook = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]
 PostHook = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None]
+#: ``run(module, call_impl, args, kwargs) -> output``: how a wrapped call runs between
+#: its hooks (``call_impl(*args, **kwargs)`` runs the module as usual).
+CallRunner = Callable[[nn.Module, Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 
 
 class HookSet:
@@ -73,7 +76,12 @@ class HookSet:
             post_kwargs[hook_id] = True
 
     def add_call_hooks(
-        self, modules: Iterable[nn.Module], pre_hook: PreHook, post_hook: PostHook
+        self,
+        modules: Iterable[nn.Module],
+        pre_hook: PreHook,
+        post_hook: PostHook,
+        *,
+        run: CallRunner | None = None,
     ) -> None:
         """Run ``pre_hook(module, args, kwargs)`` before and ``post_hook(module,
         args, kwargs, output)`` after every call of every module, exactly when
@@ -89,6 +97,11 @@ class HookSet:
         hooks: the class keeps ``Module.__call__``, the module is not compiled,
         and no forward pre-hook of its own or a global one would run before
         ours. Any other module gets real hooks (:meth:`add_forward_hooks`).
+
+        ``run``: for wrapped modules, ``run(module, call_impl, args, kwargs)``
+        produces the output between the two hooks instead of ``call_impl(*args,
+        **kwargs)`` (a trace uses it to answer a repeated call from a cache).
+        Modules that get real hooks always run as usual.
         """
         hooked: list[nn.Module] = []
         wrappable = _WRAPPED_CALL_IMPL is not None and not _global_pre_hooks()
@@ -108,7 +121,7 @@ class HookSet:
             ):
                 state = module.__dict__
                 self._wrapped.append((module, "_compiled_call_impl" in state))
-                state["_compiled_call_impl"] = _call_wrapper(module, pre_hook, post_hook)
+                state["_compiled_call_impl"] = _call_wrapper(module, pre_hook, post_hook, run)
             else:
                 hooked.append(module)
         if hooked:
@@ -159,16 +172,28 @@ def _global_pre_hooks() -> bool:
     return hooks is None or bool(hooks)
 
 
-def _call_wrapper(module: nn.Module, pre_hook: PreHook, post_hook: PostHook) -> Callable[..., Any]:
+def _call_wrapper(
+    module: nn.Module, pre_hook: PreHook, post_hook: PostHook, run: CallRunner | None
+) -> Callable[..., Any]:
     call_impl: Callable[..., Any] = module._call_impl
+    if run is None:
 
-    def call(*args: Any, **kwargs: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            pre_hook(module, args, kwargs)
+            output = call_impl(*args, **kwargs)
+            post_hook(module, args, kwargs, output)
+            return output
+
+        return call
+    runner: CallRunner = run
+
+    def run_call(*args: Any, **kwargs: Any) -> Any:
         pre_hook(module, args, kwargs)
-        output = call_impl(*args, **kwargs)
+        output = runner(module, call_impl, args, kwargs)
         post_hook(module, args, kwargs, output)
         return output
 
-    return call
+    return run_call
 
 
 _HOOK_DICTS = (

@@ -19,7 +19,10 @@ Speed. Many of PyTorch's meta kernels are Python reference implementations
 shapes, strides, dtypes and arguments) from a per-trace cache of their output
 metadata instead of running the kernel again, and computes the outputs of the
 slowest kernels (normalisation, activations, convolution, addmm, ...) from
-checked rules when a shape is new; see ``_OpCounter`` and ``_RULES``. The
+checked rules when a shape is new; see ``_OpCounter`` and ``_RULES``. Repeated
+calls of torch.nn's own leaf modules (same class, settings, parameter shapes
+and input shapes) are replayed whole, without running ``forward`` or its ops
+(``_leaf_runner``). The
 module tree is walked once and reused for names, hooks, the meta swap, the
 training flags and the totals; module calls are watched through a wrapper
 that costs less than hooks (``HookSet.add_call_hooks``). The real pass turns
@@ -37,8 +40,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import torch
@@ -48,7 +52,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from netsight._flops import formula_for, is_heavy_uncounted
-from netsight.hooks import HookSet, preserve_state
+from netsight.hooks import CallRunner, HookSet, preserve_state
 
 __all__ = [
     "LayerRecord",
@@ -467,59 +471,53 @@ _ATOMS = frozenset(
 )
 
 
+_COMPLEX = frozenset(d for d in vars(torch).values() if isinstance(d, torch.dtype) and d.is_complex)
+
+
 class _Uncacheable(Exception):
     pass
 
 
-def _key_of(items: Sequence[Any]) -> tuple[Any, ...]:
-    """Hashable metadata of a call's arguments (raises _Uncacheable)."""
-    key: list[Any] = []
+def _add_keys(key: list[Any], items: Iterable[Any]) -> None:
+    """Append the hashable metadata of each item to ``key`` (raises _Uncacheable)."""
+    append = key.append
     for a in items:
         tp = type(a)
         if tp is _TENSOR or tp is _PARAMETER:
             dtype = a.dtype
             # Complex tensors may carry conj/neg bits: never replayed.
-            if not a.is_meta or dtype.is_complex:
+            if not a.is_meta or dtype in _COMPLEX:
                 raise _Uncacheable
-            key.append((a.shape, a.stride(), a.storage_offset(), dtype))
+            append((a.shape, a.stride(), a.storage_offset(), dtype))
         elif tp in _ATOMS:
             # The type is part of the key: add(x, 1) and add(x, 1.0) differ in dtype.
-            key.append((tp, a))
+            append((tp, a))
         elif tp is list or tp is tuple:
             types = tuple(map(type, a))
             if _ATOMS.issuperset(types):
-                key.append((tp, types, *a))
+                append((tp, types, *a))
             else:
-                key.append((tp, _key_of(a)))
+                inner: list[Any] = []
+                _add_keys(inner, a)
+                append((tp, tuple(inner)))
         else:
             raise _Uncacheable
-    return tuple(key)
 
 
 _default_dtype = torch.get_default_dtype
 
 
 def _call_key(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The cache key of one call (raises _Uncacheable): ``_key_of`` inlined for
-    the positional arguments, which runs for every op of a meta pass."""
+    """The cache key of one op call (raises _Uncacheable); runs for every op of
+    a meta pass."""
     # The default dtype decides int/int division and dtype=None factories.
     # id(func): OpOverload.__hash__ is Python code; the entry keeps func to confirm.
     key: list[Any] = [id(func), _default_dtype()]
-    for a in args:
-        tp = type(a)
-        if tp is _TENSOR or tp is _PARAMETER:
-            dtype = a.dtype
-            if not a.is_meta or dtype.is_complex:
-                raise _Uncacheable
-            key.append((a.shape, a.stride(), a.storage_offset(), dtype))
-        elif tp in _ATOMS:
-            key.append((tp, a))
-        else:
-            key.append(_key_of((a,))[0])
+    _add_keys(key, args)
     if kwargs:
         # Keyword names are strings: no positional item starts with one.
         key.append(tuple(kwargs))
-        key.append(_key_of(tuple(kwargs.values())))
+        _add_keys(key, kwargs.values())
     return tuple(key)
 
 
@@ -1121,6 +1119,165 @@ def _replayable(
 _guarded_dispatch = _disable_dynamo(_OpCounter.__torch_dispatch__, recursive=True)
 
 
+# --------------------------------------------------------------------------- leaf-call cache
+#
+# The op cache saves the meta kernels, but every op still costs a round trip
+# through torch's Python dispatch (~5 us) and every module call its Python
+# ``forward`` frames. Models repeat whole layers on the same shapes (the blocks
+# of a stage, the layers of a transformer, wide stacks), so the meta pass also
+# replays calls of *leaf modules*: the first call of each (class, attributes,
+# parameter and buffer metadata, argument metadata) runs and its outputs, mult-
+# adds and uncounted ops are recorded; later identical calls rebuild the outputs
+# without running ``forward`` or any op.
+#
+# Only torch.nn's own leaf classes are replayed: their ``forward`` reads nothing
+# but the module's attributes, parameters and buffers, its arguments and global
+# flags that are fixed during a trace (on meta, autocast does not apply). The key
+# holds every attribute in the instance dict other than nn.Module's own
+# bookkeeping, so a value the key cannot hold (a real tensor, a function, an
+# object) keeps the call running; so do hooks on the module or global module
+# hooks, a call that ran other watched modules, a call that changed its
+# arguments' or the module's metadata, and outputs the op cache could not replay.
+
+_MISSING: Any = object()
+#: nn.Module's own instance attributes (training flag, stores, hook dicts) and the
+#: call wrapper of HookSet.add_call_hooks: every other attribute is configuration.
+_MODULE_ATTRS = frozenset(nn.Module().__dict__) | {"_compiled_call_impl"}
+#: the instance dict's names -> the configuration names among them
+_LEAF_CONFIG: dict[tuple[str, ...], tuple[str, ...]] = {}
+#: module class -> whether its leaf calls may be replayed
+_LEAF_CLASSES: dict[type, bool] = {}
+_MODULE_MODULE = nn.Module.__module__
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+# Rebuilding a replayed output (a clone of a meta prototype) inside the trace's
+# dispatch mode would send that clone through the mode too (~5 us, an op the
+# model never ran); torch's own guard for "below the Python dispatch keys" skips
+# it. Private, hence looked up with a fallback: without it the clone goes through
+# the mode, which replays it like any op (same result, slower).
+_below_dispatch_modes: Callable[[], contextlib.AbstractContextManager[Any]] = getattr(
+    torch._C, "_DisableTorchDispatch", contextlib.nullcontext
+)
+
+
+def _global_module_hooks() -> bool:
+    """Whether any global module hook exists (or we cannot tell)."""
+    module = sys.modules.get(_MODULE_MODULE)
+    return any(getattr(module, name, True) for name in _GLOBAL_HOOKS)
+
+
+def _replayable_leaf(module: nn.Module) -> bool:
+    if module._modules:
+        return False
+    tp = type(module)
+    known = _LEAF_CLASSES.get(tp)
+    if known is None:
+        known = _LEAF_CLASSES[tp] = tp.__module__.startswith("torch.nn.modules.")
+    return known
+
+
+def _leaf_key(
+    module: nn.Module, state: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, ...]:
+    """The cache key of one leaf-module call (raises _Uncacheable)."""
+    names = tuple(state)
+    config = _LEAF_CONFIG.get(names)
+    if config is None:
+        config = tuple(n for n in names if n not in _MODULE_ATTRS)
+        if len(_LEAF_CONFIG) >= 4096:
+            _LEAF_CONFIG.clear()
+        _LEAF_CONFIG[names] = config
+    params, buffers = state["_parameters"], state["_buffers"]
+    values = tuple([state[n] for n in config])
+    types = tuple(map(type, values))
+    if _ATOMS.issuperset(types):  # the usual case: ints, floats, bools, strings
+        settings: tuple[Any, ...] = (types, values)
+    else:
+        inner: list[Any] = []
+        _add_keys(inner, values)
+        settings = (None, tuple(inner))
+    # The lengths of the groups after these items are fixed by them, so one
+    # flat run of tensor and argument keys is unambiguous.
+    key: list[Any] = [
+        type(module),
+        _default_dtype(),
+        state["training"],
+        config,
+        settings,
+        tuple(params),
+        tuple(buffers),
+        len(args),
+        tuple(kwargs),
+    ]
+    items = [*params.values(), *buffers.values(), *args]
+    if kwargs:
+        items += kwargs.values()
+    _add_keys(key, items)
+    return tuple(key)
+
+
+#: A leaf-cache entry: (FLOPs, heavy ops without a formula, how to rebuild the
+#: outputs); None: calls with this key always run.
+_LeafEntry: TypeAlias = tuple[int, tuple[str, ...], _OutSpec]
+
+
+def _leaf_runner(recorder: _Recorder) -> CallRunner:
+    """``run`` for HookSet.add_call_hooks: replays repeated leaf-module calls."""
+    cache: dict[tuple[Any, ...], _LeafEntry | None] = {}
+    frames, stack = recorder.frames, recorder.stack
+    below_modes = _below_dispatch_modes
+
+    def run(
+        module: nn.Module,
+        call_impl: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        state = module.__dict__
+        if (
+            state["_forward_hooks"]
+            or state["_forward_pre_hooks"]
+            or state["_backward_hooks"]
+            or state["_backward_pre_hooks"]
+        ):
+            return call_impl(*args, **kwargs)
+        try:
+            key = _leaf_key(module, state, args, kwargs)
+        except (_Uncacheable, RuntimeError):  # RuntimeError: no strides (sparse)
+            return call_impl(*args, **kwargs)
+        frame = stack[-1]  # this call's, pushed by the pre-hook
+        entry = cache.get(key, _MISSING)
+        if entry is None:
+            return call_impl(*args, **kwargs)
+        if entry is not _MISSING:
+            flops, uncounted, spec = entry
+            frame[_FLOPS] += flops
+            for op in uncounted:
+                _add_uncounted(frame, op)
+            with below_modes():
+                return spec[1].clone() if spec[0] == "clone" else _build(spec, args, kwargs)
+        calls = len(frames)
+        out = call_impl(*args, **kwargs)
+        replay: _LeafEntry | None = None
+        if len(frames) == calls and stack and stack[-1] is frame:
+            try:
+                if _leaf_key(module, state, args, kwargs) == key:
+                    with below_modes():
+                        spec = _out_spec(out, args, kwargs, set())
+                    replay = (frame[_FLOPS], tuple(frame[_UNCOUNTED] or ()), spec)
+            except (_Uncacheable, RuntimeError):
+                pass
+        cache[key] = replay
+        return out
+
+    return run
+
+
 class _NoFusedPaths(TorchFunctionMode):
     """An active torch-function mode makes ``nn.MultiheadAttention`` and
     ``nn.TransformerEncoderLayer`` skip their fused inference kernels, so the
@@ -1213,7 +1370,16 @@ def _run(
     recorder = _Recorder()
     fused_paths = real and any(isinstance(m, _FUSED_PATH_MODULES) for m in modules)
     with HookSet() as hooks:
-        hooks.add_call_hooks(modules, recorder.pre_hook, recorder.post_hook)
+        pre_hook, post_hook = recorder.pre_hook, recorder.post_hook
+        if real or _global_module_hooks():
+            hooks.add_call_hooks(modules, pre_hook, post_hook)
+        else:
+            leaves: list[nn.Module] = []
+            others: list[nn.Module] = []
+            for module in modules:
+                (leaves if _replayable_leaf(module) else others).append(module)
+            hooks.add_call_hooks(others, pre_hook, post_hook)
+            hooks.add_call_hooks(leaves, pre_hook, post_hook, run=_leaf_runner(recorder))
         fused_off: contextlib.AbstractContextManager[Any] = (
             _NoFusedPaths() if fused_paths else contextlib.nullcontext()
         )
@@ -1346,55 +1512,32 @@ _RECORD_FIELDS = (
 
 
 def _record_factory() -> Callable[..., LayerRecord]:
-    """``LayerRecord(*values)`` at ~60% of the cost: a frozen dataclass's
-    ``__init__`` looks every field up by name through ``object.__setattr__``;
-    this sets the same slots through their descriptors directly. The result is
-    the same object (no ``__post_init__``; equality and hashing read the slots).
-    Falls back to the class itself if its fields ever change."""
+    """``LayerRecord(*values)`` at ~30% of the cost. A frozen dataclass's
+    ``__init__`` sets every field through ``object.__setattr__``; a plain
+    (unfrozen) dataclass with the same slots sets them with ordinary attribute
+    stores, and an object of it can then take LayerRecord's class: Python
+    allows that ``__class__`` assignment only between classes of the same
+    memory layout. The result is the same object (no ``__post_init__``;
+    equality, hashing and immutability come from the class). Falls back to the
+    class itself if the fields or the layout ever differ."""
     if tuple(f.name for f in fields(LayerRecord)) != _RECORD_FIELDS:
         return LayerRecord
-    slot = LayerRecord.__dict__
-    (
-        s_index, s_name, s_aliases, s_type_name, s_depth, s_parent, s_call, s_input,
-        s_output, s_params, s_trainable, s_shared, s_buffers, s_total, s_total_trainable,
-        s_kernel, s_mult_adds, s_total_mult_adds, s_output_bytes, s_is_leaf, s_repeat_of,
-        s_uncounted,
-    ) = (slot[name].__set__ for name in _RECORD_FIELDS)  # fmt: skip
-    new = object.__new__
+    builder = make_dataclass(
+        "_LayerRecordBuilder", [(f.name, f.type) for f in fields(LayerRecord)], slots=True
+    )
+    record_class = LayerRecord
 
-    def make(
-        index: int, name: str, aliases: tuple[str, ...], type_name: str, depth: int,
-        parent: int | None, call: int, input: Structure, output: Structure, params: int,
-        trainable_params: int, shared_params: int, buffers: int, total_params: int,
-        total_trainable_params: int, kernel_size: tuple[int, ...] | None, mult_adds: int,
-        total_mult_adds: int, output_bytes: int, is_leaf: bool, repeat_of: int | None,
-        uncounted_ops: tuple[str, ...],
-    ) -> LayerRecord:  # fmt: skip
-        record: LayerRecord = new(LayerRecord)
-        s_index(record, index)
-        s_name(record, name)
-        s_aliases(record, aliases)
-        s_type_name(record, type_name)
-        s_depth(record, depth)
-        s_parent(record, parent)
-        s_call(record, call)
-        s_input(record, input)
-        s_output(record, output)
-        s_params(record, params)
-        s_trainable(record, trainable_params)
-        s_shared(record, shared_params)
-        s_buffers(record, buffers)
-        s_total(record, total_params)
-        s_total_trainable(record, total_trainable_params)
-        s_kernel(record, kernel_size)
-        s_mult_adds(record, mult_adds)
-        s_total_mult_adds(record, total_mult_adds)
-        s_output_bytes(record, output_bytes)
-        s_is_leaf(record, is_leaf)
-        s_repeat_of(record, repeat_of)
-        s_uncounted(record, uncounted_ops)
-        return record
+    def make(*values: Any) -> LayerRecord:
+        record = builder(*values)
+        record.__class__ = record_class
+        return record  # type: ignore[no-any-return]
 
+    try:
+        probe = make(*range(len(_RECORD_FIELDS)))
+    except TypeError:  # layouts differ: "object layout differs"
+        return LayerRecord
+    if probe != LayerRecord(*range(len(_RECORD_FIELDS))):
+        return LayerRecord
     return make
 
 
