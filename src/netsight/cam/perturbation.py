@@ -2,18 +2,33 @@
 
 Both weigh each channel by how the target score reacts when the input or the
 layer is changed along that channel, with one extra forward per (image, channel)
-pair. The forwards run in chunks of ``batch_size`` under ``torch.no_grad()``, so
-memory is bounded by the chunk, not by the channel count, and channels whose
-perturbation is known in advance are skipped:
+pair. What makes them cheaper here than in the usual implementations:
 
-* Score-CAM: a constant channel (all zeros, typically) gives an all-zero mask,
-  so every such channel shares one forward of a zero image.
-* Ablation-CAM: zeroing an all-zero channel changes nothing, so its weight is 0.
+* **Chunks.** The extra forwards run in chunks of ``batch_size`` inputs, so memory
+  is bounded by the chunk, never by batch x channels; the masked inputs of a chunk
+  are built (upsampled, normalised, multiplied) just before its forward.
+* **Inference mode.** The extra forwards run under ``torch.inference_mode()`` (no
+  autograd or version-counter bookkeeping); their inputs are never kept.
+* **Channels-last convolutions** (Score-CAM by default, Ablation-CAM on request).
+  On the CPU, a model with 4-D convolution weights runs the whole computation with
+  channels-last copies of those weights swapped in and a channels-last input (about
+  1.3-1.5x faster for ResNets on x86 CPUs). The caller's parameters are put back in
+  ``finally``; ``channels_last=False`` turns this off. Results differ from the
+  default layout by float rounding only.
+* **Known answers are not recomputed.** Score-CAM: channels with the same
+  min-max-normalised map give the same mask, so each distinct mask is run once
+  (constant channels, typically all zero, share one forward of a zero image).
+  Ablation-CAM: zeroing an all-zero channel changes nothing (weight 0), and only
+  the part of the model after the target layer is re-run on the ablated copies.
+
+Both also take ``approx=k``, a documented approximation with at most ``k`` extra
+forwards (Score-CAM) or ablations (Ablation-CAM) per image; see the classes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -33,14 +48,26 @@ from netsight.hooks import HookSet
 
 __all__ = ["AblationCAM", "ScoreCAM"]
 
+#: Lloyd iterations of Score-CAM's approximate mode (k-means on the channel maps).
+_KMEANS_STEPS = 10
+#: Score-CAM: normalised channel maps this close (largest difference) share a mask.
+_SAME_MASK = 1e-6
+
 
 class _PerturbationCAM(BaseCAM):
+    #: Whether ``approx=`` needs the gradient of the scores at the target layer.
+    _approx_needs_gradients = False
+    #: Whether ``channels_last=None`` may switch channels-last on (see the classes).
+    _auto_channels_last = True
+
     def __init__(
         self,
         model: nn.Module,
         target_layers: LayerSpec | Sequence[LayerSpec] | None = None,
         *,
         batch_size: int = 32,
+        approx: int | None = None,
+        channels_last: bool | None = None,
         reshape: Reshape | None = None,
         relu: bool = True,
         normalize: bool = True,
@@ -58,28 +85,80 @@ class _PerturbationCAM(BaseCAM):
             aug_smooth=aug_smooth,
             mode=mode,
         )
-        if batch_size < 1:
-            raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        if approx is not None and (
+            isinstance(approx, bool) or not isinstance(approx, int) or approx < 1
+        ):
+            raise ValueError(f"approx: expected None (exact) or an int >= 1, got {approx!r}")
+        if channels_last not in (None, True, False):
+            raise TypeError(f"channels_last: expected None, True or False, got {channels_last!r}")
         self.batch_size = batch_size
+        self.approx = approx
+        self.channels_last = channels_last
 
     def _compute(
         self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]
     ) -> RawMaps:
-        record = self._forward(x, layers, grad=False)
-        resolved = resolve_targets(targets, record.output, x.shape[0])
-        with torch.no_grad():
+        enabled = self.channels_last
+        if enabled is None and not self._auto_channels_last:
+            enabled = False
+        with _channels_last(self.model, x, enabled) as x_fast:
+            return self._compute_weighted(x_fast, targets, layers)
+
+    def _compute_weighted(
+        self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]
+    ) -> RawMaps:
+        grad = self.approx is not None and self._approx_needs_gradients
+        if grad and torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"{self.method} with approx= ranks channels by a gradient, but it was called "
+                f"inside torch.inference_mode(), which disables autograd; call it outside "
+                f"inference_mode (inside torch.no_grad() is fine) or use approx=None"
+            )
+        record = self._forward(x, layers, grad=grad)
+        gradients: dict[str, torch.Tensor] = {}
+        with torch.enable_grad() if grad else torch.no_grad():
+            resolved = resolve_targets(targets, record.output, x.shape[0])
             scores = resolved.scores(record.output)
-            maps = {}
-            for name, activation in record.activations.items():
-                if record.calls[name] > 1:
-                    raise ValueError(
-                        f"layer {name!r} ran {record.calls[name]} times in one forward; "
-                        f"{self.method} needs a target layer that runs once"
-                    )
+        if grad:
+            kept = list(record.activations.values())
+            if not scores.requires_grad:
+                raise ValueError(
+                    f"the target scores do not depend on the target layer(s) "
+                    f"{', '.join(map(repr, record.activations))}; choose layers the output uses"
+                )
+            found = torch.autograd.grad(scores.sum(), kept, allow_unused=True)
+            for name, found_grad in zip(record.activations, found, strict=True):
+                if found_grad is not None:
+                    gradients[name] = found_grad
+        scores = scores.detach()
+        output = record.output
+        if isinstance(output, torch.Tensor):
+            output = output.detach()
+        maps = {}
+        for name, kept_activation in record.activations.items():
+            if record.calls[name] > 1:
+                raise ValueError(
+                    f"layer {name!r} ran {record.calls[name]} times in one forward; "
+                    f"{self.method} needs a target layer that runs once"
+                )
+            activation = kept_activation.detach()
+            with torch.inference_mode():
+                weights = self.channel_weights(
+                    x,
+                    name,
+                    layers[name],
+                    activation,
+                    resolved,
+                    scores,
+                    gradients.get(name),
+                )
+            weights = weights.clone()  # a normal tensor again, outside inference mode
+            with torch.no_grad():
                 a = self.spatial(name, activation)
-                weights = self.channel_weights(x, name, layers[name], activation, resolved, scores)
                 maps[name] = (weights[:, :, None, None] * a).sum(1)
-        return RawMaps(maps, record.output, resolved, scores)
+        return RawMaps(maps, output, resolved, scores)
 
     def channel_weights(
         self,
@@ -89,23 +168,97 @@ class _PerturbationCAM(BaseCAM):
         activation: torch.Tensor,
         targets: Targets,
         scores: torch.Tensor,
+        gradient: torch.Tensor | None,
     ) -> torch.Tensor:
-        """``(B, C)`` channel weights."""
+        """``(B, C)`` channel weights (run under ``torch.inference_mode()``)."""
         raise NotImplementedError
 
 
+# --------------------------------------------------------------------------- channels-last
+@contextmanager
+def _channels_last(
+    model: nn.Module, x: torch.Tensor, enabled: bool | None
+) -> Iterator[torch.Tensor]:
+    """Swap channels-last copies of the model's 4-D floating-point parameters in for
+    the block and yield ``x`` in channels-last layout; the caller's parameters are
+    put back on every path. ``enabled=None``: only on the CPU, for a model with a
+    ``Conv2d`` and a 4-D input; ``False``: yield ``x`` unchanged."""
+    if enabled is False or x.dim() != 4:
+        yield x
+        return
+    if enabled is None and not (
+        x.device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    ):
+        yield x
+        return
+    fmt = torch.channels_last
+    swapped: list[tuple[dict[str, Any], str, nn.Parameter]] = []
+    copies: dict[int, nn.Parameter] = {}  # shared (tied) parameters share one copy
+    try:
+        for module in model.modules():
+            params = module._parameters
+            for key, param in params.items():
+                if (
+                    param is None
+                    or param.dim() != 4
+                    or not param.is_floating_point()
+                    or param.device != x.device
+                    or param.is_contiguous(memory_format=fmt)
+                ):
+                    continue
+                copy = copies.get(id(param))
+                if copy is None:
+                    data = param.detach().contiguous(memory_format=fmt)
+                    copy = copies[id(param)] = nn.Parameter(data, requires_grad=False)
+                swapped.append((params, key, param))
+                params[key] = copy
+        yield x.contiguous(memory_format=fmt)
+    finally:
+        for params, key, param in reversed(swapped):
+            params[key] = param
+
+
+# --------------------------------------------------------------------------- Score-CAM
 class ScoreCAM(_PerturbationCAM):
     """Score-CAM (Wang et al., 2020), as pytorch-grad-cam defines it: each channel
     is upsampled to the input size (bilinear, corners aligned), min-max normalised
     to a mask, the input is multiplied by it, and the target score of the masked
     input is read; the weights are the softmax of those scores over channels.
 
+    Exact by default: one masked forward per distinct channel map and image.
+    Channels whose maps are equal after min-max normalisation, to within 1e-6 at
+    every position (e.g. channels positive at one and the same position only, or
+    copies at another scale), have the same mask up to rounding and share one
+    forward; constant channels (all zero, typically) share one forward of a
+    zero image. A constant channel's mask is taken as exactly zero
+    (pytorch-grad-cam divides a rounding residue by ``1e-8`` there).
+
+    ``approx=k``: at most ``k`` masked forwards per image (plus the shared zero
+    image). The normalised channel maps of the image are grouped into ``k // 2``
+    clusters (k-means at layer resolution, seeded deterministically by farthest
+    points, 10 steps); the channel nearest each cluster's centre is run, and every
+    channel gets the score of its nearest run channel. The remaining ``k - k // 2``
+    forwards go to the channels with the largest estimated share of the map
+    (``exp(score) x summed activation``), whose exact scores then replace the
+    estimates. Masks that are close give close scores, and the softmax is dominated
+    by the few highest scores, which the second round measures. Measured against
+    exact Score-CAM (Pearson r of the maps, worst image; ``benchmarks/bench_cam.py``,
+    BENCHMARKS.md): on the trained demo VGG-16 (``layer5.8``, 512 channels at 2 x 2,
+    8 test digits) r = 0.982 at ``approx=32``, 0.986 at 40 and 0.997 at 48 (8.7x,
+    7.0x and 5.9x fewer forwards); on a seeded random resnet18 (``layer4``, 512 at
+    7 x 7) r = 0.999 at 48 (10x fewer forwards, 9x faster). Fewer forwards than
+    about 32 lose the dominant channels (demo: r = 0.50 at 16). Images with at most
+    ``k`` distinct maps are computed exactly.
+
     Args:
         batch_size: masked inputs per forward (bounds memory).
+        approx: ``None`` (exact) or the number of masked forwards per image.
+        channels_last: run convolutions channels-last (``None``: on the CPU when
+            the model has a ``Conv2d``); see :mod:`netsight.cam.perturbation`.
         **options: see :class:`~netsight.cam.base.BaseCAM`.
 
-    A constant channel's mask is taken as exactly zero (pytorch-grad-cam divides a
-    rounding residue by ``1e-8`` there).
+    Example:
+        >>> maps = ScoreCAM(model, "layer4", approx=48)(x)  # ~10x fewer forwards
     """
 
     method = "scorecam"
@@ -118,23 +271,171 @@ class ScoreCAM(_PerturbationCAM):
         activation: torch.Tensor,
         targets: Targets,
         scores: torch.Tensor,
+        gradient: torch.Tensor | None,
     ) -> torch.Tensor:
         a = self.spatial(name, activation)
+        batch, channels, h, w = a.shape
         flat = a.flatten(2)
-        constant = flat.amax(2) == flat.amin(2)  # (B, C): all-zero masks
-        channel_scores = torch.zeros(a.shape[:2], dtype=scores.dtype, device=scores.device)
+        low = flat.amin(2, keepdim=True)
+        span = flat.amax(2, keepdim=True) - low
+        constant = ~(span[..., 0] > 0)  # (B, C): all-zero masks (NaN maps included)
+        normed = (flat - low) / torch.where(span > 0, span, torch.ones_like(span))
+        mass = flat.sum(2)  # (B, C): what each channel adds to the map, before weights
+        channel_scores = torch.zeros((batch, channels), dtype=scores.dtype, device=scores.device)
         if bool(constant.any()):
             zero_scores = _zero_image_scores(self.model, x, targets)  # (B,)
             owners = constant.nonzero()[:, 0]
             channel_scores[constant] = zero_scores[owners].to(channel_scores.dtype)
-        pairs = (~constant).nonzero()  # (P, 2): image, channel
-        size = (x.shape[-2], x.shape[-1])
-        for chunk in torch.split(pairs, self.batch_size):
-            images, channels = chunk[:, 0], chunk[:, 1]
-            masks = _masks(a[images, channels], size)
-            out = self.model(x[images] * masks)
-            channel_scores[images, channels] = targets.scores(out, images).to(channel_scores.dtype)
+        runner = _MaskRunner(self.model, x, targets, (h, w), self.batch_size)
+        # Distinct normalised maps of each image: (rows, which row each channel uses).
+        groups = []
+        for image in range(batch):
+            chosen = (~constant[image]).nonzero().flatten()
+            if chosen.numel() == 0:
+                continue
+            rows, inverse = _distinct(normed[image, chosen])
+            row_mass = torch.zeros(rows.shape[0], dtype=mass.dtype, device=mass.device)
+            row_mass.index_add_(0, inverse, mass[image, chosen])
+            groups.append((image, chosen, rows, inverse, row_mass))
+        limit = self.approx
+        row_scores: dict[int, torch.Tensor] = {}
+        # Round 1: every row (exact), or the cluster representatives (approx).
+        first: dict[int, torch.Tensor] = {}
+        for image, _, rows, _, row_mass in groups:
+            if limit is None or rows.shape[0] <= limit:
+                first[image] = torch.arange(rows.shape[0], device=rows.device)
+            else:
+                first[image] = _representatives(rows, row_mass, max(1, limit // 2))
+        measured = runner.scores({image: rows[first[image]] for image, _, rows, _, _ in groups})
+        second: dict[int, torch.Tensor] = {}
+        for image, _, rows, _, row_mass in groups:
+            picked = first[image]
+            if picked.shape[0] == rows.shape[0]:
+                row_scores[image] = measured[image]
+                continue
+            nearest = torch.cdist(rows, rows[picked]).argmin(1)
+            estimate = measured[image][nearest]
+            estimate[picked] = measured[image]
+            row_scores[image] = estimate
+            assert limit is not None
+            budget = min(limit - picked.shape[0], rows.shape[0] - picked.shape[0])
+            if budget > 0:
+                share = torch.exp(estimate - estimate.max()) * row_mass.clamp(min=0)
+                share[picked] = -1.0
+                second[image] = share.topk(budget).indices
+        if second:
+            refined = runner.scores(
+                {image: rows[second[image]] for image, _, rows, _, _ in groups if image in second}
+            )
+            for image, indices in second.items():
+                row_scores[image][indices] = refined[image]
+        for image, chosen, _, inverse, _ in groups:
+            channel_scores[image, chosen] = row_scores[image][inverse].to(channel_scores.dtype)
         return torch.softmax(channel_scores, dim=1).to(a.dtype)
+
+
+class _MaskRunner:
+    """Target scores of masked inputs, built and run ``batch_size`` at a time."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        targets: Targets,
+        shape: tuple[int, int],
+        batch_size: int,
+    ) -> None:
+        self.model = model
+        self.x = x
+        self.targets = targets
+        self.shape = shape
+        self.batch_size = batch_size
+        self._buffer: torch.Tensor | None = None
+
+    def scores(self, rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """``{image: (n,) scores}`` for ``{image: (n, h*w) normalised maps}``."""
+        if not rows:
+            return {}
+        device = self.x.device
+        owners = torch.cat(
+            [torch.full((r.shape[0],), i, dtype=torch.long, device=device) for i, r in rows.items()]
+        )
+        everything = torch.cat(list(rows.values()))
+        values = []
+        for start in range(0, everything.shape[0], self.batch_size):
+            images = owners[start : start + self.batch_size]
+            masked = self._masked(images, everything[start : start + self.batch_size])
+            values.append(self.targets.scores(self.model(masked), images))
+        sizes = [r.shape[0] for r in rows.values()]
+        return dict(zip(rows, torch.split(torch.cat(values), sizes), strict=True))
+
+    def _masked(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``x[images]`` times the upsampled, renormalised masks, in a reused buffer
+        laid out like ``x`` (channels-last when ``x`` is)."""
+        n = rows.shape[0]
+        x = self.x
+        masks = _masks(rows.view(n, *self.shape).to(x.dtype), (x.shape[-2], x.shape[-1]))
+        if self._buffer is None or self._buffer.shape[0] < n:
+            layout = (
+                torch.channels_last
+                if x.is_contiguous(memory_format=torch.channels_last)
+                else torch.contiguous_format
+            )
+            self._buffer = torch.empty(
+                (n, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=layout
+            )
+        out = self._buffer[:n]
+        first = int(images[0])
+        if bool((images == first).all()):  # the usual chunk: one image, broadcast
+            torch.mul(x[first : first + 1], masks, out=out)
+        else:
+            torch.mul(x[images], masks, out=out)
+        return out
+
+
+def _distinct(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(distinct rows, index of each row's stand-in)``: rows within ``_SAME_MASK``
+    (largest difference) of an earlier stand-in share it; the first row of each
+    group stands for the group."""
+    n = rows.shape[0]
+    if n <= 1:
+        return rows, torch.zeros(n, dtype=torch.long, device=rows.device)
+    close = torch.cdist(rows.double(), rows.double(), p=float("inf")) <= _SAME_MASK
+    owner = torch.full((n,), -1, dtype=torch.long, device=rows.device)
+    leaders: list[int] = []
+    for i in range(n):  # one step per group; pairs are compared in cdist above
+        if int(owner[i]) >= 0:
+            continue
+        owner[close[i] & (owner < 0)] = len(leaders)
+        leaders.append(i)
+    return rows[leaders], owner
+
+
+def _representatives(rows: torch.Tensor, mass: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of ``count`` rows that stand for all: k-means (farthest-point start
+    from the heaviest row, a fixed number of Lloyd steps; no randomness), then per
+    cluster the member nearest its centre."""
+    data = rows.double()
+    chosen = [int(mass.argmax())]
+    distance = (data - data[chosen[0]]).norm(dim=1)
+    for _ in range(count - 1):
+        index = int(distance.argmax())
+        chosen.append(index)
+        distance = torch.minimum(distance, (data - data[index]).norm(dim=1))
+    centres = data[chosen].clone()
+    for _ in range(_KMEANS_STEPS):
+        assign = torch.cdist(data, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, data)
+        counts = torch.bincount(assign, minlength=count).to(data.dtype)[:, None]
+        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+    assign = torch.cdist(data, centres).argmin(1)
+    gap = (data - centres[assign]).norm(dim=1)
+    # Per cluster, the member with the smallest gap: sort by (cluster, gap), take firsts.
+    order = torch.argsort(gap, stable=True)
+    order = order[torch.argsort(assign[order], stable=True)]
+    firsts = torch.ones_like(order, dtype=torch.bool)
+    firsts[1:] = assign[order][1:] != assign[order][:-1]
+    return order[firsts]
 
 
 def _zero_image_scores(model: nn.Module, x: torch.Tensor, targets: Targets) -> torch.Tensor:
@@ -154,6 +455,7 @@ def _masks(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (up - low) / (high - low + 1e-8)
 
 
+# --------------------------------------------------------------------------- Ablation-CAM
 class AblationCAM(_PerturbationCAM):
     """Ablation-CAM (Desai & Ramaswamy, 2020): channel ``k`` weighs
     ``(y - y_k) / y``, where ``y`` is the target score and ``y_k`` the score with
@@ -169,12 +471,34 @@ class AblationCAM(_PerturbationCAM):
     pytorch-grad-cam ablates to zero only when the layer's minimum is 0 and
     otherwise to ``min - 1e7``; netsight always ablates to zero, as in the paper.
 
+    ``approx=k``: at most ``k`` ablations per image. The first forward also takes
+    the gradient ``G`` of each image's score at the target layer (one backward
+    through the part after it), which gives every channel its first-order effect
+    ``y - y_k ~ sum(G_k * A_k)``; the ``k`` channels with the largest ``|effect|``
+    are ablated exactly and the others keep the first-order value. Where the head
+    after the layer is linear (global pooling + linear, as after a ResNet's last
+    stage) the first-order value is exact. Measured against exact Ablation-CAM
+    (Pearson r of the maps, worst image): r = 1.0000 at ``approx=16`` on a seeded
+    random resnet18 (``layer4``) and 0.9999 on the trained demo VGG-16
+    (``layer5.8``, whose head has ReLUs), 14-17x faster.
+    Needs autograd, so it cannot run inside ``torch.inference_mode()``.
+
     Args:
         batch_size: ablated copies per forward (bounds memory).
+        approx: ``None`` (exact) or the number of channels ablated per image.
+        channels_last: run convolutions channels-last (``None``: off). Off by
+            default because the weights are differences of nearly equal scores: a
+            different layout rounds them differently, and where a layer's effect is
+            at float32 rounding level (an untrained VGG-16's first block: 1e-6 of
+            the score) the maps of any float32 implementation are mostly rounding,
+            so they would no longer equal pytorch-grad-cam's. Only the part after
+            the target layer runs once per chunk, so the gain is smaller here.
         **options: see :class:`~netsight.cam.base.BaseCAM`.
     """
 
     method = "ablationcam"
+    _approx_needs_gradients = True
+    _auto_channels_last = False
 
     def channel_weights(
         self,
@@ -184,20 +508,31 @@ class AblationCAM(_PerturbationCAM):
         activation: torch.Tensor,
         targets: Targets,
         scores: torch.Tensor,
+        gradient: torch.Tensor | None,
     ) -> torch.Tensor:
         a = self.spatial(name, activation)
         positions = self._channel_positions(name, activation)  # (C, P) flat indices
         active = a.flatten(2).ne(0).any(2)  # (B, C)
-        ablated = scores[:, None].expand(a.shape[:2]).clone()
+        # drop[b, k] = y - y_k: 0 for all-zero channels (nothing changes).
+        drop = torch.zeros(a.shape[:2], dtype=scores.dtype, device=scores.device)
+        effect = None
+        if self.approx is not None and gradient is not None:
+            effect = (self.spatial(name, gradient) * a).flatten(2).sum(2)  # (B, C)
+            drop = effect.to(drop.dtype)  # first order: y - y_k ~ G_k . A_k
         chunk_size = max(1, self.batch_size - 1)  # room for the control copy
         for image in range(x.shape[0]):
             channels = active[image].nonzero().flatten()
+            if effect is not None and self.approx is not None and channels.numel() > self.approx:
+                top = effect[image, channels].abs().topk(self.approx).indices
+                channels = channels[top.sort().values]
             for chunk in torch.split(channels, chunk_size):
-                ablated[image, chunk] = self._ablated_scores(
+                ablated = self._ablated_scores(
                     x, image, module, activation, positions[chunk], targets, scores
                 )
-        base = scores[:, None]
-        return ((base - ablated) / base).to(a.dtype)
+                # y - y_k against the control copy of the same forward: the same
+                # kernels and batch, so rounding cancels out of small differences.
+                drop[image, chunk] = (ablated[-1] - ablated[:-1]).to(drop.dtype)
+        return (drop / scores[:, None]).to(a.dtype)
 
     def _channel_positions(self, name: str, activation: torch.Tensor) -> torch.Tensor:
         """For each channel of the spatial map, its flat positions in one image's
@@ -217,14 +552,19 @@ class AblationCAM(_PerturbationCAM):
         targets: Targets,
         scores: torch.Tensor,
     ) -> torch.Tensor:
+        """Target scores of ``n`` ablated copies of ``image``'s layer output, then of
+        one unablated control copy (``n + 1`` values)."""
         n = positions.shape[0]
-        copies = activation[image].expand(n + 1, *activation.shape[1:]).clone()
+        copies = activation[image : image + 1].repeat(n + 1, *([1] * (activation.dim() - 1)))
         rows = torch.arange(n, device=copies.device)[:, None].expand_as(positions)
         copies.view(n + 1, -1)[rows, positions] = 0  # the last copy is the control
+        if activation.dim() == 4 and activation.is_contiguous(memory_format=torch.channels_last):
+            # the layout the rest of the model saw in the plain forward
+            copies = copies.contiguous(memory_format=torch.channels_last)
         owners = torch.full((n + 1,), image, dtype=torch.long, device=scores.device)
         fast = _suffix_scores(self.model, x[image : image + 1], module, copies, targets, owners)
         if fast is not None and _close(fast[-1], scores[image]):
-            return fast[:-1]
+            return fast
         repeated = x[image : image + 1].expand(n + 1, *x.shape[1:])
         full = _suffix_scores(self.model, repeated, module, copies, targets, owners)
         if full is None or not _close(full[-1], scores[image]):
@@ -233,7 +573,7 @@ class AblationCAM(_PerturbationCAM):
                 f"value changed the target score; the model is not deterministic in eval mode, "
                 f"so Ablation-CAM cannot be computed"
             )
-        return full[:-1]
+        return full
 
 
 def _suffix_scores(
