@@ -380,6 +380,24 @@ def test_vit_tokens_are_reshaped_automatically() -> None:
         tokens_to_grid(torch.zeros(1, 15, 3))
 
 
+def test_automatic_layer_is_found_once_per_model_and_again_after_a_change() -> None:
+    model = _model().eval()
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda m, a: forwards.append(a[0].shape[0]))
+    try:
+        x = torch.randn(4, 3, 16, 16)
+        for _ in range(3):  # a new explainer per batch, as pytorch-grad-cam's API suggests
+            assert nscam.GradCAM(model).explain(x).layers == ("features",)
+        assert forwards == [1, 4, 4, 4]  # one probe forward of one image, then the batches
+        model.features.append(nn.Conv2d(16, 16, 3, padding=1))  # the structure changed
+        assert nscam.GradCAM(model).explain(x).layers == ("features",)
+        assert forwards[4:] == [1, 4]
+        nscam.GradCAM(model).explain(torch.randn(2, 3, 24, 24))  # another input size
+        assert forwards[6:] == [1, 2]
+    finally:
+        handle.remove()
+
+
 def test_automatic_layer_on_a_vision_transformer_is_the_last_attention_input() -> None:
     from torchvision.models.vision_transformer import VisionTransformer
 

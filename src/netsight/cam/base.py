@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
@@ -291,6 +292,32 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
     )
 
 
+# The automatic layer of each model, per module set and input kind: finding it costs a
+# probe forward of one image, which a caller that builds an explainer per batch (as
+# pytorch-grad-cam's API encourages) would otherwise pay on every call. The key holds
+# the ids of all modules, so adding, removing or replacing a module finds it anew;
+# the weak key lets the model be collected.
+_AUTO_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _automatic_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """:func:`find_target_layer`, remembered per model and input kind."""
+    key = (
+        tuple(id(m) for m in model.modules()),
+        tuple(x.shape[1:]),
+        x.dtype,
+        x.device,
+    )
+    known = _AUTO_LAYERS.setdefault(model, {})
+    if key not in known:
+        if len(known) >= 8:  # a model rebuilt over and over: keep the memory bounded
+            known.clear()
+        known[key] = find_target_layer(model, x)
+    return known[key]
+
+
 # --------------------------------------------------------------------------- forward
 @dataclass
 class ForwardRecord:
@@ -490,7 +517,6 @@ class BaseCAM:
             if not self.uses_layers:
                 raise ValueError(f"{self.method}: works on the input; target_layers must be None")
             resolve_layers(model, target_layers)  # fail early on unknown names
-        self._auto: dict[tuple[Any, ...], str] = {}
 
     def __repr__(self) -> str:
         layers = "auto" if self._spec is None else repr(self._spec)
@@ -599,10 +625,7 @@ class BaseCAM:
     def _layers(self, x: torch.Tensor) -> dict[str, nn.Module]:
         if self._spec is not None:
             return resolve_layers(self.model, self._spec)
-        key = (tuple(x.shape[1:]), x.dtype, x.device)
-        if key not in self._auto:
-            self._auto[key] = find_target_layer(self.model, x)
-        return resolve_layers(self.model, self._auto[key])
+        return resolve_layers(self.model, _automatic_layer(self.model, x))
 
     def _maps(
         self, raw: dict[str, torch.Tensor], size: tuple[int, int], *, quiet: bool
