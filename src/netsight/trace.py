@@ -1781,6 +1781,55 @@ def _gc_paused(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return paused
 
 
+InputMaker: TypeAlias = Callable[[torch.device | None], tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+def _input_maker(
+    input_size: Sequence[int] | Sequence[Sequence[int]] | None,
+    input_data: Any,
+    *,
+    dtypes: Sequence[torch.dtype] | None,
+    mode: str,
+    execution: str,
+    forward_kwargs: Mapping[str, Any] | None,
+    model_device: torch.device,
+    default_device: torch.device,
+) -> InputMaker:
+    """Check the options of a traced run and return ``inputs_on(device)``, which
+    builds ``(args, kwargs)`` for the forward: from ``input_size`` on ``device`` (or
+    ``default_device``), or ``input_data`` as given (``device=None``) or as empty
+    tensors of the same metadata on ``device`` (the meta pass)."""
+    if mode not in ("eval", "train", "same"):
+        raise ValueError(f"mode: expected 'eval', 'train' or 'same', got {mode!r}")
+    if execution not in ("auto", "meta", "real"):
+        raise ValueError(f"execution: expected 'auto', 'meta' or 'real', got {execution!r}")
+    if (input_size is None) == (input_data is None):
+        raise TypeError("pass exactly one of input_size or input_data")
+    extra_kwargs = dict(forward_kwargs or {})
+    shapes = _normalise_sizes(input_size) if input_size is not None else None
+    if input_data is not None:
+        _check_inputs(model_device, list(_tensors_in((input_data, extra_kwargs))))
+
+    def inputs_on(dev: torch.device | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if shapes is not None:
+            return tuple(_make_inputs(shapes, dtypes, dev or default_device)), dict(extra_kwargs)
+        data, kw = input_data, dict(extra_kwargs)
+        if dev is not None:
+
+            def to_dev(t: torch.Tensor) -> torch.Tensor:
+                return torch.empty_like(t, device=dev)
+
+            data = _tree_map(to_dev, data)
+            kw = _tree_map(to_dev, kw)
+        if isinstance(data, dict):
+            return (), {**data, **kw}
+        if isinstance(data, (tuple, list)):
+            return tuple(data), kw
+        return (data,), kw
+
+    return inputs_on
+
+
 @_gc_paused
 def trace(
     model: nn.Module,
@@ -1822,13 +1871,6 @@ def trace(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    if mode not in ("eval", "train", "same"):
-        raise ValueError(f"mode: expected 'eval', 'train' or 'same', got {mode!r}")
-    if execution not in ("auto", "meta", "real"):
-        raise ValueError(f"execution: expected 'auto', 'meta' or 'real', got {execution!r}")
-    if (input_size is None) == (input_data is None):
-        raise TypeError("pass exactly one of input_size or input_data")
-
     model_device = _model_device(model)
     target_device = torch.device(device) if device is not None else model_device
     if device is not None and model_device.type != "meta" and target_device != model_device:
@@ -1836,28 +1878,16 @@ def trace(
             f"device={str(target_device)!r}, but the model's parameters are on {model_device}; "
             f"netsight never moves your model: call model.to({str(target_device)!r}) first"
         )
-    extra_kwargs = dict(forward_kwargs or {})
-
-    shapes = _normalise_sizes(input_size) if input_size is not None else None
-    if input_data is not None:
-        _check_inputs(model_device, list(_tensors_in((input_data, extra_kwargs))))
-
-    def inputs_on(dev: torch.device | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        if shapes is not None:
-            return tuple(_make_inputs(shapes, dtypes, dev or target_device)), dict(extra_kwargs)
-        data, kw = input_data, dict(extra_kwargs)
-        if dev is not None:
-
-            def to_meta(t: torch.Tensor) -> torch.Tensor:
-                return torch.empty_like(t, device=dev)
-
-            data = _tree_map(to_meta, data)
-            kw = _tree_map(to_meta, kw)
-        if isinstance(data, dict):
-            return (), {**data, **kw}
-        if isinstance(data, (tuple, list)):
-            return tuple(data), kw
-        return (data,), kw
+    inputs_on = _input_maker(
+        input_size,
+        input_data,
+        dtypes=dtypes,
+        mode=mode,
+        execution=execution,
+        forward_kwargs=forward_kwargs,
+        model_device=model_device,
+        default_device=target_device,
+    )
 
     names, modules = _survey(model)
     on_meta_already = model_device.type == "meta"

@@ -37,15 +37,12 @@ from torch.overrides import TorchFunctionMode
 from netsight.hooks import HookSet, preserve_state
 from netsight.trace import (
     TraceError,
-    _check_inputs,
     _gc_paused,
-    _make_inputs,
+    _input_maker,
     _model_device,
-    _normalise_sizes,
     _survey,
     _swapped_to_meta,
     _tensors_in,
-    _tree_map,
 )
 
 __all__ = [
@@ -346,33 +343,17 @@ def record_dataflow(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    if mode not in ("eval", "train", "same"):
-        raise ValueError(f"mode: expected 'eval', 'train' or 'same', got {mode!r}")
-    if execution not in ("auto", "meta", "real"):
-        raise ValueError(f"execution: expected 'auto', 'meta' or 'real', got {execution!r}")
-    if (input_size is None) == (input_data is None):
-        raise TypeError("pass exactly one of input_size or input_data")
     model_device = _model_device(model)
-    extra = dict(forward_kwargs or {})
-    shapes = _normalise_sizes(input_size) if input_size is not None else None
-    if input_data is not None:
-        _check_inputs(model_device, list(_tensors_in((input_data, extra))))
-
-    def inputs_on(dev: torch.device | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        if shapes is not None:
-            return tuple(_make_inputs(shapes, dtypes, dev or model_device)), dict(extra)
-        data, kw = input_data, dict(extra)
-        if dev is not None:
-
-            def to_dev(t: torch.Tensor) -> torch.Tensor:
-                return torch.empty_like(t, device=dev)
-
-            data, kw = _tree_map(to_dev, data), _tree_map(to_dev, kw)
-        if isinstance(data, dict):
-            return (), {**data, **kw}
-        if isinstance(data, (tuple, list)):
-            return tuple(data), kw
-        return (data,), kw
+    inputs_on = _input_maker(
+        input_size,
+        input_data,
+        dtypes=dtypes,
+        mode=mode,
+        execution=execution,
+        forward_kwargs=forward_kwargs,
+        model_device=model_device,
+        default_device=model_device,
+    )
 
     names, modules = _survey(model)
     notes: list[str] = []
