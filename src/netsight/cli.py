@@ -218,15 +218,7 @@ def _run_summary(args: argparse.Namespace) -> int:
         raise UsageError("--trust-weights only applies together with --weights FILE")
     _check_out(args.out)
     model = load_model(args.model, device="meta" if args.meta else None)
-    sizes: list[tuple[int, ...]] | None = args.input
-    if not sizes:
-        default = default_input_size(args.model)
-        if default is None:
-            raise UsageError(
-                f"netsight does not know the input size of {args.model!r}; pass --input, "
-                f"e.g. --input 1,3,224,224 (repeat --input for a model with several inputs)"
-            )
-        sizes = [default]
+    sizes = _input_sizes(args)
     dtypes: list[torch.dtype] | None = args.dtype
     if dtypes is not None and len(dtypes) not in (1, len(sizes)):
         raise UsageError(
@@ -246,11 +238,7 @@ _DIAGRAM_FORMATS = ("svg", "png", "pdf", "dot", "tex", "blocks")
 
 
 def _configure_diagram(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "model",
-        metavar="MODEL",
-        help="torchvision:NAME, timm:NAME, zoo:NAME, path/to/file.py:NAME or package.module:NAME",
-    )
+    _add_model_options(p)
     p.add_argument(
         "--input",
         action="append",
@@ -281,12 +269,6 @@ def _configure_diagram(p: argparse.ArgumentParser) -> None:
         help="draw repeated identical blocks once, marked 'x N' (default: on)",
     )
     p.add_argument("--direction", choices=("TB", "LR"), default="TB", help="layout direction")
-    p.add_argument("--weights", metavar="FILE", help="load this checkpoint into the model first")
-    p.add_argument(
-        "--trust-weights",
-        action="store_true",
-        help="allow --weights to unpickle arbitrary Python objects (only for files you trust)",
-    )
     p.add_argument(
         "--out",
         metavar="FILE",
@@ -298,8 +280,6 @@ def _run_diagram(args: argparse.Namespace) -> int:
     from netsight._io import atomic_write_bytes, safe_filename
     from netsight.diagram import diagram
 
-    if args.trust_weights and not args.weights:
-        raise UsageError("--trust-weights only applies together with --weights FILE")
     _check_out(args.out)
     fmt: str | None = args.format
     if fmt is None:
@@ -310,18 +290,8 @@ def _run_diagram(args: argparse.Namespace) -> int:
                 f"--out {args.out}: cannot tell the format from {suffix!r}; pass --format "
                 f"({', '.join(_DIAGRAM_FORMATS)})"
             )
-    sizes: list[tuple[int, ...]] | None = args.input
-    if not sizes:
-        default = default_input_size(args.model)
-        if default is None:
-            raise UsageError(
-                f"netsight does not know the input size of {args.model!r}; pass --input, "
-                f"e.g. --input 1,3,224,224"
-            )
-        sizes = [default]
-    model = load_model(args.model)
-    if args.weights:
-        load_weights(model, args.weights, trust=args.trust_weights)
+    sizes = _input_sizes(args)
+    model = _model_from_args(args)
     if fmt == "tex":
         _emit(diagram(model, input_size=sizes, format="tex"), args.out)
         return 0
@@ -375,6 +345,20 @@ def _model_from_args(args: argparse.Namespace) -> torch.nn.Module:
     if args.weights:
         load_weights(model, args.weights, trust=args.trust_weights)
     return model
+
+
+def _input_sizes(args: argparse.Namespace) -> list[tuple[int, ...]]:
+    """``--input`` shapes, or the model's usual input size when netsight knows it."""
+    sizes: list[tuple[int, ...]] | None = args.input
+    if sizes:
+        return sizes
+    default = default_input_size(args.model)
+    if default is None:
+        raise UsageError(
+            f"netsight does not know the input size of {args.model!r}; pass --input, "
+            f"e.g. --input 1,3,224,224 (repeat --input for a model with several inputs)"
+        )
+    return [default]
 
 
 def _floats(text: str) -> list[float]:
