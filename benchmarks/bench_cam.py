@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import json
 import os
 import platform
@@ -70,6 +68,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+import _common
 import netsight
 import netsight.cam as nscam
 
@@ -104,37 +103,6 @@ DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "out" / "vgg16_digits.pth"
 
 
 # --------------------------------------------------------------------------- memory and time
-_LIBC: Any = None
-with contextlib.suppress(OSError):
-    _LIBC = ctypes.CDLL("libc.so.6")
-
-
-def _trim() -> None:
-    gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _rss() -> int:
-    with open("/proc/self/statm", encoding="ascii") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")  # VmHWM := current RSS
-        return True
-    except OSError:
-        return False
-
-
-def _peak() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class Variant:
@@ -156,13 +124,13 @@ class Variant:
         self.result: torch.Tensor | None = None
 
     def call(self, *, record: bool) -> None:
-        _trim()
-        before = _rss()
-        peak_ok = _reset_peak()
+        _common.trim()
+        before = _common.rss()
+        peak_ok = _common.reset_peak()
         start, cpu = time.perf_counter(), time.process_time()
         result = self.fn()
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-        peak = _peak() - before
+        peak = _common.peak() - before
         if self.cleanup is not None:
             self.cleanup()
         if record:
@@ -438,7 +406,7 @@ def bench_perturbation(
         add(f"pgc {method}", _pgc(method, model, layer, x, classes), _clear_grads(model))
         if method in TORCHCAM:
             add(f"torchcam {method}", _torchcam(method, model, layer, x, classes))
-    _trim()
+    _common.trim()
     _interleaved(variants, repeats, warmup=False)
     by_name = {v.name: v for v in variants}
     rows = []
@@ -489,16 +457,6 @@ def _f(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        pairs = enumerate(zip(cells, widths, strict=True))
-        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in pairs)
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
-
-
 def print_gradient(result: dict[str, Any]) -> None:
     print(
         f"\n## Gradient family: {result['model']}, batch {result['batch']} x 3 x 224 x 224, "
@@ -518,7 +476,7 @@ def print_gradient(result: dict[str, Any]) -> None:
         for r in result["rows"]
     ]
     headers = ["variant", "ms", "/ bare", "paired", "CPU ms", "peak +MB", "/ bare", "r vs pgc"]
-    print(_table(headers, rows))
+    print(_common.table(headers, rows))
 
 
 def print_perturbation(result: dict[str, Any], title: str, *, against: str) -> None:
@@ -540,7 +498,7 @@ def print_perturbation(result: dict[str, Any], title: str, *, against: str) -> N
         )
     headers = ["variant", "s", f"/ {against}", "paired", "images (calls)", "peak +MB"]
     headers += ["r vs exact", "r vs pgc"]
-    print(_table(headers, rows))
+    print(_common.table(headers, rows))
 
 
 def print_verdicts(parts: dict[str, Any], approx: dict[str, int]) -> None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import ctypes
 import gc
 import importlib
 import json
@@ -56,6 +55,7 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+import _common
 import netsight
 
 # The module (the package's `netsight.capture` attribute is the function).
@@ -222,38 +222,6 @@ def _reference(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------- memory
 
-_LIBC: Any = None
-with contextlib.suppress(OSError):
-    _LIBC = ctypes.CDLL("libc.so.6")
-
-
-def _trim() -> None:
-    gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)  # give freed heap memory back, so that RSS shows what is held
-
-
-def _rss() -> int:
-    with open("/proc/self/statm", encoding="ascii") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
-
-
-def _peak() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
 
 def _storage_bytes(tensors: list[torch.Tensor]) -> int:
     """Bytes of the distinct buffers behind the tensors (what keeping them keeps)."""
@@ -266,13 +234,13 @@ def _storage_bytes(tensors: list[torch.Tensor]) -> int:
 
 def _check(fn: Callable[[], Any], reference: dict[str, torch.Tensor]) -> dict[str, Any]:
     """One untimed run: memory held and peak, and whether the conv outputs are intact."""
-    _trim()
-    before = _rss()
-    peak_ok = _reset_peak()
+    _common.trim()
+    before = _common.rss()
+    peak_ok = _common.reset_peak()
     result = fn()
-    peak = _peak() - before
-    _trim()
-    held = _rss() - before
+    peak = _common.peak() - before
+    _common.trim()
+    held = _common.rss() - before
     row: dict[str, Any] = {"held_bytes": held, "peak_bytes": peak if peak_ok else None}
     if isinstance(result, netsight.Capture):
         row["stored_bytes"] = result.stored_bytes  # netsight's own count
@@ -287,7 +255,7 @@ def _check(fn: Callable[[], Any], reference: dict[str, torch.Tensor]) -> dict[st
         )
         row["negatives"] = sum(1 for t in tensors if bool((t < 0).any()))
     del result
-    _trim()
+    _common.trim()
     return row
 
 
@@ -316,22 +284,8 @@ def bench_model(name: str, batch: int, repeats: int) -> dict[str, Any]:
     }
 
 
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:,.1f}"
-
-
 def _mb(nbytes: int | None) -> str:
     return "-" if nbytes is None else f"{nbytes / 1e6:,.1f}"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        pairs = enumerate(zip(cells, widths, strict=True))
-        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in pairs)
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def print_model(r: dict[str, Any]) -> None:
@@ -347,10 +301,10 @@ def print_model(r: dict[str, Any]) -> None:
         rows.append(
             [
                 tool,
-                _ms(seconds[tool]["wall"]),
+                _common.ms(seconds[tool]["wall"]),
                 f"{seconds[tool]['wall'] / bare:.2f}",
                 f"{seconds[tool]['paired']:.2f}",
-                _ms(seconds[tool]["cpu"]),
+                _common.ms(seconds[tool]["cpu"]),
                 intact,
                 _mb(check.get("captured_bytes")),
                 _mb(check.get("storage_bytes")),
@@ -364,13 +318,13 @@ def print_model(r: dict[str, Any]) -> None:
         f"\n## {r['model']}: {r['convs']} Conv2d outputs, batch {r['batch']} x 3 x 224 x 224, "
         f"{r['captured_bytes'] / 1e6:,.1f} MB\n"
     )
-    print(_table(headers, rows))
+    print(_common.table(headers, rows))
     ratio = seconds["netsight"]["wall"] / bare
     floor = seconds["clone only"]["wall"] / bare
     print(
         f"  netsight / bare = {ratio:.2f} (paired {seconds['netsight']['paired']:.2f}; goal <= "
         f"{GOAL}); clones alone = {floor:.2f} of the bare forward; create_feature_extractor "
-        f"built in {_ms(r['extractor_build_s'])} ms (not timed above)"
+        f"built in {_common.ms(r['extractor_build_s'])} ms (not timed above)"
     )
 
 

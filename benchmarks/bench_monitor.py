@@ -53,6 +53,7 @@ import torch
 import torchvision
 from torch import nn
 
+import _common
 import netsight
 from netsight.datasets import digits
 from netsight.monitor import TrainingMonitor
@@ -217,10 +218,6 @@ def summarize(run: dict[str, Any], log_every: int) -> dict[str, Any]:
     }
 
 
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:,.1f}"
-
-
 def report(s: dict[str, Any], parts: dict[str, Any], rounds: int, block: int) -> None:
     bare, mon = s["median_step"]["bare"], s["median_step"]["monitored"]
     bb, mb = s["median_block_mean"]["bare"], s["median_block_mean"]["monitored"]
@@ -228,8 +225,8 @@ def report(s: dict[str, Any], parts: dict[str, Any], rounds: int, block: int) ->
     bc, mc = s["median_block_cpu"]["bare"], s["median_block_cpu"]["monitored"]
     print("| arm | median step ms | median block-mean ms | median block-mean CPU ms |")
     print("|---|---:|---:|---:|")
-    print(f"| without monitor | {_ms(bare)} | {_ms(bb)} | {_ms(bc)} |")
-    print(f"| with monitor (defaults) | {_ms(mon)} | {_ms(mb)} | {_ms(mc)} |")
+    print(f"| without monitor | {_common.ms(bare)} | {_common.ms(bb)} | {_common.ms(bc)} |")
+    print(f"| with monitor (defaults) | {_common.ms(mon)} | {_common.ms(mb)} | {_common.ms(mc)} |")
     print(
         f"\npaired (median over rounds of monitored / bare block mean): {s['paired']:.3f} "
         f"(rounds: {', '.join(f'{p:.3f}' for p in s['paired_rounds'])})"
@@ -243,10 +240,10 @@ def report(s: dict[str, Any], parts: dict[str, Any], rounds: int, block: int) ->
     )
     print("\ninside monitor.step, median ms by kind of step (count):")
     for kind, value in s["inside_median"].items():
-        print(f"  {kind:14s} {_ms(value):>9s}  ({s['inside_count'][kind]})")
+        print(f"  {kind:14s} {_common.ms(value):>9s}  ({s['inside_count'][kind]})")
     print("\n## Single calls (median ms)\n")
     for label, value in parts.items():
-        print(f"  {label:28s} {_ms(value):>9s}")
+        print(f"  {label:28s} {_common.ms(value):>9s}")
     epoch_steps = len(digits("train")) // BATCH
     hist_extra = parts["logging step + histograms"] - parts["logging step"]
     per_epoch = (
@@ -254,7 +251,7 @@ def report(s: dict[str, Any], parts: dict[str, Any], rounds: int, block: int) ->
     )
     print(
         f"\nper demo epoch ({epoch_steps} steps, defaults): monitor.step + histograms every "
-        f"200 steps + one epoch_end = {_ms(per_epoch)} ms = "
+        f"200 steps + one epoch_end = {_common.ms(per_epoch)} ms = "
         f"{per_epoch / (bare * epoch_steps):.2%} of the epoch's bare step time"
     )
 

@@ -50,6 +50,7 @@ import torchinfo
 import torchvision
 from torch import nn
 
+import _common
 import netsight
 from netsight.zoo import NestedChain, wide_model
 
@@ -89,24 +90,10 @@ def _bare(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     return run
 
 
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:,.1f}"
-
-
 def _ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or b == 0:
         return "-"
     return f"{a / b:.2f}" if a / b >= 0.1 else f"{a / b:.2g}"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        pairs = enumerate(zip(cells, widths, strict=True))
-        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in pairs)
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 # --------------------------------------------------------------------------- 1. models
@@ -177,13 +164,13 @@ def print_models(results: list[dict[str, Any]]) -> None:
         [
             r["model"],
             r["netsight_execution"],
-            _ms(r["bare"]),
-            _ms(r["netsight"]),
-            _ms(r["torchinfo"]),
+            _common.ms(r["bare"]),
+            _common.ms(r["netsight"]),
+            _common.ms(r["torchinfo"]),
             _ratio(r["netsight"], r["torchinfo"]),
             _ratio(r["netsight"], r["bare"]),
-            _ms(r.get("netsight_first")),
-            _ms(r.get("torchinfo_first")),
+            _common.ms(r.get("netsight_first")),
+            _common.ms(r.get("torchinfo_first")),
             _ratio(r.get("netsight_first"), r.get("torchinfo_first")),
         ]
         for r in results
@@ -191,7 +178,7 @@ def print_models(results: list[dict[str, Any]]) -> None:
     headers = ["model", "netsight ran", "bare ms", "netsight ms", "torchinfo ms"]
     headers += ["netsight/torchinfo", "netsight/bare"]
     headers += ["netsight 1st ms", "torchinfo 1st ms", "1st: netsight/torchinfo"]
-    print(_table(headers, rows))
+    print(_common.table(headers, rows))
     print(
         "  (1st: the first call in a fresh process, after the imports and building the model;"
         " the other columns are medians after one warm-up call)"
@@ -226,16 +213,16 @@ def print_scaling(results: list[dict[str, Any]]) -> None:
             [
                 f"{r['leaves']:,}",
                 f"{modules:,}",
-                _ms(r["bare"]),
-                _ms(r["netsight"]),
+                _common.ms(r["bare"]),
+                _common.ms(r["netsight"]),
                 f"{r['netsight'] / modules * 1e6:.0f}",
-                _ms(r["torchinfo"]),
+                _common.ms(r["torchinfo"]),
                 _ratio(r["netsight"], r["torchinfo"]),
             ]
         )
     headers = ["leaves", "modules", "bare ms", "netsight ms", "netsight us/module", "torchinfo ms"]
     headers += ["netsight/torchinfo"]
-    print(_table(headers, rows))
+    print(_common.table(headers, rows))
 
 
 # --------------------------------------------------------------------------- 3. nesting
@@ -314,12 +301,21 @@ def print_nesting(results: list[dict[str, Any]]) -> None:
     rows = []
     for r in results:
         ti = r["torchinfo"]
-        ti_text = _ms(ti) if isinstance(ti, float) else ti
+        ti_text = _common.ms(ti) if isinstance(ti, float) else ti
         ratio = _ratio(r["netsight"], ti) if isinstance(ti, float) else "-"
         runs = str(r["torchinfo_runs"])
-        rows.append([str(r["depth"]), _ms(r["bare"]), _ms(r["netsight"]), ti_text, runs, ratio])
+        rows.append(
+            [
+                str(r["depth"]),
+                _common.ms(r["bare"]),
+                _common.ms(r["netsight"]),
+                ti_text,
+                runs,
+                ratio,
+            ]
+        )
     headers = ["depth", "bare ms", "netsight ms", "torchinfo ms", "torchinfo runs"]
-    print(_table([*headers, "netsight/torchinfo"], rows))
+    print(_common.table([*headers, "netsight/torchinfo"], rows))
 
 
 # --------------------------------------------------------------------------- 4. LLaMA
@@ -411,15 +407,15 @@ def print_llama(results: list[dict[str, Any]]) -> None:
         rows.append(
             [
                 r["tool"],
-                _ms(r.get("summary_s")),
+                _common.ms(r.get("summary_s")),
                 f"{r['peak_mb']:.1f}" if "peak_mb" in r else "-",
-                _ms(r.get("build_s")),
+                _common.ms(r.get("build_s")),
                 f"{r['build_peak_mb']:.1f}" if "build_peak_mb" in r else "-",
                 outcome,
             ]
         )
     headers = ["tool", "summary ms", "peak RSS +MB", "build ms", "build +MB", "result"]
-    print(_table(headers, rows))
+    print(_common.table(headers, rows))
     counts = {r["tool"]: r.get("total_mult_adds") for r in results if r.get("ok")}
     if len(counts) == 2 and len(set(counts.values())) == 2:
         print(
