@@ -361,6 +361,35 @@ def _input_sizes(args: argparse.Namespace) -> list[tuple[int, ...]]:
     return [default]
 
 
+def _add_image_options(p: argparse.ArgumentParser, own: str) -> None:
+    """``--size``, ``--mean`` and ``--std`` for commands that load images."""
+    p.add_argument(
+        "--size",
+        type=_shape,
+        metavar="H,W",
+        help=f"resize (default: the model's usual input size when netsight knows it, else {own})",
+    )
+    p.add_argument(
+        "--mean", type=_floats, metavar="M[,M,M]", help="normalisation mean (default 0.5)"
+    )
+    p.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalisation std (default 0.5)")
+
+
+def _image_size(args: argparse.Namespace, *, square: bool = False) -> tuple[int, int] | None:
+    """``--size`` as (H, W), or the model's usual size; ``square``: one N means N,N."""
+    size: tuple[int, ...] | None = args.size
+    if size is None:
+        default = default_input_size(args.model)
+        size = default[-2:] if default is not None else None
+    elif square and len(size) == 1:
+        size = (size[0], size[0])
+    if size is None:
+        return None
+    if len(size) != 2:
+        raise UsageError(f"--size: expected H,W, got {','.join(map(str, size))}")
+    return size[0], size[1]
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(p) for p in text.split(",")]
@@ -396,17 +425,7 @@ def _configure_features(p: argparse.ArgumentParser) -> None:
         help="layer names or globs (default: every convolution); see `netsight layers MODEL`",
     )
     p.add_argument("--out", default="out/features", metavar="DIR", help="output directory")
-    p.add_argument(
-        "--size",
-        type=_shape,
-        metavar="H,W",
-        help="resize the image (default: the "
-        "model's usual input size when netsight knows it, else the image's own)",
-    )
-    p.add_argument(
-        "--mean", type=_floats, metavar="M[,M,M]", help="normalisation mean (default 0.5)"
-    )
-    p.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalisation std (default 0.5)")
+    _add_image_options(p, "the image's own")
     p.add_argument("--max-channels", type=int, default=64, metavar="N", help="tiles per layer grid")
     p.add_argument("--cmap", default="viridis", help="matplotlib colormap (default: viridis)")
 
@@ -417,15 +436,9 @@ def _run_features(args: argparse.Namespace) -> int:
 
     out = _out_dir(args.out)
     model = _model_from_args(args)
-    size: tuple[int, ...] | None = args.size
-    if size is None:
-        default = default_input_size(args.model)
-        size = default[-2:] if default is not None else None
-    if size is not None and len(size) != 2:
-        raise UsageError(f"--size: expected H,W, got {','.join(map(str, size))}")
     x = load_image(
         args.image,
-        size=(size[0], size[1]) if size is not None else None,
+        size=_image_size(args),
         model=model,
         mean=args.mean,
         std=args.std,
@@ -596,17 +609,7 @@ def _configure_cam(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", default="out/cam", metavar="DIR", help="output directory (default: out/cam)"
     )
-    p.add_argument(
-        "--size",
-        type=_shape,
-        metavar="H,W",
-        help="resize the images (default: the model's usual input size when netsight "
-        "knows it, else each image's own)",
-    )
-    p.add_argument(
-        "--mean", type=_floats, metavar="M[,M,M]", help="normalisation mean (default 0.5)"
-    )
-    p.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalisation std (default 0.5)")
+    _add_image_options(p, "each image's own (a single N means N,N)")
     p.add_argument(
         "--alpha",
         type=_unit_float,
@@ -706,20 +709,13 @@ def _cam_inputs(args: argparse.Namespace, model: torch.nn.Module) -> list[_CamIn
     from netsight.hooks import preserve_state
     from netsight.images import denormalize, load_image
 
-    size: tuple[int, ...] | None = args.size
-    if size is None:
-        default = default_input_size(args.model)
-        size = default[-2:] if default is not None else None
-    elif len(size) == 1:
-        size = (size[0], size[0])
-    if size is not None and len(size) != 2:
-        raise UsageError(f"--size: expected H,W, got {','.join(map(str, size))}")
+    size = _image_size(args, square=True)
     paths = [Path(p) for p in args.images]
     inputs = []
     for path, stem in zip(paths, _unique_stems(paths), strict=True):
         x = load_image(
             path,
-            size=(size[0], size[1]) if size is not None else None,
+            size=size,
             model=model,
             mean=args.mean,
             std=args.std,
