@@ -28,7 +28,7 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -104,8 +104,8 @@ class _Epoch:
     correct: torch.Tensor | None = None
     counted: int = 0
     steps: int = 0
-    grad_mean: dict[str, list[float]] | None = None
-    grad_max: dict[str, list[float]] | None = None
+    grad_mean: dict[str, list[float]] = field(default_factory=dict)
+    grad_max: dict[str, list[float]] = field(default_factory=dict)
 
 
 class TrainingMonitor:
@@ -204,7 +204,7 @@ class TrainingMonitor:
         self._groups: LayerGroups = layer_groups(model)
         self._losses: list[tuple[int, torch.Tensor]] = []
         self._correct: list[tuple[int, torch.Tensor, int]] = []
-        self._epoch = _Epoch(grad_mean={}, grad_max={})
+        self._epoch = _Epoch()
         self._baseline: list[float] = []
         self._before: list[torch.Tensor] | None = None
         self._last_flush = time.monotonic()
@@ -419,7 +419,6 @@ class TrainingMonitor:
         )
         self._scalar("grad_norm/total", stats.total_grad_norm, step)
         e = self._epoch
-        assert e.grad_mean is not None and e.grad_max is not None
         for name, mean, top in zip(stats.layers, stats.grad_mean, stats.grad_max, strict=True):
             e.grad_mean.setdefault(name, []).append(mean)
             e.grad_max.setdefault(name, []).append(top)
@@ -446,7 +445,7 @@ class TrainingMonitor:
         self._check_open()
         if self.rank != 0:
             self.epoch += 1
-            self._epoch = _Epoch(grad_mean={}, grad_max={})
+            self._epoch = _Epoch()
             return {}
         step = max(self.global_step - 1, 0)
         if self._losses or self._correct:
@@ -463,7 +462,6 @@ class TrainingMonitor:
         for key, value in row.items():
             self._scalar(f"epoch/{key}", value, step)
         self.history.append(row)
-        assert e.grad_mean is not None and e.grad_max is not None
         epoch_mean = {n: sum(v) / len(v) for n, v in e.grad_mean.items()}
         epoch_max = {n: max(v) for n, v in e.grad_max.items()}
         self._epoch_grad_mean.append(epoch_mean)
@@ -484,7 +482,7 @@ class TrainingMonitor:
                 self._probe_epoch(step)
             if self.plots:
                 self._plots(epoch_mean, epoch_max)
-        self._epoch = _Epoch(grad_mean={}, grad_max={})
+        self._epoch = _Epoch()
         self.epoch += 1
         self.flush()
         return row
