@@ -319,6 +319,10 @@ def compile_pdf(
     directory (``-interaction=nonstopmode -halt-on-error``, no shell escape)
     and the PDF is copied over whole.
 
+    Example:
+        >>> compile_pdf(to_tikz(model, input_size=(1, 1, 32, 32)), Path("vgg16.pdf"))
+        PosixPath('vgg16.pdf')
+
     Args:
         tex: the document, e.g. from :func:`to_tikz`.
         out_pdf: where the PDF goes.

@@ -82,6 +82,10 @@ def _scalar(value: Any) -> float | None:
 class NetsightCallback(Callback):
     """Runs a :class:`~netsight.monitor.TrainingMonitor` on a Lightning fit.
 
+    Example:
+        >>> trainer = lightning.Trainer(callbacks=[NetsightCallback(name="exp1")])
+        >>> trainer.fit(module, train_loader, val_loader)   # writes <root>/netsight/exp1
+
     Args:
         **monitor_kwargs: passed to ``TrainingMonitor`` (``logdir``, ``name``,
             ``probe``, ``log_every``, ``histogram_every``, ...). ``model`` and

@@ -111,6 +111,13 @@ class _Epoch:
 class TrainingMonitor:
     """Logs a training run to TensorBoard and plain files, and warns when it goes wrong.
 
+    Example:
+        >>> with TrainingMonitor(model, "runs", "exp1", probe=(x[:16], y[:16])) as mon:
+        ...     out = model(x); loss = F.cross_entropy(out, y); loss.backward()
+        ...     mon.step(loss=loss, outputs=out, targets=y)   # before optimizer.step()
+        ...     mon.epoch_end(val_loss=0.4, val_acc=0.9)
+        >>> mon.run_dir, mon.diagnostics                       # runs/exp1, []
+
     Args:
         model: the network being trained; nothing is registered on it between calls
             and its training flags are restored after every probe forward.

@@ -130,6 +130,10 @@ def _count_diagnostics(path: Path) -> dict[str, int]:
 def list_runs(logdir: str | os.PathLike[str]) -> list[RunInfo]:
     """Every run under ``logdir`` (at any depth, as TensorBoard finds them), sorted by name.
 
+    Example:
+        >>> [(r.name, r.steps, r.metrics.get("val_acc")) for r in list_runs("runs")]
+        [('exp1', 44, 0.947)]
+
     Args:
         logdir: the directory given to ``TrainingMonitor(logdir=...)``, or one run's
             directory.
