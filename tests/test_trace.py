@@ -380,6 +380,75 @@ def test_leaf_replay_with_global_module_hook() -> None:
     assert s.total_mult_adds == 3 * 64
 
 
+class _TiedHead(nn.Module):
+    """Two identical Linear layers (the second is replayed, so its weights stay
+    real), an output projection tied to the embedding, and a direct
+    ``forward`` call: held leaf tensors used outside their own calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.l1 = nn.Linear(16, 16)
+        self.l2 = nn.Linear(16, 16)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.l2(torch.relu(self.l1(self.embed(tokens))))
+        h = h + self.l2.forward(h) + self.l2.weight.t().sum()
+        return nn.functional.linear(h, self.embed.weight)
+
+
+class _ReadsDevice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b(self.a(x))  # b is replayed: its weight is still the real one here
+        return y + torch.ones(8, device=self.b.weight.device)
+
+
+@pytest.mark.parametrize("model_type", [_TiedHead, _ReadsDevice])
+def test_held_leaf_tensors_used_elsewhere_stay_on_the_meta_pass(
+    model_type: type[nn.Module],
+) -> None:
+    torch.manual_seed(0)
+    model = model_type()
+    kwargs = (
+        {"input_data": torch.randint(0, 50, (2, 5))}
+        if model_type is _TiedHead
+        else {"input_size": (2, 8)}
+    )
+    before = snapshot(model)
+    params = {name: p for name, p in model.named_parameters()}
+    meta = netsight.summary(model, **kwargs)
+    real = netsight.summary(model, execution="real", **kwargs)
+    assert meta.trace.execution == "meta" and meta.trace.fallback_reason is None
+    assert meta.layers == real.layers
+    assert meta.total_mult_adds == real.total_mult_adds > 0
+    assert_unchanged(model, before)
+    assert all(p is params[name] for name, p in model.named_parameters())
+
+
+def test_replayed_leaves_never_get_meta_twins(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    engine = importlib.import_module("netsight.trace")
+    twinned: list[tuple[int, ...]] = []
+    original = engine._MetaTwins.twin
+
+    def counting(self: object, tensor: torch.Tensor) -> torch.Tensor:
+        twinned.append(tuple(tensor.shape))
+        return original(self, tensor)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine._MetaTwins, "twin", counting)
+    model = wide_model(200)
+    s = netsight.summary(model, input_size=(3, 8))
+    assert s.trace.execution == "meta" and len(s.layers) == 201
+    assert twinned == [(8, 8), (8,)]  # the first Linear runs; 99 more are replayed
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
 # --------------------------------------------------------------------------- uncounted ops
 
 

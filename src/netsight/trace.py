@@ -22,7 +22,11 @@ slowest kernels (normalisation, activations, convolution, addmm, ...) from
 checked rules when a shape is new; see ``_OpCounter`` and ``_RULES``. Repeated
 calls of torch.nn's own leaf modules (same class, settings, parameter shapes
 and input shapes) are replayed whole, without running ``forward`` or its ops
-(``_leaf_runner``). The
+(``_leaf_runner``); such leaves get their meta tensors only if a call of theirs
+really runs, so a replayed leaf's weights are never copied to meta at all
+(``_MetaTwins``; an op that meets one of those real tensors elsewhere, tied
+weights say, gets its meta twin, and a model that reads one some other way,
+``weight.device``, is traced again with every tensor swapped first). The
 module tree is walked once and reused for names, hooks, the meta swap, the
 training flags and the totals; module calls are watched through a wrapper
 that costs less than hooks (``HookSet.add_call_hooks``). The real pass turns
@@ -996,9 +1000,12 @@ class _OpCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def _should_skip_dynamo(cls) -> bool:
         return _DYNAMO_CALLBACK is None
 
-    def __init__(self, recorder: _Recorder, *, cache: bool = False) -> None:
+    def __init__(
+        self, recorder: _Recorder, *, cache: bool = False, twins: _MetaTwins | None = None
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._stack = recorder.stack
+        self._twins = twins
         self._cache: dict[Any, _Entry | None] | None = {} if cache else None
         # id(func) -> (func, formula, name if heavy and uncounted): OpOverload's
         # __hash__ is Python code, so ops are looked up by id and confirmed.
@@ -1030,7 +1037,12 @@ class _OpCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
             try:
                 key = _call_key(func, args, kwargs)
             except (_Uncacheable, RuntimeError):  # RuntimeError: no strides (sparse)
-                pass
+                twins = self._twins
+                if twins is not None and twins.held:
+                    # a held leaf's real tensor used outside its own call: its twin
+                    swapped = twins.substitute((args, kwargs))
+                    if swapped is not _MISSING:
+                        return self.__torch_dispatch__(func, types, *swapped)
             else:
                 entry = cache.get(key)
                 if entry is not None and entry[0] is func:
@@ -1214,11 +1226,36 @@ def _leaf_key(
         len(args),
         tuple(kwargs),
     ]
-    items = [*params.values(), *buffers.values(), *args]
+    if params:
+        _add_state_keys(key, params.values())
+    if buffers:
+        _add_state_keys(key, buffers.values())
+    _add_keys(key, args)
     if kwargs:
-        items += kwargs.values()
-    _add_keys(key, items)
+        _add_keys(key, kwargs.values())
     return tuple(key)
+
+
+def _add_state_keys(key: list[Any], tensors: Iterable[Any]) -> None:
+    """``_add_keys`` for a module's parameters and buffers, which may still be
+    the real tensors of a held module (``_MetaTwins.hold``): a real tensor
+    whose twin will have the same geometry (strided, dense: ``empty_like``
+    keeps its strides; storage offset 0) is keyed as that twin will be."""
+    append = key.append
+    for t in tensors:
+        tp = type(t)
+        if tp is _TENSOR or tp is _PARAMETER:
+            dtype = t.dtype
+            if dtype in _COMPLEX:
+                raise _Uncacheable
+            if t.is_meta:
+                append((t.shape, t.stride(), t.storage_offset(), dtype))
+            elif t.layout is _STRIDED and not t.storage_offset() and t.is_contiguous():
+                append((t.shape, t.stride(), 0, dtype))
+            else:
+                raise _Uncacheable
+        else:
+            _add_keys(key, (t,))
 
 
 #: A leaf-cache entry: (FLOPs, heavy ops without a formula, how to rebuild the
@@ -1226,11 +1263,16 @@ def _leaf_key(
 _LeafEntry: TypeAlias = tuple[int, tuple[str, ...], _OutSpec]
 
 
-def _leaf_runner(recorder: _Recorder) -> CallRunner:
-    """``run`` for HookSet.add_call_hooks: replays repeated leaf-module calls."""
+def _leaf_runner(recorder: _Recorder, twins: _MetaTwins | None = None) -> CallRunner:
+    """``run`` for HookSet.add_call_hooks: replays repeated leaf-module calls.
+
+    ``twins``: the modules it holds get their meta twins just before a call of
+    theirs really runs; a replayed call needs none."""
     cache: dict[tuple[Any, ...], _LeafEntry | None] = {}
     frames, stack = recorder.frames, recorder.stack
     below_modes = _below_dispatch_modes
+    held: set[int] = twins.held if twins is not None else set()
+    swap: Callable[[nn.Module], None] = twins.swap if twins is not None else lambda module: None
 
     def run(
         module: nn.Module,
@@ -1245,22 +1287,27 @@ def _leaf_runner(recorder: _Recorder) -> CallRunner:
             or state["_backward_hooks"]
             or state["_backward_pre_hooks"]
         ):
+            if held and id(module) in held:
+                swap(module)
             return call_impl(*args, **kwargs)
+        key: tuple[Any, ...] | None
         try:
             key = _leaf_key(module, state, args, kwargs)
         except (_Uncacheable, RuntimeError):  # RuntimeError: no strides (sparse)
-            return call_impl(*args, **kwargs)
+            key = None
         frame = stack[-1]  # this call's, pushed by the pre-hook
-        entry = cache.get(key, _MISSING)
-        if entry is None:
-            return call_impl(*args, **kwargs)
-        if entry is not _MISSING:
+        entry = cache.get(key, _MISSING) if key is not None else None
+        if entry is not None and entry is not _MISSING:
             flops, uncounted, spec = entry
             frame[_FLOPS] += flops
             for op in uncounted:
                 _add_uncounted(frame, op)
             with below_modes():
                 return spec[1].clone() if spec[0] == "clone" else _build(spec, args, kwargs)
+        if held and id(module) in held:
+            swap(module)  # this call really runs: its module needs its meta twins
+        if key is None or entry is None:
+            return call_impl(*args, **kwargs)
         calls = len(frames)
         out = call_impl(*args, **kwargs)
         replay: _LeafEntry | None = None
@@ -1300,19 +1347,52 @@ class _NoFusedPaths(TorchFunctionMode):
 _FUSED_PATH_MODULES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
 
 
-@contextlib.contextmanager
-def _swapped_to_meta(modules: list[nn.Module]) -> Iterator[None]:
-    """Replace every parameter and buffer of ``modules`` (every module of the
-    model) by a meta tensor of the same shape for the block; put the originals
-    back on every path."""
-    swapped: list[tuple[dict[str, Any], str, Any]] = []
-    record = swapped.append
-    replacements: dict[int, torch.Tensor] = {}
-    known = replacements.get
-    rnns: list[nn.RNNBase] = []
-    empty_like = torch.empty_like
-    try:
+class _MetaTwins:
+    """Meta stand-ins for a model's parameters and buffers.
+
+    ``swap(module)`` puts a meta tensor of the same shape, strides and dtype in
+    place of each of the module's own tensors (one twin per tensor, so a tensor
+    shared by several modules gets one twin); ``restore()`` puts every original
+    back. A module can also be *held* (:meth:`hold`): left as it is until
+    something needs its tensors on meta (see ``_leaf_runner``), which spares
+    the twins of leaf calls that are replayed and never run.
+    """
+
+    def __init__(self) -> None:
+        self._swapped: list[tuple[dict[str, Any], str, Any]] = []
+        self._twins: dict[int, torch.Tensor] = {}
+        self._rnns: list[nn.RNNBase] = []
+        #: id(module) of the held modules not swapped yet
+        self.held: set[int] = set()
+        self._held_modules: list[nn.Module] = []
+        #: id(tensor) -> tensor, for every tensor of a held module (built on demand)
+        self._held_tensors: dict[int, torch.Tensor] | None = None
+
+    def twin(self, tensor: torch.Tensor) -> torch.Tensor:
+        meta = self._twins.get(id(tensor))
+        if meta is None:
+            tp = type(tensor)
+            # (isinstance(x, nn.Parameter) runs Python code for any other type)
+            if tp is _PARAMETER or (tp is not _TENSOR and isinstance(tensor, _PARAMETER)):
+                # nn.Parameter(meta, requires_grad), without its Python __new__
+                # or the detached alias Tensor._make_subclass makes (~4 us a
+                # parameter): a fresh leaf whose class is set, as torch's
+                # UninitializedParameter.materialize does.
+                meta = torch.empty_like(tensor, device=_META, requires_grad=tensor.requires_grad)
+                meta.__class__ = _PARAMETER
+            else:
+                meta = torch.empty_like(tensor, device=_META)
+            self._twins[id(tensor)] = meta
+        return meta
+
+    def swap_all(self, modules: Iterable[nn.Module], *, skip: set[int] | None = None) -> None:
+        """:meth:`swap` for every module (but those whose id is in ``skip``)."""
+        record = self._swapped.append
+        known = self._twins.get
+        twin = self.twin
         for module in modules:
+            if skip and id(module) in skip:
+                continue
             stores: tuple[dict[str, Any], dict[str, Any]] = (module._parameters, module._buffers)
             for store in stores:
                 if not store:
@@ -1320,34 +1400,72 @@ def _swapped_to_meta(modules: list[nn.Module]) -> Iterator[None]:
                 for key, tensor in store.items():
                     if tensor is None or tensor.is_meta:
                         continue
-                    meta: torch.Tensor | None = known(id(tensor))
-                    if meta is None:
-                        tp = type(tensor)
-                        # (isinstance(x, nn.Parameter) runs Python code for any other type)
-                        if tp is _PARAMETER or (
-                            tp is not _TENSOR and isinstance(tensor, _PARAMETER)
-                        ):
-                            # nn.Parameter(meta, requires_grad), without its Python
-                            # __new__ or the detached alias Tensor._make_subclass makes
-                            # (~4 us a parameter): a fresh leaf whose class is set, as
-                            # torch's UninitializedParameter.materialize does.
-                            rg = tensor.requires_grad
-                            meta = empty_like(tensor, device=_META, requires_grad=rg)
-                            meta.__class__ = _PARAMETER
-                        else:
-                            meta = empty_like(tensor, device=_META)
-                        replacements[id(tensor)] = meta
+                    meta = known(id(tensor)) or twin(tensor)
                     record((store, key, tensor))
                     store[key] = meta  # a value replaced, not a key added: iteration goes on
             if isinstance(module, nn.RNNBase):
-                rnns.append(module)
+                self._rnns.append(module)
                 module._init_flat_weights()  # RNNs cache references to their weights
-        yield
-    finally:
+
+    def swap(self, module: nn.Module) -> None:
+        """Give ``module`` its twins (a held module stops being held)."""
+        self.held.discard(id(module))
+        self.swap_all((module,))
+
+    def hold(self, modules: list[nn.Module]) -> None:
+        self._held_modules = modules
+        self.held = set(map(id, modules))
+
+    @property
+    def held_any(self) -> bool:
+        """Whether any module was held during the pass."""
+        return bool(self._held_modules)
+
+    def substitute(self, obj: Any) -> Any:
+        """``obj`` with the tensors of held modules replaced by their twins, or
+        ``_MISSING`` if it holds none (a held leaf's tensors used outside its
+        own call: tied weights, ``module.forward(x)`` called directly)."""
+        if self._held_tensors is None:
+            self._held_tensors = {
+                id(t): t
+                for m in self._held_modules
+                for store in (m._parameters, m._buffers)
+                for t in store.values()
+                if t is not None
+            }
+        held = self._held_tensors
+        found = False
+
+        def twin_of(t: torch.Tensor) -> torch.Tensor:
+            nonlocal found
+            if id(t) in held and held[id(t)] is t and not t.is_meta:
+                found = True
+                return self.twin(t)
+            return t
+
+        result = _tree_map(twin_of, obj)
+        return result if found else _MISSING
+
+    def restore(self) -> None:
+        swapped, self._swapped = self._swapped, []
         for store, key, tensor in reversed(swapped):
             store[key] = tensor
+        rnns, self._rnns = self._rnns, []
         for rnn in rnns:
             rnn._init_flat_weights()
+
+
+@contextlib.contextmanager
+def _swapped_to_meta(modules: list[nn.Module]) -> Iterator[None]:
+    """Replace every parameter and buffer of ``modules`` (every module of the
+    model) by a meta tensor of the same shape for the block; put the originals
+    back on every path."""
+    twins = _MetaTwins()
+    try:
+        twins.swap_all(modules)
+        yield
+    finally:
+        twins.restore()
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -1366,20 +1484,31 @@ def _run(
     names: dict[int, list[str]],
     *,
     real: bool,
+    twins: _MetaTwins | None = None,
 ) -> _Recorder:
+    """One watched forward. ``twins`` (meta pass): swap every module's tensors
+    for meta twins first, except those of the leaves the replay wrapper holds."""
     recorder = _Recorder()
     fused_paths = real and any(isinstance(m, _FUSED_PATH_MODULES) for m in modules)
     with HookSet() as hooks:
         pre_hook, post_hook = recorder.pre_hook, recorder.post_hook
         if real or _global_module_hooks():
             hooks.add_call_hooks(modules, pre_hook, post_hook)
+            if twins is not None:
+                twins.swap_all(modules)
         else:
             leaves: list[nn.Module] = []
             others: list[nn.Module] = []
             for module in modules:
                 (leaves if _replayable_leaf(module) else others).append(module)
             hooks.add_call_hooks(others, pre_hook, post_hook)
-            hooks.add_call_hooks(leaves, pre_hook, post_hook, run=_leaf_runner(recorder))
+            wrapped = hooks.add_call_hooks(
+                leaves, pre_hook, post_hook, run=_leaf_runner(recorder, twins)
+            )
+            if twins is not None:
+                held = [m for m in wrapped if not isinstance(m, nn.RNNBase)]
+                twins.hold(held)
+                twins.swap_all(modules, skip=twins.held)
         fused_off: contextlib.AbstractContextManager[Any] = (
             _NoFusedPaths() if fused_paths else contextlib.nullcontext()
         )
@@ -1387,11 +1516,41 @@ def _run(
         # (linear, conv2d, lstm, ...) reach the op counter undecomposed, so the
         # ATen-level formulas would not see their matmuls and convolutions.
         try:
-            with torch.no_grad(), fused_off, _OpCounter(recorder, cache=not real):
+            with torch.no_grad(), fused_off, _OpCounter(recorder, cache=not real, twins=twins):
                 model(*args, **kwargs)
         except Exception as exc:
             raise _trace_error(exc, recorder, names) from exc
     return recorder
+
+
+def _run_meta(
+    model: nn.Module,
+    modules: list[nn.Module],
+    inputs_on: InputMaker,
+    names: dict[int, list[str]],
+    *,
+    on_meta: bool,
+) -> _Recorder:
+    """The meta pass. Replayed leaf calls never need their module's tensors on
+    meta, so leaves are held (``_MetaTwins.hold``) and get twins only when they
+    really run. If that pass fails, it is run again with every tensor swapped
+    first (a model can read a held leaf's tensor in ways no op shows, e.g.
+    ``weight.device``) before the caller turns to a real forward."""
+    if on_meta:  # nothing to swap
+        args, kwargs = inputs_on(_META)
+        return _run(model, modules, args, kwargs, names, real=False)
+    twins = _MetaTwins()
+    try:
+        args, kwargs = inputs_on(_META)
+        return _run(model, modules, args, kwargs, names, real=False, twins=twins)
+    except TraceError:
+        if not twins.held_any:
+            raise
+    finally:
+        twins.restore()
+    args, kwargs = inputs_on(_META)
+    with _swapped_to_meta(modules):
+        return _run(model, modules, args, kwargs, names, real=False)
 
 
 def _trace_error(exc: Exception, recorder: _Recorder, names: dict[int, list[str]]) -> TraceError:
@@ -1891,16 +2050,13 @@ def trace(
 
     names, modules = _survey(model)
     on_meta_already = model_device.type == "meta"
-    meta = torch.device("meta")
     fallback_reason: str | None = None
     recorder: _Recorder | None = None
 
     with preserve_state(model, mode, modules=modules):
         if execution in ("auto", "meta") or on_meta_already:
             try:
-                args, kwargs = inputs_on(meta)
-                with _swapped_to_meta(modules):
-                    recorder = _run(model, modules, args, kwargs, names, real=False)
+                recorder = _run_meta(model, modules, inputs_on, names, on_meta=on_meta_already)
                 ran = "meta"
             except TraceError as exc:
                 if execution == "meta" or on_meta_already:
