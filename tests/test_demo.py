@@ -55,6 +55,7 @@ def test_every_step_writes_its_files(quick_run: tuple[Path, list[Path], str]) ->
         "layer_stats/untrained.json",
         "layer_stats/trained.png",
         "runs/vgg16-digits/index.html",
+        "report.html",
         "index.txt",
     ]:
         assert expected in names, expected
@@ -160,3 +161,14 @@ def test_training_reduces_the_loss_and_leaves_eval_mode() -> None:
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert not model.training
+
+
+def test_the_report_shows_the_trained_model(quick_run: tuple[Path, list[Path], str]) -> None:
+    out, _, printed = quick_run
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Class activation maps:" in printed and "report.html" in printed
+    for anchor in ("summary", "architecture", "filters", "features", "statistics", "cam"):
+        assert f'<section id="{anchor}"><h2>' in page
+    assert "Not shown" not in page  # the training run is there too
+    assert "loss and accuracy" in page and "15,118,538" in page
+    assert page.count('class="cam"') == 8 * 5  # eight digits, the image and four methods

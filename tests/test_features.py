@@ -131,6 +131,13 @@ def test_layer_stats_by_hand() -> None:
     )
 
 
+def test_layer_stats_default_layers_without_activations() -> None:
+    # no ReLU-like module: the convolutions the model has (it has no Conv1d or Conv3d)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 1), nn.Flatten())
+    stats = layer_stats(model, torch.randn(2, 1, 6, 6))
+    assert [s.name for s in stats.layers] == ["0", "1"]
+
+
 def test_layer_stats_over_batches_equal_one_big_batch_and_leave_the_model() -> None:
     model = Vgg16Net()
     data = torch.randn(12, 1, 32, 32)

@@ -37,6 +37,7 @@ from netsight.hooks import count_hooks
 from netsight.images import denormalize, load_image, to_pil
 from netsight.models import ModelSpecError, UntrustedCheckpointError, load_model, load_weights
 from netsight.monitor import Diagnostic, TrainingMonitor, TrainingWarning
+from netsight.report import Report, report
 from netsight.summary import Column, Summary, summary
 from netsight.trace import LayerRecord, TensorMeta, Trace, TraceError, trace
 
@@ -58,6 +59,7 @@ __all__ = [
     "LayerRecord",
     "LayerStats",
     "ModelSpecError",
+    "Report",
     "Saliency",
     "ScoreCAM",
     "Summary",
@@ -87,6 +89,7 @@ __all__ = [
     "plot_feature_maps",
     "plot_filters",
     "plot_mean_maps",
+    "report",
     "summary",
     "to_pil",
     "top_channels",

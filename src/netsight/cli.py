@@ -1211,6 +1211,96 @@ def _run_tensorboard(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+# --------------------------------------------------------------------------- report
+
+
+def _configure_report(p: argparse.ArgumentParser) -> None:
+    _add_model_options(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files Pillow can read")
+    p.add_argument("--out", default="out/report.html", metavar="FILE", help="the page to write")
+    _add_image_options(p, "the first image's own")
+    p.add_argument(
+        "--methods",
+        type=_cam_methods,
+        metavar="M[,M...]|all",
+        help=f"CAM methods (default: {','.join(_REPORT_METHODS)})",
+    )
+    p.add_argument("--layer", metavar="NAME", help="CAM target layer (default: chosen per model)")
+    p.add_argument("--labels", type=_ints, metavar="K[,K...]", help="the true class of each image")
+    p.add_argument("--classes", metavar="FILE", help="a text file with one class name per line")
+    p.add_argument(
+        "--run", dest="run_dir", metavar="DIR", help="a TrainingMonitor run directory to include"
+    )
+    p.add_argument("--no-diagram", action="store_true", help="leave the dataflow graph out")
+    p.add_argument("--depth", type=_depth, default=3, help="summary depth (default 3)")
+    p.add_argument("--title", help="page title (default: the model's class name)")
+
+
+_REPORT_METHODS = ("gradcam", "gradcam++", "layercam")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated class indices such as 3,1,7, got {text!r}"
+        ) from None
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from netsight.images import load_image
+    from netsight.report import report
+
+    out = Path(args.out)
+    if out.exists() and out.is_dir():
+        raise UsageError(f"--out {args.out}: is a directory; give a file name such as report.html")
+    if args.labels is not None and len(args.labels) != len(args.images):
+        raise UsageError(f"--labels: {len(args.labels)} labels for {len(args.images)} images")
+    class_names = None
+    if args.classes:
+        try:
+            lines = Path(args.classes).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise UsageError(f"--classes {args.classes}: {exc.strerror or exc}") from None
+        class_names = [line.strip() for line in lines if line.strip()]
+    model = _model_from_args(args)
+    size = _image_size(args)
+    batch = []
+    for path in args.images:
+        x = load_image(path, size=size, model=model, mean=args.mean, std=args.std)
+        if size is None:  # the first image fixes the size of the others
+            size = (x.shape[-2], x.shape[-1])
+        batch.append(x)
+    images = torch.cat(batch)
+    channels = images.shape[1]
+    mean = args.mean if args.mean is not None else [0.5] * channels
+    std = args.std if args.std is not None else [0.5] * channels
+    choice: _MethodChoice | None = args.methods
+    result = report(
+        model,
+        images,
+        labels=args.labels,
+        class_names=class_names,
+        mean=mean if len(mean) == channels else mean * channels,
+        std=std if len(std) == channels else std * channels,
+        title=args.title,
+        cam_methods=choice.names if choice is not None else _REPORT_METHODS,
+        cam_layer=args.layer,
+        run=args.run_dir,
+        diagram=not args.no_diagram,
+        depth=args.depth,
+        progress=sys.stderr.isatty(),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = result.save(out)
+    for section in result.sections:
+        state = f"skipped: {section.skipped}" if section.skipped else f"{section.seconds:.1f} s"
+        print(f"  {section.title}: {state}")
+    print(f"wrote {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- registry
 
 #: Every subcommand, in the order ``netsight --help`` lists them.
@@ -1263,6 +1353,16 @@ COMMANDS: tuple[Command, ...] = (
         "list the model's layer names (for --layers)",
         _configure_layers,
         _run_layers,
+    ),
+    Command(
+        "report",
+        "one HTML page: summary, diagram, filters, features, statistics, CAMs, training",
+        _configure_report,
+        _run_report,
+        description="Run everything netsight shows on MODEL and IMAGE(s) and write one "
+        "self-contained HTML page (pictures embedded): the layer summary, the dataflow "
+        "graph, filters, feature maps, layer statistics, class activation maps and, with "
+        "--run, a TrainingMonitor run's curves, gradient flow and diagnostics.",
     ),
     Command(
         "runs",

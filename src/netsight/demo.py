@@ -11,7 +11,10 @@ Run it with ``netsight demo --out out`` (or ``make demo``). It
 4. writes the feature maps of every convolution and the mean maps for one test digit;
 5. measures the statistics of every ReLU over the whole test set, for the trained
    network and for the same network at initialisation, and says whether sparsity
-   rises with depth (the tutorials' claim).
+   rises with depth (the tutorials' claim);
+6. explains eight test digits with Grad-CAM, Grad-CAM++, Layer-CAM and Eigen-CAM and
+   puts everything, training run included, on one page: ``out/report.html``
+   (:func:`netsight.report`).
 
 Everything goes under ``out/``; ``out/index.txt`` lists the files.
 """
@@ -394,6 +397,28 @@ def _run_demo(out: Path, config: DemoConfig, retrain: bool) -> list[Path]:
         written.append(atomic_write_text(stats_dir / f"{stem}.txt", stats.to_text() + "\n"))
         written.append(atomic_write_text(stats_dir / f"{stem}.json", stats.to_json() + "\n"))
         written.append(save_figure(stats.plot(), stats_dir / f"{stem}.png"))
+
+    _section("6. Class activation maps, and everything on one page")
+    from netsight.datasets import DIGITS_MEAN, DIGITS_STD
+    from netsight.report import report
+
+    shown = min(8, len(test_x))
+    page = report(
+        model,
+        test_x[:shown],
+        labels=test_y[:shown].tolist(),
+        class_names=[str(d) for d in range(10)],
+        mean=DIGITS_MEAN,
+        std=DIGITS_STD,
+        title="The tutorials' VGG-16, trained on scikit-learn's digits",
+        cam_methods=("gradcam", "gradcam++", "layercam", "eigencam"),
+        run=run if run and (Path(run) / "scalars.csv").is_file() else None,
+    )
+    for part in page.sections:
+        state = f"not shown: {part.skipped}" if part.skipped else f"{part.seconds:.1f} s"
+        print(f"  {part.title}: {state}")
+    written.append(page.save(out / "report.html"))
+    print(f"open {out / 'report.html'} in a browser")
 
     index = out / "index.txt"
     rel = [str(p.relative_to(out)) if p.is_relative_to(out) else str(p) for p in written]

@@ -467,7 +467,8 @@ _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Ha
 def _default_layers(model: nn.Module) -> list[type[nn.Module]]:
     if any(isinstance(m, _ACTIVATIONS) for m in model.modules()):
         return [t for t in _ACTIVATIONS if any(isinstance(m, t) for m in model.modules())]
-    return [nn.Conv1d, nn.Conv2d, nn.Conv3d]
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    return [t for t in convs if any(isinstance(m, t) for m in model.modules())] or [nn.Conv2d]
 
 
 def _batches(data: Any) -> Iterable[Any]:

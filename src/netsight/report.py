@@ -1,0 +1,567 @@
+"""One self-contained HTML page about one model: everything netsight shows.
+
+:func:`report` runs netsight's pieces on a model and a batch of images and puts
+what they found on one page: the layer summary, the dataflow diagram,
+convolution filters, feature maps, layer statistics, class activation maps
+and, given a :class:`~netsight.TrainingMonitor` run directory, the training
+curves, gradient flow and diagnostics. Pictures are embedded as PNG data, so
+the file can be mailed or opened anywhere; every name that comes from the
+model is escaped. A section that cannot be made for this model (no
+convolution, no Graphviz, a CAM method that does not apply) says why in its
+place instead of stopping the report.
+
+Example:
+    >>> r = netsight.report(model, images, mean=MEAN, std=STD, run="runs/exp")
+    >>> r.save("report.html")
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netsight._io import atomic_write_text
+from netsight._progress import ProgressBar
+
+__all__ = ["Report", "Section", "report"]
+
+#: CAM methods shown by default: the gradient family, one pass each.
+DEFAULT_CAM_METHODS = ("gradcam", "gradcam++", "layercam")
+_DPI = 90
+_MAX_CAM_IMAGES = 8
+_MAX_MEAN_MAP_LAYERS = 15
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of a report.
+
+    Attributes:
+        id: the anchor (``#summary``, ...).
+        title: the heading.
+        html: the body, built with every model-derived string escaped.
+        skipped: why the section has no content, or ``None``.
+        seconds: how long it took to make.
+    """
+
+    id: str
+    title: str
+    html: str
+    skipped: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Report:
+    """A finished report: :attr:`html` is the whole page.
+
+    Example:
+        >>> r = netsight.report(model, images)
+        >>> [s.id for s in r.sections if s.skipped]   # what could not be shown, and why
+        >>> r.save("out/report.html")
+    """
+
+    title: str
+    sections: tuple[Section, ...]
+    html: str
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the page (whole or not at all); returns the path."""
+        return atomic_write_text(path, self.html)
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __str__(self) -> str:
+        made = [s.title for s in self.sections if s.skipped is None]
+        skipped = [f"{s.title} ({s.skipped})" for s in self.sections if s.skipped]
+        text = f"{self.title}: {', '.join(made)}"
+        return text + (f"; skipped: {'; '.join(skipped)}" if skipped else "")
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def _data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def _figure_uri(fig: Any, dpi: int = _DPI) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return _data_uri(buffer.getvalue())
+
+
+def _image_uri(picture: Any) -> str:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return _data_uri(buffer.getvalue())
+
+
+def _img(uri: str, alt: str, css: str = "") -> str:
+    cls = f' class="{css}"' if css else ""
+    return f'<img{cls} src="{uri}" alt="{html.escape(alt)}">'
+
+
+def _figure(uri: str, caption: str, css: str = "") -> str:
+    picture = _img(uri, caption, css)
+    return f"<figure>{picture}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], css: str = "data") -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _display_images(
+    images: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> torch.Tensor:
+    """``(B, C, H, W)`` in [0, 1] for showing: de-normalised, or scaled per image."""
+    from netsight.images import denormalize
+
+    x = images.detach().float().cpu()
+    if mean is not None or std is not None:
+        return denormalize(x, mean, std)
+    flat = x.flatten(1)
+    low = flat.min(dim=1).values.view(-1, 1, 1, 1)
+    high = flat.max(dim=1).values.view(-1, 1, 1, 1)
+    return ((x - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
+
+
+def _conv_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def _spread(names: list[str], most: int) -> list[str]:
+    """At most ``most`` names, evenly spaced, first and last kept."""
+    if len(names) <= most:
+        return names
+    step = (len(names) - 1) / (most - 1)
+    return [names[round(i * step)] for i in range(most)]
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class _Context:
+    model: nn.Module
+    images: torch.Tensor
+    shown: torch.Tensor
+    labels: list[int] | None
+    class_names: list[str] | None
+    cam_methods: tuple[str, ...]
+    cam_layer: str | None
+    filter_layers: list[str] | None
+    feature_layers: list[str] | None
+    run: Path | None
+    diagram: bool
+    diagram_depth: int
+    depth: int
+    probabilities: torch.Tensor | None = None
+
+    def class_name(self, index: int | None) -> str:
+        if index is None:
+            return "-"
+        if self.class_names is not None and 0 <= index < len(self.class_names):
+            return f"{index} ({self.class_names[index]})"
+        return str(index)
+
+
+class _Skip(Exception):
+    """A section that cannot be made for this model; the message says why."""
+
+
+def _overview(ctx: _Context, summary: Any) -> str:
+    trace = summary.trace
+    facts = [
+        ("model", trace.model_type),
+        ("parameters", f"{summary.total_params:,} ({summary.trainable_params:,} trainable)"),
+        ("mult-adds, one image", f"{summary.total_mult_adds:,}"),
+        ("input batch", " x ".join(map(str, ctx.images.shape))),
+        ("traced on", trace.execution),
+    ]
+    parts = [_table(["", ""], facts, css="facts")]
+    if ctx.probabilities is not None:
+        probs = ctx.probabilities
+        top = probs.argmax(dim=1).tolist()
+        rows = []
+        for i, k in enumerate(top):
+            label = ctx.labels[i] if ctx.labels is not None else None
+            verdict = "" if label is None else ("right" if label == k else "wrong")
+            rows.append(
+                [i, ctx.class_name(label), ctx.class_name(k), f"{float(probs[i, k]):.3f}", verdict]
+            )
+        parts.append("<h3>Predictions</h3>")
+        parts.append(_table(["image", "label", "predicted", "probability", ""], rows))
+    return "".join(parts)
+
+
+def _summary_section(ctx: _Context, summary: Any) -> str:
+    return str(summary.to_html())
+
+
+def _architecture(ctx: _Context) -> str:
+    from netsight.diagram import GraphvizNotFoundError, diagram
+
+    if not ctx.diagram:
+        raise _Skip("turned off (diagram=False)")
+    d = diagram(ctx.model, input_data=ctx.images[:1], depth=ctx.diagram_depth)
+    try:
+        svg = d.render("svg")
+    except GraphvizNotFoundError as exc:
+        raise _Skip(f"{exc} (the DOT text is in Diagram.dot)") from exc
+    notes = "".join(f"<p class=note>{html.escape(n)}</p>" for n in d.notes)
+    return (
+        f'<div class="diagram">{_img(_data_uri(svg, "image/svg+xml"), "dataflow graph")}</div>'
+        + notes
+    )
+
+
+def _filters(ctx: _Context) -> str:
+    from netsight.filters import plot_filters
+
+    names = ctx.filter_layers
+    if names is None:
+        convs = _conv_names(ctx.model)
+        if not convs:
+            raise _Skip("the model has no nn.Conv2d")
+        names = list(dict.fromkeys([convs[0], convs[-1]]))
+    parts = []
+    for name in names:
+        fig = plot_filters(ctx.model, name, max_tiles=64)
+        parts.append(_figure(_figure_uri(fig), f"{name}: kernels"))
+    return '<div class="row">' + "".join(parts) + "</div>"
+
+
+def _features(ctx: _Context) -> str:
+    from netsight.capture import capture
+    from netsight.features import plot_feature_maps, plot_mean_maps
+    from netsight.hooks import preserve_state
+
+    names = ctx.feature_layers if ctx.feature_layers is not None else _conv_names(ctx.model)
+    if not names:
+        raise _Skip("the model has no nn.Conv2d (pass feature_layers=[...])")
+    names = _spread(names, _MAX_MEAN_MAP_LAYERS)
+    with (
+        preserve_state(ctx.model, "eval"),
+        torch.no_grad(),
+        capture(ctx.model, names, batch=0, to_cpu=True) as cap,
+    ):
+        ctx.model(ctx.images[:1])
+    found = [n for n in names if n in cap.activations]
+    if not found:
+        raise _Skip("none of the layers ran on the input")
+    parts = [
+        _figure(_figure_uri(plot_mean_maps(cap, ncols=5)), "channel-averaged maps, layer by layer")
+    ]
+    row = []
+    for name in dict.fromkeys([found[0], found[-1]]):
+        fig = plot_feature_maps(cap.activations[name], max_channels=32, title=name)
+        row.append(_figure(_figure_uri(fig), f"{name}: the first 32 channels"))
+    parts.append('<div class="row">' + "".join(row) + "</div>")
+    return "".join(parts)
+
+
+def _statistics(ctx: _Context) -> str:
+    from netsight.features import layer_stats
+
+    stats = layer_stats(ctx.model, ctx.images)
+    return (
+        stats.to_html()
+        + _figure(_figure_uri(stats.plot()), "sparsity and dead channels by depth")
+        + f"<p class=note>over the {ctx.images.shape[0]} images of this report</p>"
+    )
+
+
+def _cams(ctx: _Context) -> str:
+    from netsight.cam import METHODS, overlay
+
+    if not ctx.cam_methods:
+        raise _Skip("no methods asked for")
+    unknown = [m for m in ctx.cam_methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"cam_methods: unknown {unknown}; choose from {sorted(METHODS)}")
+    count = min(len(ctx.images), _MAX_CAM_IMAGES)
+    x = ctx.images[:count]
+    columns: list[str] = []
+    cells: dict[str, list[str]] = {}
+    problems = []
+    for method in ctx.cam_methods:
+        try:
+            result = METHODS[method](ctx.model, ctx.cam_layer).explain(x)
+        except (RuntimeError, ValueError) as exc:
+            problems.append(f"{method}: {exc}")
+            continue
+        columns.append(method)
+        layer = ", ".join(result.layers)
+        cells[method] = []
+        for i in range(count):
+            picture = overlay(ctx.shown[i], result.maps[i])
+            caption = f"{method}, class {ctx.class_name(result.classes[i])}, {layer}"
+            cells[method].append(_img(_image_uri(picture), caption, css="cam"))
+    if not columns:
+        raise _Skip("; ".join(problems))
+    from netsight.images import to_pil
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["image", *columns])
+    rows = []
+    for i in range(count):
+        label = ctx.class_name(ctx.labels[i]) if ctx.labels is not None else ""
+        first = _img(_image_uri(to_pil(ctx.shown[i])), f"image {i}", css="cam")
+        caption = f"<div>{html.escape(label)}</div>" if label else ""
+        row = [f"<td>{first}{caption}</td>"]
+        row += [f"<td>{cells[m][i]}</td>" for m in columns]
+        rows.append("<tr>" + "".join(row) + "</tr>")
+    notes = "".join(f"<p class=note>skipped {html.escape(p)}</p>" for p in problems)
+    return (
+        f'<table class="cams"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        f"<p class=note>each map explains the top-1 class at the layer named in its "
+        f"description; red is where the class score rises most.</p>" + notes
+    )
+
+
+_RUN_PICTURES = (
+    ("curves.png", "loss and accuracy"),
+    ("grad_flow.png", "gradient flow, last epoch"),
+    ("grad_heatmap.png", "gradient flow by epoch"),
+    ("probe.png", "probe batch: labels and predictions"),
+)
+
+
+def _training(ctx: _Context) -> str:
+    from netsight.monitor.runs import read_run
+
+    if ctx.run is None:
+        raise _Skip("no training run given (run=DIR of a TrainingMonitor)")
+    info = read_run(ctx.run)
+    facts = [("run", str(ctx.run)), ("steps", info.steps), ("epochs", info.epochs)]
+    facts += [(k, f"{v:.4g}") for k, v in sorted(info.metrics.items())]
+    parts = [_table(["", ""], facts, css="facts")]
+    row = []
+    for file, caption in _RUN_PICTURES:
+        path = ctx.run / file
+        if path.is_file():
+            row.append(_figure(_data_uri(path.read_bytes()), caption))
+    parts.append('<div class="row">' + "".join(row) + "</div>")
+    diagnostics = []
+    log = ctx.run / "diagnostics.jsonl"
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            diagnostics.append(
+                [item.get("step", ""), item.get("kind", ""), item.get("message", "")]
+            )
+    if diagnostics:
+        parts.append(f"<h3>Diagnostics ({len(diagnostics)})</h3>")
+        parts.append(_table(["step", "kind", "message"], diagnostics[:50]))
+    else:
+        parts.append("<p>The monitor found no problems.</p>")
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------- page
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ title }}</title>
+<style>
+body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1200px;
+  padding: 0 1.5em 3em; color: #1d1d1f; }
+nav { position: sticky; top: 0; background: #fff; border-bottom: 1px solid #ddd; padding: .5em 0; }
+nav a { margin-right: 1em; color: #0b63c5; text-decoration: none; }
+nav a.skipped { color: #999; }
+section { border-bottom: 1px solid #eee; padding: 1em 0; overflow-x: auto; }
+h1 { margin: .6em 0 .2em; } h2 { margin: .2em 0 .6em; }
+table.data, table.facts, .netsight-summary table, table.netsight-stats {
+  border-collapse: collapse; font-size: 12px; }
+table.data td, table.data th, table.facts td, .netsight-summary td, .netsight-summary th,
+table.netsight-stats td, table.netsight-stats th {
+  border: 1px solid #ddd; padding: 2px 6px; text-align: left; }
+table.cams td { vertical-align: top; text-align: center; font-size: 11px; padding: 3px; }
+img.cam { width: 112px; height: 112px; image-rendering: pixelated; }
+.row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+figure { margin: 0 0 1em; } figure img { max-width: 100%; }
+.row figure { max-width: 48%; }
+figcaption, .note { color: #666; font-size: 12px; }
+.diagram img { max-width: 100%; }
+.skipped-note { color: #8a5a00; }
+footer { color: #666; font-size: 12px; margin-top: 1em; }
+</style></head>
+<body>
+<h1>{{ title }}</h1>
+<p class="note">made by netsight {{ version }} with torch {{ torch_version }} on {{ when }}</p>
+<nav>{% for s in sections -%}
+<a href="#{{ s.id }}"{% if s.skipped %} class="skipped"{% endif %}>{{ s.title }}</a>
+{%- endfor %}</nav>
+{% for s in sections %}
+<section id="{{ s.id }}"><h2>{{ s.title }}</h2>
+{% if s.skipped %}<p class="skipped-note">Not shown: {{ s.skipped }}</p>
+{%- else %}{{ s.html | safe }}{% endif %}
+</section>
+{% endfor %}
+<footer>{{ footer }}</footer>
+<script>
+window.addEventListener("load", function () {
+  var broken = 0;
+  for (var i = 0; i < document.images.length; i++) {
+    var img = document.images[i];
+    if (!img.complete || img.naturalWidth === 0) { broken++; }
+  }
+  document.body.setAttribute("data-images", String(document.images.length));
+  document.body.setAttribute("data-broken-images", String(broken));
+  document.body.setAttribute("data-ready", "1");
+});
+</script>
+</body></html>
+"""
+
+
+def report(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    labels: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    title: str | None = None,
+    cam_methods: Sequence[str] = DEFAULT_CAM_METHODS,
+    cam_layer: str | None = None,
+    filter_layers: Sequence[str] | None = None,
+    feature_layers: Sequence[str] | None = None,
+    run: str | os.PathLike[str] | None = None,
+    diagram: bool = True,
+    diagram_depth: int = 2,
+    depth: int = 3,
+    progress: bool = False,
+) -> Report:
+    """Everything netsight shows about ``model`` on ``images``, as one HTML page.
+
+    Args:
+        model: the network; it is left exactly as it came (hooks removed, modes,
+            ``requires_grad`` and weights unchanged).
+        images: a ``(B, C, H, W)`` batch, prepared as the model expects
+            (normalised): the feature maps use the first image, the statistics
+            all of them, the CAMs the first eight.
+        labels: the true class of each image, to mark predictions right or wrong.
+        class_names: names of the classes, shown next to their indices.
+        mean, std: the normalisation of ``images``, to show them as they were
+            (otherwise each image is scaled to its own range for display).
+        title: the page title (default: the model's class name).
+        cam_methods: names from :data:`netsight.cam.METHODS`.
+        cam_layer: the CAM target layer (default: chosen per model).
+        filter_layers: convolutions whose kernels are drawn (default: the first
+            and the last ``nn.Conv2d``).
+        feature_layers: layers whose outputs are shown (default: every
+            ``nn.Conv2d``, at most 15 evenly spaced for the mean maps).
+        run: a :class:`~netsight.TrainingMonitor` run directory: its curves,
+            gradient flow, metrics and diagnostics join the page.
+        diagram: draw the dataflow graph (needs Graphviz's ``dot``).
+        diagram_depth: how deep the graph goes (deeper modules fold into
+            their ancestor; repeated blocks roll into "x N").
+        depth: depth of the summary table.
+        progress: show a progress bar over the sections.
+
+    Returns:
+        A :class:`Report`; ``report.save(path)`` writes it.
+
+    Raises:
+        TypeError, ValueError: a malformed model, batch or option.
+        netsight.TraceError: the model does not run on ``images``.
+    """
+    from netsight import __version__
+    from netsight.hooks import preserve_state
+    from netsight.summary import summary as make_summary
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images: expected a (B, C, H, W) tensor, got {got}")
+    if labels is not None and len(labels) != images.shape[0]:
+        raise ValueError(f"labels: {len(labels)} for {images.shape[0]} images")
+    run_dir = Path(run) if run is not None else None
+    if run_dir is not None and not (run_dir / "scalars.csv").is_file():
+        raise FileNotFoundError(f"run: {run_dir} has no scalars.csv (not a TrainingMonitor run)")
+
+    ctx = _Context(
+        model=model,
+        images=images,
+        shown=_display_images(images, mean, std),
+        labels=[int(v) for v in labels] if labels is not None else None,
+        class_names=[str(c) for c in class_names] if class_names is not None else None,
+        cam_methods=tuple(cam_methods),
+        cam_layer=cam_layer,
+        filter_layers=list(filter_layers) if filter_layers is not None else None,
+        feature_layers=list(feature_layers) if feature_layers is not None else None,
+        run=run_dir,
+        diagram=diagram,
+        diagram_depth=diagram_depth,
+        depth=depth,
+    )
+    summary = make_summary(model, input_data=images[:1], depth=depth)
+    with preserve_state(model, "eval"), torch.no_grad():
+        output = model(images)
+    if isinstance(output, torch.Tensor) and output.dim() == 2:
+        ctx.probabilities = output.float().softmax(dim=1).cpu()
+
+    makers: list[tuple[str, str, Callable[[], str]]] = [
+        ("overview", "Overview", lambda: _overview(ctx, summary)),
+        ("summary", "Layer summary", lambda: _summary_section(ctx, summary)),
+        ("architecture", "Architecture", lambda: _architecture(ctx)),
+        ("filters", "Filters", lambda: _filters(ctx)),
+        ("features", "Feature maps", lambda: _features(ctx)),
+        ("statistics", "Layer statistics", lambda: _statistics(ctx)),
+        ("cam", "Class activation maps", lambda: _cams(ctx)),
+        ("training", "Training", lambda: _training(ctx)),
+    ]
+    sections = []
+    bar = ProgressBar(progress, len(makers), "report")
+    try:
+        for anchor, heading, make in makers:
+            started = _dt.datetime.now()
+            try:
+                body, skipped = make(), None
+            except _Skip as why:
+                body, skipped = "", str(why)
+            seconds = (_dt.datetime.now() - started).total_seconds()
+            sections.append(Section(anchor, heading, body, skipped, seconds))
+            bar.advance(heading)
+    finally:
+        bar.close()
+
+    import jinja2
+
+    page_title = title or f"{type(model).__name__}: netsight report"
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    page = env.from_string(_PAGE).render(
+        title=page_title,
+        version=__version__,
+        torch_version=torch.__version__,
+        when=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        sections=sections,
+        footer=(
+            f"{len(sections)} sections, "
+            f"{sum(s.seconds for s in sections):.1f} s; "
+            "pictures are embedded, nothing is loaded from elsewhere"
+        ),
+    )
+    return Report(page_title, tuple(sections), page)

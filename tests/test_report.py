@@ -1,0 +1,259 @@
+"""The one-page report: its sections, escaping, skips with reasons, a training
+run, the CLI, and the page as headless Chromium renders it."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import netsight
+from helpers import assert_unchanged, snapshot
+from netsight.cli import main
+from netsight.report import report
+
+IDS = [
+    "overview",
+    "summary",
+    "architecture",
+    "filters",
+    "features",
+    "statistics",
+    "cam",
+    "training",
+]
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.features(x))
+        return out
+
+
+def _pictures(page: str) -> list[Image.Image]:
+    found = re.findall(r'src="data:image/(png|svg\+xml);base64,([A-Za-z0-9+/=]+)"', page)
+    pictures = []
+    for kind, data in found:
+        raw = base64.b64decode(data, validate=True)
+        if kind == "png":
+            pictures.append(Image.open(io.BytesIO(raw)))
+        else:
+            assert raw.lstrip().startswith(b"<?xml") or b"<svg" in raw[:400]
+    return pictures
+
+
+def test_every_section_for_a_small_cnn() -> None:
+    torch.manual_seed(0)
+    model = SmallCNN()
+    images = torch.randn(3, 1, 16, 16)
+    before = snapshot(model)
+    r = report(model, images, labels=[0, 1, 2], class_names=["a", "b", "c", "d"])
+    assert_unchanged(model, before)
+    assert [s.id for s in r.sections] == IDS
+    skipped = {s.id: s.skipped for s in r.sections if s.skipped}
+    assert list(skipped) == ["training"] and "run=" in str(skipped["training"])
+    s = netsight.summary(model, input_size=(1, 1, 16, 16))
+    assert f"{s.total_params:,}" in r.html
+    assert f"{s.total_mult_adds:,}" in r.html
+    pictures = _pictures(r.html)
+    # 2 filter grids, mean maps, 2 channel grids, statistics, 3 images + 3 x 3 CAMs
+    assert len(pictures) == 2 + 1 + 2 + 1 + 3 + 9
+    assert all(p.size[0] > 8 and p.size[1] > 8 for p in pictures)
+    # each CAM overlay is a real picture, not a blank tile
+    cams = [p for p in pictures if p.size == (16, 16)]
+    assert len(cams) == 12 and all(len(p.convert("L").getcolors(256) or []) > 4 for p in cams)
+    prediction = model.eval()(images).argmax(1).tolist()
+    assert r.html.count(">right<") + r.html.count(">wrong<") == 3
+    right = sum(p == k for p, k in zip(prediction, [0, 1, 2], strict=True))
+    assert r.html.count(">right<") == right
+
+
+def test_names_from_the_model_are_escaped() -> None:
+    model = nn.Sequential()
+    model.add_module("<b>&conv", nn.Conv2d(1, 4, 3))
+    model.add_module("flat", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    model.add_module("fc", nn.Linear(4, 2))
+    r = report(
+        model,
+        torch.randn(2, 1, 12, 12),
+        class_names=["<script>alert(1)</script>"] * 2,
+        title="<i>title</i>",
+    )
+    assert "<script>alert(1)" not in r.html and "&lt;script&gt;alert(1)" in r.html
+    assert "<b>&conv" not in r.html and "&lt;b&gt;&amp;conv" in r.html
+    assert "<i>title</i>" not in r.html and "&lt;i&gt;title&lt;/i&gt;" in r.html
+    assert r.html.count("<script>") == 1  # the page's own
+
+
+def test_sections_that_cannot_apply_say_why() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))
+    r = report(model, torch.randn(2, 1, 8, 8), cam_methods=("gradcam", "saliency"))
+    skipped = {s.id: s.skipped for s in r.sections if s.skipped}
+    assert "no nn.Conv2d" in str(skipped["filters"])
+    assert "no nn.Conv2d" in str(skipped["features"])
+    assert "cam" not in skipped  # saliency works on the input
+    assert "skipped gradcam" in next(s.html for s in r.sections if s.id == "cam")
+    assert "Not shown: the model has no nn.Conv2d" in r.html
+    assert str(r).startswith("Sequential: netsight report: Overview")
+
+
+def test_training_section_reads_a_monitor_run(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SmallCNN()
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 4, (8,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with netsight.TrainingMonitor(model, tmp_path, "run", probe=(x[:4], y[:4]), log_every=1) as mon:
+        for _ in range(3):
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            mon.step(loss, model(x).detach(), y)
+        mon.epoch_end()
+    run = tmp_path / "run"
+    r = report(model, x[:2], run=run, cam_methods=("gradcam",), diagram=False)
+    training = next(s for s in r.sections if s.id == "training")
+    assert training.skipped is None
+    assert "loss and accuracy" in training.html and "gradient flow" in training.html
+    assert ">3<" in training.html  # steps
+    architecture = next(s for s in r.sections if s.id == "architecture")
+    assert architecture.skipped == "turned off (diagram=False)"
+
+
+def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
+    model = SmallCNN()
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\) tensor, got \(1, 16, 16\)"):
+        report(model, torch.randn(1, 16, 16))
+    with pytest.raises(ValueError, match="labels: 1 for 2 images"):
+        report(model, torch.randn(2, 1, 16, 16), labels=[1])
+    with pytest.raises(FileNotFoundError, match=r"no scalars\.csv"):
+        report(model, torch.randn(2, 1, 16, 16), run=tmp_path)
+    with pytest.raises(ValueError, match="unknown"):
+        report(model, torch.randn(2, 1, 16, 16), cam_methods=("gradcamm",))
+    with pytest.raises(netsight.TraceError, match=r"features\.0"):
+        report(model, torch.randn(2, 3, 16, 16))
+    assert netsight.count_hooks(model) == 0
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium (Debian package chromium)")
+    torch.manual_seed(0)
+    model = SmallCNN()
+    page = report(model, torch.randn(2, 1, 16, 16)).save(tmp_path / "report.html")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body is not None, dom[:500]
+    attributes = dict(re.findall(r'([\w-]+)="([^"]*)"', body.group(1)))
+    assert attributes.get("data-ready") == "1"
+    images = page.read_text(encoding="utf-8").count("<img ")
+    assert int(attributes["data-images"]) == images > 10
+    assert attributes["data-broken-images"] == "0"
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [browser, *flags, "--window-size=1200,3000", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    grey = Image.open(shot).convert("L")
+    dark = sum(count for count, value in grey.getcolors(256) or [] if value < 128)
+    assert dark > 0.01 * grey.size[0] * grey.size[1]  # text, tables and pictures drawn
+
+
+def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "net.py"
+    source.write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+
+            def small():
+                return nn.Sequential(
+                    nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                    nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+                )
+            """
+        )
+    )
+    paths = []
+    for i, colour in enumerate(["red", "navy"]):
+        path = tmp_path / f"img{i}.png"
+        Image.new("RGB", (20, 20), colour).save(path)
+        paths.append(str(path))
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\nbird\n")
+    out = tmp_path / "site" / "report.html"
+    args = [
+        "report",
+        f"{source}:small",
+        *paths,
+        "--size",
+        "24,24",
+        "--labels",
+        "0,2",
+        "--classes",
+        str(classes),
+        "--methods",
+        "gradcam,eigencam",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "Class activation maps:" in printed
+    page = out.read_text(encoding="utf-8")
+    assert "gradcam" in page and "eigencam" in page and "(bird)" in page
+    assert main([*args[:-2], "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main([*args[:7], "0", *args[8:]]) == 2
+    assert "1 labels for 2 images" in capsys.readouterr().err
