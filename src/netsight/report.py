@@ -177,7 +177,8 @@ class _Context:
         if index is None:
             return "-"
         if self.class_names is not None and 0 <= index < len(self.class_names):
-            return f"{index} ({self.class_names[index]})"
+            name = self.class_names[index]
+            return str(index) if name == str(index) else f"{index} ({name})"
         return str(index)
 
 
@@ -298,6 +299,7 @@ def _cams(ctx: _Context) -> str:
     count = min(len(ctx.images), _MAX_CAM_IMAGES)
     x = ctx.images[:count]
     columns: list[str] = []
+    where: dict[str, str] = {}
     cells: dict[str, list[str]] = {}
     problems = []
     for method in ctx.cam_methods:
@@ -307,7 +309,7 @@ def _cams(ctx: _Context) -> str:
             problems.append(f"{method}: {exc}")
             continue
         columns.append(method)
-        layer = ", ".join(result.layers)
+        layer = where[method] = ", ".join(result.layers)
         cells[method] = []
         for i in range(count):
             picture = overlay(ctx.shown[i], result.maps[i])
@@ -317,7 +319,9 @@ def _cams(ctx: _Context) -> str:
         raise _Skip("; ".join(problems))
     from netsight.images import to_pil
 
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["image", *columns])
+    head = "<th>image</th>" + "".join(
+        f"<th>{html.escape(m)}<div class=note>{html.escape(where[m])}</div></th>" for m in columns
+    )
     rows = []
     for i in range(count):
         label = ctx.class_name(ctx.labels[i]) if ctx.labels is not None else ""
