@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import torch
 
@@ -390,13 +390,25 @@ def _image_size(args: argparse.Namespace, *, square: bool = False) -> tuple[int,
     return size[0], size[1]
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(p) for p in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers such as 0.485,0.456,0.406, got {text!r}"
-        ) from None
+_T = TypeVar("_T")
+
+
+def _comma_separated(convert: Callable[[str], _T], example: str) -> Callable[[str], list[_T]]:
+    """An argparse type: ``a,b,c`` -> ``[convert(a), ...]``, with ``example`` in the error."""
+
+    def parse(text: str) -> list[_T]:
+        try:
+            return [convert(p) for p in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {example}, got {text!r}"
+            ) from None
+
+    return parse
+
+
+_floats = _comma_separated(float, "numbers such as 0.485,0.456,0.406")
+_ints = _comma_separated(int, "class indices such as 3,1,7")
 
 
 def _out_dir(path: str) -> Path:
@@ -1237,15 +1249,6 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
 
 
 _REPORT_METHODS = ("gradcam", "gradcam++", "layercam")
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(p) for p in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated class indices such as 3,1,7, got {text!r}"
-        ) from None
 
 
 def _run_report(args: argparse.Namespace) -> int:
