@@ -85,6 +85,12 @@ def test_every_section_for_a_small_cnn() -> None:
     # each CAM overlay is a real picture, not a blank tile
     cams = [p for p in pictures if p.size == (16, 16)]
     assert len(cams) == 12 and all(len(p.convert("L").getcolors(256) or []) > 4 for p in cams)
+    cam = next(s for s in r.sections if s.id == "cam")
+    table = cam.html[cam.html.index("<h3>Faithfulness</h3>") :]
+    names = re.findall(r"<tr><td>([\w+]+)</td>", table)
+    assert names == ["gradcam", "gradcam++", "layercam", "random", "center"]
+    aucs = [float(v) for v in re.findall(r"<td>(\d\.\d{3})</td>", table)]
+    assert len(aucs) == 10 and all(0.0 <= v <= 1.0 for v in aucs)
     prediction = model.eval()(images).argmax(1).tolist()
     assert r.html.count(">right<") + r.html.count(">wrong<") == 3
     right = sum(p == k for p, k in zip(prediction, [0, 1, 2], strict=True))

@@ -170,6 +170,7 @@ class _Context:
     run: Path | None
     diagram: bool
     diagram_depth: int
+    faithfulness_steps: int
     depth: int
     probabilities: torch.Tensor | None = None
 
@@ -334,7 +335,46 @@ def _cams(ctx: _Context) -> str:
     return (
         f'<table class="cams"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
         f"<p class=note>each map explains the top-1 class at the layer named in its "
-        f"description; red is where the class score rises most.</p>" + notes
+        f"column; red is where the class score rises most.</p>"
+        + notes
+        + _faithfulness(ctx, x, columns)
+    )
+
+
+def _faithfulness(ctx: _Context, x: torch.Tensor, methods: list[str]) -> str:
+    """Deletion/insertion AUC, average drop and increase of the shown maps, next to
+    a random map and a centred Gaussian (:func:`netsight.cam.evaluate`)."""
+    from netsight.cam import METHODS, evaluate
+
+    if ctx.faithfulness_steps <= 0:
+        return ""
+    cams = {m: METHODS[m](ctx.model, ctx.cam_layer) for m in methods}
+    try:
+        scores = evaluate(
+            cams, [x], steps=ctx.faithfulness_steps, targets="predicted", progress=False
+        )
+    except (RuntimeError, ValueError) as exc:
+        return f"<p class=note>faithfulness not measured: {html.escape(str(exc))}</p>"
+    rows = [
+        [
+            name,
+            f"{m.deletion:.3f}",
+            f"{m.insertion:.3f}",
+            f"{100 * m.average_drop:.1f}%",
+            f"{100 * m.increase:.1f}%",
+        ]
+        for name, m in scores.methods.items()
+    ]
+    header = ["map", "deletion AUC (lower is better)", "insertion AUC (higher is better)"]
+    header += ["average drop (lower is better)", "increase (higher is better)"]
+    return (
+        "<h3>Faithfulness</h3>"
+        + _table(header, rows)
+        + f"<p class=note>over the {scores.images} images above, {scores.steps} steps: the "
+        "top-1 probability as the most important pixels are deleted (set to zero) or "
+        "inserted into a blurred copy, and on image x map; 'random' and 'center' are maps "
+        "that know nothing about the image. A method is informative where it beats "
+        "both.</p>"
     )
 
 
@@ -449,6 +489,7 @@ def report(
     title: str | None = None,
     cam_methods: Sequence[str] = DEFAULT_CAM_METHODS,
     cam_layer: str | None = None,
+    faithfulness_steps: int = 10,
     filter_layers: Sequence[str] | None = None,
     feature_layers: Sequence[str] | None = None,
     run: str | os.PathLike[str] | None = None,
@@ -472,6 +513,8 @@ def report(
         title: the page title (default: the model's class name).
         cam_methods: names from :data:`netsight.cam.METHODS`.
         cam_layer: the CAM target layer (default: chosen per model).
+        faithfulness_steps: deletion/insertion steps of the faithfulness table
+            (:func:`netsight.cam.evaluate` on the shown images); 0 leaves it out.
         filter_layers: convolutions whose kernels are drawn (default: the first
             and the last ``nn.Conv2d``).
         feature_layers: layers whose outputs are shown (default: every
@@ -519,6 +562,7 @@ def report(
         run=run_dir,
         diagram=diagram,
         diagram_depth=diagram_depth,
+        faithfulness_steps=faithfulness_steps,
         depth=depth,
     )
     summary = make_summary(model, input_data=images[:1], depth=depth)
