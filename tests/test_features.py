@@ -138,6 +138,26 @@ def test_layer_stats_default_layers_without_activations() -> None:
     assert [s.name for s in stats.layers] == ["0", "1"]
 
 
+def test_layer_stats_keep_each_call_of_a_shared_module_apart() -> None:
+    class Shared(nn.Module):  # ResNet's way: one ReLU after layers of different widths
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(1, 2, 1)
+            self.b = nn.Conv2d(2, 5, 1)
+            self.relu = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.relu(self.b(self.relu(self.a(x))))
+
+    model = Shared()
+    x = torch.randn(3, 1, 4, 4)
+    stats = layer_stats(model, [x, x])
+    assert [(s.name, s.channels) for s in stats.layers] == [("relu", 2), ("relu (call 2)", 5)]
+    first = torch.relu(model.a(x))
+    assert stats["relu"].sparsity == pytest.approx(float((first == 0).float().mean()))
+    assert stats.batches == 2 and stats["relu (call 2)"].samples == 6
+
+
 def test_layer_stats_over_batches_equal_one_big_batch_and_leave_the_model() -> None:
     model = Vgg16Net()
     data = torch.randn(12, 1, 32, 32)

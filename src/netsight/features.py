@@ -512,7 +512,12 @@ def layer_stats(
         :class:`LayerStats`; ``stats.trend_text()`` says whether sparsity rises with depth.
     """
     chosen = resolve_layers(model, layers if layers is not None else _default_layers(model))
-    accumulators = {name: _Accumulator() for name in chosen}
+    # One accumulator per (layer, call within a forward): a module called several
+    # times (ResNet's shared ReLU: after bn1, bn2 and the addition) is several
+    # positions in the network, with their own shapes and statistics. Kept in the
+    # order the calls first ran, which is depth order.
+    accumulators: dict[tuple[str, int], _Accumulator] = {}
+    calls: dict[str, int] = {}
     batches = samples = 0
     iterable = _batches(data)
     total = None
@@ -524,8 +529,14 @@ def layer_stats(
         for name, module in chosen.items():
 
             def hook(m: nn.Module, args: Any, output: Any, name: str = name) -> None:
+                call = calls.get(name, 0)
+                calls[name] = call + 1
                 if isinstance(output, torch.Tensor):
-                    accumulators[name].add(output)
+                    key = (name, call)
+                    acc = accumulators.get(key)
+                    if acc is None:
+                        acc = accumulators[key] = _Accumulator()
+                    acc.add(output)
 
             hooks.add(module.register_forward_hook(hook))
         bar = ProgressBar(progress, total, "layer statistics")
@@ -534,6 +545,7 @@ def layer_stats(
                 if max_batches is not None and batches >= max_batches:
                     break
                 x = _first_input(batch)
+                calls.clear()
                 model(x)
                 batches += 1
                 samples += int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() else 1
@@ -543,11 +555,9 @@ def layer_stats(
     if batches == 0:
         raise ValueError("layer_stats: the data yielded no batch")
     results = []
-    for name, module in chosen.items():
-        acc = accumulators[name]
-        if acc.count == 0 and acc.nonfinite == 0:
-            continue  # never ran
-        results.append(acc.result(name, type(module).__name__, samples))
+    for (name, call), acc in accumulators.items():
+        label = name if call == 0 else f"{name} (call {call + 1})"
+        results.append(acc.result(label, type(chosen[name]).__name__, samples))
     if not results:
         raise ValueError(f"layer_stats: none of the layers ran: {', '.join(chosen)}")
     return LayerStats(tuple(results), batches, samples)
