@@ -515,6 +515,8 @@ def report(
         cam_layer: the CAM target layer (default: chosen per model).
         faithfulness_steps: deletion/insertion steps of the faithfulness table
             (:func:`netsight.cam.evaluate` on the shown images); 0 leaves it out.
+            It costs about ``(methods + 2) * images * 2 * (steps + 1)`` image
+            forwards, the bulk of a report on a large model.
         filter_layers: convolutions whose kernels are drawn (default: the first
             and the last ``nn.Conv2d``).
         feature_layers: layers whose outputs are shown (default: every
