@@ -28,6 +28,11 @@ import pytest
 
 from netsight.monitor import read_scalars
 
+# One torchrun job at a time (test_cam_metrics has the other): each agent picks a
+# free port for its workers' rendezvous and releases it before they bind it, so two
+# jobs started together can meet on one port.
+pytestmark = pytest.mark.xdist_group("dist")
+
 SCRIPT = Path(__file__).with_name("monitor_ddp_script.py")
 LAYERS = ["conv", "bn", "fc"]
 
