@@ -126,6 +126,31 @@ def test_sections_that_cannot_apply_say_why() -> None:
     assert str(r).startswith("Sequential: netsight report: Overview")
 
 
+class _DictOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = torch.relu(self.conv(x))
+        return {"logits": self.fc(h.mean((2, 3))), "map": h}
+
+
+def test_a_model_with_dict_output_gets_every_section_but_the_cams() -> None:
+    model = _DictOutput().train()
+    images = torch.randn(2, 3, 16, 16)
+    before = snapshot(model)
+    r = report(model, images)
+    assert_unchanged(model, before)
+    skipped = {s.id: s.skipped for s in r.sections if s.skipped}
+    assert set(skipped) == {"cam", "training"}
+    reason = str(skipped["cam"])
+    assert reason.startswith("gradcam, gradcam++, layercam: the model returned a dict")
+    assert reason.count("the model returned a dict") == 1
+    assert "Predictions" not in r.html  # no (batch, classes) logits to read them from
+
+
 def test_training_section_reads_a_monitor_run(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = SmallCNN()

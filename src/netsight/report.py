@@ -302,12 +302,12 @@ def _cams(ctx: _Context) -> str:
     columns: list[str] = []
     where: dict[str, str] = {}
     cells: dict[str, list[str]] = {}
-    problems = []
+    problems: dict[str, list[str]] = {}  # reason -> the methods it stopped
     for method in ctx.cam_methods:
         try:
             result = METHODS[method](ctx.model, ctx.cam_layer).explain(x)
-        except (RuntimeError, ValueError) as exc:
-            problems.append(f"{method}: {exc}")
+        except (RuntimeError, TypeError, ValueError) as exc:
+            problems.setdefault(str(exc), []).append(method)
             continue
         columns.append(method)
         layer = where[method] = ", ".join(result.layers)
@@ -317,7 +317,7 @@ def _cams(ctx: _Context) -> str:
             caption = f"{method}, class {ctx.class_name(result.classes[i])}, {layer}"
             cells[method].append(_img(_image_uri(picture), caption, css="cam"))
     if not columns:
-        raise _Skip("; ".join(problems))
+        raise _Skip(_reasons(problems))
     from netsight.images import to_pil
 
     head = "<th>image</th>" + "".join(
@@ -331,7 +331,7 @@ def _cams(ctx: _Context) -> str:
         row = [f"<td>{first}{caption}</td>"]
         row += [f"<td>{cells[m][i]}</td>" for m in columns]
         rows.append("<tr>" + "".join(row) + "</tr>")
-    notes = "".join(f"<p class=note>skipped {html.escape(p)}</p>" for p in problems)
+    notes = f"<p class=note>skipped {html.escape(_reasons(problems))}</p>" if problems else ""
     return (
         f'<table class="cams"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
         f"<p class=note>each map explains the top-1 class at the layer named in its "
@@ -339,6 +339,10 @@ def _cams(ctx: _Context) -> str:
         + notes
         + _faithfulness(ctx, x, columns)
     )
+
+
+def _reasons(problems: dict[str, list[str]]) -> str:
+    return "; ".join(f"{', '.join(methods)}: {reason}" for reason, methods in problems.items())
 
 
 def _faithfulness(ctx: _Context, x: torch.Tensor, methods: list[str]) -> str:
@@ -353,7 +357,7 @@ def _faithfulness(ctx: _Context, x: torch.Tensor, methods: list[str]) -> str:
         scores = evaluate(
             cams, [x], steps=ctx.faithfulness_steps, targets="predicted", progress=False
         )
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, TypeError, ValueError) as exc:
         return f"<p class=note>faithfulness not measured: {html.escape(str(exc))}</p>"
     rows = [
         [
