@@ -135,6 +135,34 @@ def test_all_methods_on_a_tiny_model(
     assert "cat__scorecam.png" in printed and "grid: " in printed
 
 
+def test_evaluate_measures_the_maps_that_were_drawn(
+    tmp_path: Path, models: Path, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from netsight.cam import GradCAM, evaluate
+    from netsight.images import load_image
+    from netsight.models import load_model
+
+    out = tmp_path / "cam"
+    argv = ["cam", f"{models}:TinyCNN", *map(str, images), "--method", "gradcam,eigencam"]
+    code, printed, err = run(capsys, *argv, "--target", "3", "--evaluate", "6", "--out", str(out))
+    assert code == 0, err
+    assert "deletion AUC" in printed and "2 images" in printed
+    data = manifest(out)["faithfulness"]
+    assert data["steps"] == 6 and data["images"] == 2
+    assert list(data["methods"]) == ["gradcam", "eigencam", "random", "center"]
+    for scores in data["methods"].values():
+        assert 0.0 <= scores["deletion_auc"] <= 1.0 and 0.0 <= scores["insertion_auc"] <= 1.0
+    # the same numbers as the library on the same images and target
+    model = load_model(f"{models}:TinyCNN")
+    batches = [(load_image(p, model=model), torch.tensor([3])) for p in images]
+    direct = evaluate({"gradcam": GradCAM(model)}, batches, steps=6, progress=False)
+    got = data["methods"]["gradcam"]
+    assert got["deletion_auc"] == pytest.approx(direct.methods["gradcam"].deletion)
+    assert got["insertion_auc"] == pytest.approx(direct.methods["gradcam"].insertion)
+    code, _, _ = run(capsys, "cam", f"{models}:TinyCNN", str(images[0]), "--out", str(out))
+    assert code == 0 and manifest(out)["faithfulness"] is None
+
+
 def test_resnet18_grayscale_image_target_and_layer(
     tmp_path: Path, images: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

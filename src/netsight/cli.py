@@ -645,6 +645,17 @@ def _configure_cam(p: argparse.ArgumentParser) -> None:
         "default: the method's own)",
     )
     p.add_argument(
+        "--evaluate",
+        type=_positive_int,
+        nargs="?",
+        const=20,
+        metavar="STEPS",
+        help="also measure faithfulness: deletion and insertion AUC, average drop and "
+        "increase of each method's maps, next to a random and a centred map "
+        "(netsight.cam.evaluate; STEPS deletion/insertion steps, default 20); printed "
+        "and written to cam.json",
+    )
+    p.add_argument(
         "--save-maps",
         action="store_true",
         help="also write each map as IMAGE__METHOD.npy: float32 (H, W) in [0, 1], "
@@ -769,15 +780,38 @@ def _cam_inputs(args: argparse.Namespace, model: torch.nn.Module) -> list[_CamIn
     return inputs
 
 
+def _make_cam(args: argparse.Namespace, model: torch.nn.Module, method: str) -> Any:
+    """The explainer for ``method`` with the command's --layer and --batch-size."""
+    import inspect
+
+    from netsight.cam import METHODS
+
+    cls = METHODS[method]
+    options: dict[str, Any] = {}
+    if args.batch_size is not None and "batch_size" in inspect.signature(cls).parameters:
+        options["batch_size"] = args.batch_size
+    return cls(model, args.layer if cls.uses_layers else None, **options)
+
+
+def _evaluate_cams(
+    args: argparse.Namespace, model: torch.nn.Module, inputs: Sequence[_CamInput], run: _CamRun
+) -> Any:
+    """``netsight.cam.evaluate`` of the methods that ran, on the same images and
+    targets as the overlays (each image its own batch: sizes may differ)."""
+    from netsight.cam import evaluate
+
+    cams = {method: _make_cam(args, model, method) for method in run.methods}
+    data = [(item.x, torch.tensor([item.target])) for item in inputs]
+    return evaluate(cams, data, steps=args.evaluate, progress=sys.stdout.isatty())
+
+
 def _compute_cams(
     args: argparse.Namespace, model: torch.nn.Module, inputs: Sequence[_CamInput]
 ) -> _CamRun:
     """Run every method on every image; a method that fails is skipped with its reason."""
-    import inspect
     import warnings
 
     from netsight._progress import ProgressBar
-    from netsight.cam import METHODS
 
     choice: _MethodChoice = args.method
     maps: dict[tuple[int, str], _CamMap] = {}
@@ -788,14 +822,10 @@ def _compute_cams(
     bar = ProgressBar(sys.stdout.isatty(), len(steps), f"{steps[0][0]}: {steps[0][1]}")
     try:
         for method in choice.names:
-            cls = METHODS[method]
-            options: dict[str, Any] = {}
-            if args.batch_size is not None and "batch_size" in inspect.signature(cls).parameters:
-                options["batch_size"] = args.batch_size
             found: dict[tuple[int, str], _CamMap] = {}
             done = 0
             try:
-                cam = cls(model, args.layer if cls.uses_layers else None, **options)
+                cam = _make_cam(args, model, method)
                 for index, item in enumerate(inputs):
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
@@ -872,6 +902,7 @@ def _write_cams(
     inputs: Sequence[_CamInput],
     run: _CamRun,
     out: Path,
+    evaluation: Any = None,
 ) -> list[Path]:
     """Overlays (and maps), the grid, then ``cam.json`` listing them: each file whole."""
     import io
@@ -948,11 +979,31 @@ def _write_cams(
             "columns": 1 + len(run.methods),
             "column_titles": ["image", *run.methods],
         },
+        "faithfulness": _faithfulness_record(evaluation),
         "files": [p.name for p in written],
     }
     text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
     written.append(atomic_write_text(out / "cam.json", text))
     return written
+
+
+def _faithfulness_record(evaluation: Any) -> dict[str, Any] | None:
+    if evaluation is None:
+        return None
+    return {
+        "images": evaluation.images,
+        "steps": evaluation.steps,
+        "settings": {k: v for k, v in evaluation.settings.items() if not callable(v)},
+        "methods": {
+            name: {
+                "deletion_auc": _finite_or_none(m.deletion),
+                "insertion_auc": _finite_or_none(m.insertion),
+                "average_drop": _finite_or_none(m.average_drop),
+                "increase": _finite_or_none(m.increase),
+            }
+            for name, m in evaluation.methods.items()
+        },
+    }
 
 
 def _print_cam_table(inputs: Sequence[_CamInput], run: _CamRun, out: Path) -> None:
@@ -999,9 +1050,13 @@ def _run_cam(args: argparse.Namespace) -> int:
             f"none of the methods could run on {args.model} ({', '.join(run.skipped)}); "
             f"the reasons are above"
         )
+    evaluation = _evaluate_cams(args, model, inputs, run) if args.evaluate else None
     out = _out_dir(args.out)
-    _write_cams(args, model, inputs, run, out)
+    _write_cams(args, model, inputs, run, out, evaluation)
     _print_cam_table(inputs, run, out)
+    if evaluation is not None:
+        print()
+        print(evaluation.table(), end="")
     if run.skipped and not choice.everything:
         return EXIT_PARTIAL
     return 0
