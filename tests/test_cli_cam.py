@@ -163,6 +163,27 @@ def test_evaluate_measures_the_maps_that_were_drawn(
     assert code == 0 and manifest(out)["faithfulness"] is None
 
 
+def test_approx_reaches_the_perturbation_methods(
+    tmp_path: Path, models: Path, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from netsight.cam import ScoreCAM
+    from netsight.images import load_image
+    from netsight.models import load_model
+
+    out = tmp_path / "cam"
+    argv = ["cam", f"{models}:TinyCNN", str(images[0]), "--method", "scorecam,gradcam"]
+    code, _, err = run(capsys, *argv, "--approx", "2", "--save-maps", "--out", str(out))
+    assert code == 0, err
+    assert manifest(out)["approx"] == 2
+    model = load_model(f"{models}:TinyCNN")
+    x = load_image(images[0], model=model)
+    saved = np.load(out / "cat__scorecam.npy")
+    approx = ScoreCAM(model, approx=2).explain(x).maps[0].numpy()
+    exact = ScoreCAM(model).explain(x).maps[0].numpy()
+    assert np.allclose(saved, approx, atol=1e-5)
+    assert not np.allclose(saved, exact, atol=1e-3)  # 2 of 6 channels: not the exact map
+
+
 def test_resnet18_grayscale_image_target_and_layer(
     tmp_path: Path, images: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -645,6 +645,13 @@ def _configure_cam(p: argparse.ArgumentParser) -> None:
         "default: the method's own)",
     )
     p.add_argument(
+        "--approx",
+        type=_positive_int,
+        metavar="K",
+        help="scorecam and ablationcam: the documented approximation with at most K "
+        "extra forwards per image (see the README; default: exact)",
+    )
+    p.add_argument(
         "--evaluate",
         type=_positive_int,
         nargs="?",
@@ -787,9 +794,12 @@ def _make_cam(args: argparse.Namespace, model: torch.nn.Module, method: str) -> 
     from netsight.cam import METHODS
 
     cls = METHODS[method]
+    accepted = inspect.signature(cls).parameters
     options: dict[str, Any] = {}
-    if args.batch_size is not None and "batch_size" in inspect.signature(cls).parameters:
+    if args.batch_size is not None and "batch_size" in accepted:
         options["batch_size"] = args.batch_size
+    if args.approx is not None and "approx" in accepted:
+        options["approx"] = args.approx
     return cls(model, args.layer if cls.uses_layers else None, **options)
 
 
@@ -979,6 +989,7 @@ def _write_cams(
             "columns": 1 + len(run.methods),
             "column_titles": ["image", *run.methods],
         },
+        "approx": args.approx,
         "faithfulness": _faithfulness_record(evaluation),
         "files": [p.name for p in written],
     }
