@@ -441,12 +441,28 @@ def test_replayed_leaves_never_get_meta_twins(monkeypatch: pytest.MonkeyPatch) -
         twinned.append(tuple(tensor.shape))
         return original(self, tensor)  # type: ignore[arg-type]
 
+    substituted: list[object] = []
+    substitute = engine._MetaTwins.substitute
+
+    def watched(self: object, obj: object) -> object:
+        result = substitute(self, obj)  # type: ignore[arg-type]
+        if result is not engine._MISSING:
+            substituted.append(obj)
+        return result
+
     monkeypatch.setattr(engine._MetaTwins, "twin", counting)
+    monkeypatch.setattr(engine._MetaTwins, "substitute", watched)
     model = wide_model(200)
     s = netsight.summary(model, input_size=(3, 8))
     assert s.trace.execution == "meta" and len(s.layers) == 201
     assert twinned == [(8, 8), (8,)]  # the first Linear runs; 99 more are replayed
+    assert substituted == []  # the first Linear got its twins before it ran
     assert all(p.device.type == "cpu" for p in model.parameters())
+    # tied weights: the embedding's table reaches F.linear from outside its own call
+    twinned.clear()
+    tied = netsight.summary(_TiedHead(), input_data=torch.randint(0, 50, (2, 5)))
+    assert tied.trace.execution == "meta" and len(substituted) > 0
+    assert (50, 16) in twinned
 
 
 # --------------------------------------------------------------------------- uncounted ops

@@ -1371,19 +1371,26 @@ class _MetaTwins:
     def twin(self, tensor: torch.Tensor) -> torch.Tensor:
         meta = self._twins.get(id(tensor))
         if meta is None:
-            tp = type(tensor)
-            # (isinstance(x, nn.Parameter) runs Python code for any other type)
-            if tp is _PARAMETER or (tp is not _TENSOR and isinstance(tensor, _PARAMETER)):
-                # nn.Parameter(meta, requires_grad), without its Python __new__
-                # or the detached alias Tensor._make_subclass makes (~4 us a
-                # parameter): a fresh leaf whose class is set, as torch's
-                # UninitializedParameter.materialize does.
-                meta = torch.empty_like(tensor, device=_META, requires_grad=tensor.requires_grad)
-                meta.__class__ = _PARAMETER
-            else:
-                meta = torch.empty_like(tensor, device=_META)
+            # Made below the trace's dispatch mode when called during the pass:
+            # the mode would see a real tensor and ask for its twin again.
+            with _below_dispatch_modes():
+                meta = self._make_twin(tensor)
             self._twins[id(tensor)] = meta
         return meta
+
+    @staticmethod
+    def _make_twin(tensor: torch.Tensor) -> torch.Tensor:
+        tp = type(tensor)
+        # (isinstance(x, nn.Parameter) runs Python code for any other type)
+        if tp is _PARAMETER or (tp is not _TENSOR and isinstance(tensor, _PARAMETER)):
+            # nn.Parameter(meta, requires_grad), without its Python __new__ or the
+            # detached alias Tensor._make_subclass makes (~4 us a parameter): a
+            # fresh leaf whose class is set, as torch's UninitializedParameter.
+            # materialize does.
+            meta = torch.empty_like(tensor, device=_META, requires_grad=tensor.requires_grad)
+            meta.__class__ = _PARAMETER
+            return meta
+        return torch.empty_like(tensor, device=_META)
 
     def swap_all(self, modules: Iterable[nn.Module], *, skip: set[int] | None = None) -> None:
         """:meth:`swap` for every module (but those whose id is in ``skip``)."""
@@ -1400,7 +1407,9 @@ class _MetaTwins:
                 for key, tensor in store.items():
                     if tensor is None or tensor.is_meta:
                         continue
-                    meta = known(id(tensor)) or twin(tensor)
+                    meta = known(id(tensor))
+                    if meta is None:
+                        meta = twin(tensor)
                     record((store, key, tensor))
                     store[key] = meta  # a value replaced, not a key added: iteration goes on
             if isinstance(module, nn.RNNBase):
@@ -1413,8 +1422,10 @@ class _MetaTwins:
         self.swap_all((module,))
 
     def hold(self, modules: list[nn.Module]) -> None:
+        # Updated in place: the leaf runner made before this call reads this set.
         self._held_modules = modules
-        self.held = set(map(id, modules))
+        self.held.clear()
+        self.held.update(map(id, modules))
 
     @property
     def held_any(self) -> bool:
