@@ -116,7 +116,10 @@ def test_names_from_the_model_are_escaped() -> None:
 
 def test_sections_that_cannot_apply_say_why() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))
-    r = report(model, torch.randn(2, 1, 8, 8), cam_methods=("gradcam", "saliency"))
+    r = report(
+        model, torch.randn(2, 1, 8, 8), cam_methods=("gradcam", "saliency"), faithfulness_steps=0
+    )
+    assert "Faithfulness" not in r.html
     skipped = {s.id: s.skipped for s in r.sections if s.skipped}
     assert "no nn.Conv2d" in str(skipped["filters"])
     assert "no nn.Conv2d" in str(skipped["features"])
@@ -182,6 +185,8 @@ def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
         report(model, torch.randn(2, 1, 16, 16), labels=[1])
     with pytest.raises(FileNotFoundError, match=r"no scalars\.csv"):
         report(model, torch.randn(2, 1, 16, 16), run=tmp_path)
+    with pytest.raises(ValueError, match="faithfulness_steps"):
+        report(model, torch.randn(2, 1, 16, 16), faithfulness_steps=-1)
     with pytest.raises(ValueError, match="unknown"):
         report(model, torch.randn(2, 1, 16, 16), cam_methods=("gradcamm",))
     with pytest.raises(netsight.TraceError, match=r"features\.0"):
@@ -276,6 +281,8 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         str(classes),
         "--methods",
         "gradcam,eigencam",
+        "--faithfulness-steps",
+        "3",
         "--out",
         str(out),
     ]
@@ -284,6 +291,7 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert f"wrote {out}" in printed and "Class activation maps:" in printed
     page = out.read_text(encoding="utf-8")
     assert "gradcam" in page and "eigencam" in page and "(bird)" in page
+    assert "<h3>Faithfulness</h3>" in page and "3 steps" in page
     assert main([*args[:-2], "--out", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
     assert main([*args[:7], "0", *args[8:]]) == 2

@@ -1309,6 +1309,13 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run", dest="run_dir", metavar="DIR", help="a TrainingMonitor run directory to include"
     )
+    p.add_argument(
+        "--faithfulness-steps",
+        type=int,
+        default=10,
+        metavar="N",
+        help="deletion/insertion steps of the CAM faithfulness table; 0 leaves it out (default 10)",
+    )
     p.add_argument("--no-diagram", action="store_true", help="leave the dataflow graph out")
     p.add_argument("--depth", type=_depth, default=3, help="summary depth (default 3)")
     p.add_argument("--title", help="page title (default: the model's class name)")
@@ -1356,6 +1363,7 @@ def _run_report(args: argparse.Namespace) -> int:
         title=args.title,
         cam_methods=choice.names if choice is not None else _REPORT_METHODS,
         cam_layer=args.layer,
+        faithfulness_steps=args.faithfulness_steps,
         run=args.run_dir,
         diagram=not args.no_diagram,
         depth=args.depth,
@@ -1453,7 +1461,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "demo",
-        "summaries of VGG-16 and ResNet-18, printed and saved as HTML and JSON",
+        "train the tutorials' VGG-16 on the bundled digits and show everything (out/report.html)",
         _configure_demo,
         _run_demo,
     ),

@@ -549,6 +549,10 @@ def report(
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images: expected a (B, C, H, W) tensor, got {got}")
+    if isinstance(faithfulness_steps, bool) or not isinstance(faithfulness_steps, int):
+        raise TypeError(f"faithfulness_steps: expected an int, got {faithfulness_steps!r}")
+    if faithfulness_steps < 0:
+        raise ValueError(f"faithfulness_steps: expected 0 (off) or more, got {faithfulness_steps}")
     if labels is not None and len(labels) != images.shape[0]:
         raise ValueError(f"labels: {len(labels)} for {images.shape[0]} images")
     run_dir = Path(run) if run is not None else None
