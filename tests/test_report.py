@@ -154,6 +154,25 @@ def test_a_model_with_dict_output_gets_every_section_but_the_cams() -> None:
     assert "Predictions" not in r.html  # no (batch, classes) logits to read them from
 
 
+def test_a_section_that_fails_says_so_and_the_page_is_still_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib
+
+    module = importlib.import_module("netsight.report")
+
+    def broken(ctx: object) -> str:
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(module, "_filters", broken)
+    with pytest.warns(RuntimeWarning, match="the Filters section failed"):
+        r = report(SmallCNN(), torch.randn(2, 1, 16, 16), cam_methods=("gradcam",))
+    filters = next(s for s in r.sections if s.id == "filters")
+    assert filters.skipped == "failed: RuntimeError: drawing failed"
+    assert "Not shown: failed: RuntimeError: drawing failed" in r.html
+    assert next(s for s in r.sections if s.id == "cam").skipped is None
+
+
 def test_training_section_reads_a_monitor_run(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = SmallCNN()
@@ -187,6 +206,8 @@ def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
         report(model, torch.randn(2, 1, 16, 16), run=tmp_path)
     with pytest.raises(ValueError, match="faithfulness_steps"):
         report(model, torch.randn(2, 1, 16, 16), faithfulness_steps=-1)
+    with pytest.raises(KeyError, match=r"no layer named 'features\.11'.*did you mean"):
+        report(model, torch.randn(2, 1, 16, 16), cam_layer="features.11")
     with pytest.raises(ValueError, match="unknown"):
         report(model, torch.randn(2, 1, 16, 16), cam_methods=("gradcamm",))
     with pytest.raises(netsight.TraceError, match=r"features\.0"):

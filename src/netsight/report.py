@@ -23,6 +23,8 @@ import html
 import io
 import json
 import os
+import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,9 +296,6 @@ def _cams(ctx: _Context) -> str:
 
     if not ctx.cam_methods:
         raise _Skip("no methods asked for")
-    unknown = [m for m in ctx.cam_methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"cam_methods: unknown {unknown}; choose from {sorted(METHODS)}")
     count = min(len(ctx.images), _MAX_CAM_IMAGES)
     x = ctx.images[:count]
     columns: list[str] = []
@@ -555,6 +554,17 @@ def report(
         raise ValueError(f"faithfulness_steps: expected 0 (off) or more, got {faithfulness_steps}")
     if labels is not None and len(labels) != images.shape[0]:
         raise ValueError(f"labels: {len(labels)} for {images.shape[0]} images")
+    from netsight.cam import METHODS
+
+    unknown = [m for m in cam_methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"cam_methods: unknown {unknown}; choose from {sorted(METHODS)}")
+    from netsight.capture import resolve_layers
+
+    # Names the user gave fail here, with close matches, not inside a section.
+    for given in (cam_layer, filter_layers, feature_layers):
+        if given is not None:
+            resolve_layers(model, given if isinstance(given, str) else list(given))
     run_dir = Path(run) if run is not None else None
     if run_dir is not None and not (run_dir / "scalars.csv").is_file():
         raise FileNotFoundError(f"run: {run_dir} has no scalars.csv (not a TrainingMonitor run)")
@@ -595,12 +605,22 @@ def report(
     bar = ProgressBar(progress, len(makers), "report")
     try:
         for anchor, heading, make in makers:
-            started = _dt.datetime.now()
+            started = time.perf_counter()
             try:
                 body, skipped = make(), None
             except _Skip as why:
                 body, skipped = "", str(why)
-            seconds = (_dt.datetime.now() - started).total_seconds()
+            except Exception as exc:  # one failing picture must not cost the whole page
+                if anchor in ("overview", "summary"):
+                    raise
+                body, skipped = "", f"failed: {type(exc).__name__}: {exc}"
+                warnings.warn(
+                    f"report: the {heading} section failed ({type(exc).__name__}: {exc}); "
+                    f"the page says so in its place",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            seconds = time.perf_counter() - started
             sections.append(Section(anchor, heading, body, skipped, seconds))
             bar.advance(heading)
     finally:
