@@ -167,7 +167,7 @@ def test_the_report_shows_the_trained_model(quick_run: tuple[Path, list[Path], s
     out, _, printed = quick_run
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "Class activation maps:" in printed and "report.html" in printed
-    for anchor in ("summary", "architecture", "filters", "features", "statistics", "cam"):
+    for anchor in ("summary", "architecture", "filters", "patterns", "features", "statistics"):
         assert f'<section id="{anchor}"><h2>' in page
     assert "Not shown" not in page  # the training run is there too
     assert "loss and accuracy" in page and "15,118,538" in page

@@ -26,6 +26,7 @@ IDS = [
     "summary",
     "architecture",
     "filters",
+    "patterns",
     "features",
     "statistics",
     "cam",
@@ -79,8 +80,8 @@ def test_every_section_for_a_small_cnn() -> None:
     assert f"{s.total_params:,}" in r.html
     assert f"{s.total_mult_adds:,}" in r.html
     pictures = _pictures(r.html)
-    # 2 filter grids, mean maps, 2 channel grids, statistics, 3 images + 3 x 3 CAMs
-    assert len(pictures) == 2 + 1 + 2 + 1 + 3 + 9
+    # 2 filter grids, patterns, mean maps, 2 channel grids, statistics, 3 images + 3 x 3 CAMs
+    assert len(pictures) == 2 + 1 + 1 + 2 + 1 + 3 + 9
     assert all(p.size[0] > 8 and p.size[1] > 8 for p in pictures)
     # each CAM overlay is a real picture, not a blank tile
     cams = [p for p in pictures if p.size == (16, 16)]
@@ -123,6 +124,7 @@ def test_sections_that_cannot_apply_say_why() -> None:
     skipped = {s.id: s.skipped for s in r.sections if s.skipped}
     assert "no nn.Conv2d" in str(skipped["filters"])
     assert "no nn.Conv2d" in str(skipped["features"])
+    assert "no nn.Conv2d" in str(skipped["patterns"])
     assert "cam" not in skipped  # saliency works on the input
     assert "skipped gradcam" in next(s.html for s in r.sections if s.id == "cam")
     assert "Not shown: the model has no nn.Conv2d" in r.html

@@ -37,6 +37,7 @@ from netsight.hooks import count_hooks
 from netsight.images import denormalize, load_image, to_pil
 from netsight.models import ModelSpecError, UntrustedCheckpointError, load_model, load_weights
 from netsight.monitor import Diagnostic, TrainingMonitor, TrainingWarning
+from netsight.patterns import Patterns, maximize
 from netsight.report import Report, report
 from netsight.summary import Column, Summary, summary
 from netsight.trace import LayerRecord, TensorMeta, Trace, TraceError, trace
@@ -59,6 +60,7 @@ __all__ = [
     "LayerRecord",
     "LayerStats",
     "ModelSpecError",
+    "Patterns",
     "Report",
     "Saliency",
     "ScoreCAM",
@@ -83,6 +85,7 @@ __all__ = [
     "load_image",
     "load_model",
     "load_weights",
+    "maximize",
     "mean_maps",
     "monitor",
     "overlay",

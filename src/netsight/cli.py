@@ -1289,6 +1289,74 @@ def _run_tensorboard(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+# --------------------------------------------------------------------------- patterns
+
+
+def _configure_patterns(p: argparse.ArgumentParser) -> None:
+    _add_model_options(p)
+    p.add_argument(
+        "--layer", required=True, metavar="NAME", help="the layer whose channels to maximise"
+    )
+    p.add_argument(
+        "--channels",
+        type=_ints,
+        metavar="K[,K...]",
+        help="channel indices (default: the first --max-channels)",
+    )
+    p.add_argument("--max-channels", type=_positive_int, default=16, metavar="N")
+    p.add_argument("--size", type=_positive_int, default=64, metavar="N", help="picture side")
+    p.add_argument("--steps", type=_positive_int, default=128, metavar="N", help="Adam steps")
+    p.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    p.add_argument("--pixel", action="store_true", help="optimise pixels, not a 1/f spectrum")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--mean", type=_floats, metavar="M[,M,M]", help="normalisation mean (default 0.5)"
+    )
+    p.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalisation std (default 0.5)")
+    p.add_argument("--out", default="out/patterns", metavar="DIR", help="output directory")
+
+
+def _run_patterns(args: argparse.Namespace) -> int:
+    import json
+
+    from netsight._io import atomic_write_text, safe_filename, save_figure
+    from netsight.patterns import maximize
+
+    out = _out_dir(args.out)
+    model = _model_from_args(args)
+    found = maximize(
+        model,
+        args.layer,
+        args.channels,
+        size=args.size,
+        steps=args.steps,
+        lr=args.lr,
+        parameterization="pixel" if args.pixel else "fourier",
+        mean=args.mean,
+        std=args.std,
+        max_channels=args.max_channels,
+        seed=args.seed,
+        progress=sys.stdout.isatty(),
+    )
+    stem = f"patterns_{safe_filename(found.layer)}"
+    figure = save_figure(found.plot(), out / f"{stem}.png")
+    record = {
+        "model": args.model,
+        "layer": found.layer,
+        "channels": list(found.channels),
+        "start": [float(v) for v in found.start],
+        "activation": [float(v) for v in found.activation],
+        "size": args.size,
+        "steps": args.steps,
+        "figure": figure.name,
+    }
+    manifest = atomic_write_text(out / f"{stem}.json", json.dumps(record, indent=2) + "\n")
+    for channel, before, after in zip(found.channels, found.start, found.activation, strict=True):
+        print(f"{found.layer} channel {channel}: mean activation {before:.3g} -> {after:.3g}")
+    _report_written([figure, manifest])
+    return 0
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -1315,6 +1383,14 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
         default=10,
         metavar="N",
         help="deletion/insertion steps of the CAM faithfulness table; 0 leaves it out (default 10)",
+    )
+    p.add_argument(
+        "--pattern-steps",
+        type=int,
+        default=64,
+        metavar="N",
+        help="activation-maximisation steps for the last convolution's filter patterns; "
+        "0 leaves them out (default 64)",
     )
     p.add_argument("--no-diagram", action="store_true", help="leave the dataflow graph out")
     p.add_argument("--depth", type=_depth, default=3, help="summary depth (default 3)")
@@ -1364,6 +1440,7 @@ def _run_report(args: argparse.Namespace) -> int:
         cam_methods=choice.names if choice is not None else _REPORT_METHODS,
         cam_layer=args.layer,
         faithfulness_steps=args.faithfulness_steps,
+        pattern_steps=args.pattern_steps,
         run=args.run_dir,
         diagram=not args.no_diagram,
         depth=args.depth,
@@ -1424,6 +1501,15 @@ COMMANDS: tuple[Command, ...] = (
         "convolution kernels drawn as image grids",
         _configure_filters,
         _run_filters,
+    ),
+    Command(
+        "patterns",
+        "filter patterns: the input each channel of a layer likes best",
+        _configure_patterns,
+        _run_patterns,
+        description="Activation maximisation: for each chosen channel of --layer, optimise "
+        "an input (a 1/f spectrum through a sigmoid, jittered at every step) to raise the "
+        "channel's mean activation; write the pictures as one figure and a JSON record.",
     ),
     Command(
         "layers",

@@ -2,7 +2,8 @@
 
 :func:`report` runs netsight's pieces on a model and a batch of images and puts
 what they found on one page: the layer summary, the dataflow diagram,
-convolution filters, feature maps, layer statistics, class activation maps
+convolution filters, filter patterns (activation maximisation), feature maps,
+layer statistics, class activation maps
 and, given a :class:`~netsight.TrainingMonitor` run directory, the training
 curves, gradient flow and diagnostics. Pictures are embedded as PNG data, so
 the file can be mailed or opened anywhere; every name that comes from the
@@ -173,6 +174,10 @@ class _Context:
     diagram: bool
     diagram_depth: int
     faithfulness_steps: int
+    pattern_layers: list[str] | None
+    pattern_steps: int
+    mean: Sequence[float] | None
+    std: Sequence[float] | None
     depth: int
     probabilities: torch.Tensor | None = None
 
@@ -249,6 +254,45 @@ def _filters(ctx: _Context) -> str:
         fig = plot_filters(ctx.model, name, max_tiles=64)
         parts.append(_figure(_figure_uri(fig), f"{name}: kernels"))
     return '<div class="row">' + "".join(parts) + "</div>"
+
+
+def _patterns(ctx: _Context) -> str:
+    """Activation maximisation for the last convolution (or ``pattern_layers``)."""
+    from netsight.patterns import maximize
+
+    if ctx.pattern_steps <= 0:
+        raise _Skip("turned off (pattern_steps=0)")
+    names = ctx.pattern_layers
+    if names is None:
+        convs = _conv_names(ctx.model)
+        if not convs:
+            raise _Skip("the model has no nn.Conv2d (pass pattern_layers=[...])")
+        names = [convs[-1]]
+    side = min(int(ctx.images.shape[-2]), int(ctx.images.shape[-1]), 128)
+    colour = int(ctx.images.shape[1])
+    parts = []
+    for name in names:
+        found = maximize(
+            ctx.model,
+            name,
+            size=side,
+            steps=ctx.pattern_steps,
+            in_channels=colour,
+            mean=ctx.mean,
+            std=ctx.std,
+            max_channels=8,
+        )
+        gain = (found.activation - found.start).mean()
+        caption = (
+            f"{name}: the input each of channels {found.channels[0]}-{found.channels[-1]} "
+            f"likes best ({ctx.pattern_steps} steps; mean activation +{float(gain):.3g})"
+        )
+        parts.append(_figure(_figure_uri(found.plot()), caption))
+    return "".join(parts) + (
+        "<p class=note>activation maximisation: each picture is optimised, from faint "
+        "noise, to raise one channel's mean activation (a 1/f-scaled spectrum through a "
+        "sigmoid, shifted and rescaled at random every step).</p>"
+    )
 
 
 def _features(ctx: _Context) -> str:
@@ -495,6 +539,8 @@ def report(
     faithfulness_steps: int = 10,
     filter_layers: Sequence[str] | None = None,
     feature_layers: Sequence[str] | None = None,
+    pattern_layers: Sequence[str] | None = None,
+    pattern_steps: int = 64,
     run: str | os.PathLike[str] | None = None,
     diagram: bool = True,
     diagram_depth: int = 2,
@@ -522,6 +568,9 @@ def report(
             forwards, the bulk of a report on a large model.
         filter_layers: convolutions whose kernels are drawn (default: the first
             and the last ``nn.Conv2d``).
+        pattern_layers: layers whose channels get activation-maximisation
+            pictures (default: the last ``nn.Conv2d``; 8 channels each).
+        pattern_steps: optimisation steps of those pictures; 0 leaves them out.
         feature_layers: layers whose outputs are shown (default: every
             ``nn.Conv2d``, at most 15 evenly spaced for the mean maps).
         run: a :class:`~netsight.TrainingMonitor` run directory: its curves,
@@ -562,7 +611,9 @@ def report(
     from netsight.capture import resolve_layers
 
     # Names the user gave fail here, with close matches, not inside a section.
-    for given in (cam_layer, filter_layers, feature_layers):
+    if isinstance(pattern_steps, bool) or not isinstance(pattern_steps, int) or pattern_steps < 0:
+        raise ValueError(f"pattern_steps: expected 0 (off) or more, got {pattern_steps!r}")
+    for given in (cam_layer, filter_layers, feature_layers, pattern_layers):
         if given is not None:
             resolve_layers(model, given if isinstance(given, str) else list(given))
     run_dir = Path(run) if run is not None else None
@@ -583,6 +634,10 @@ def report(
         diagram=diagram,
         diagram_depth=diagram_depth,
         faithfulness_steps=faithfulness_steps,
+        pattern_layers=list(pattern_layers) if pattern_layers is not None else None,
+        pattern_steps=pattern_steps,
+        mean=mean,
+        std=std,
         depth=depth,
     )
     summary = make_summary(model, input_data=images[:1], depth=depth)
@@ -596,6 +651,7 @@ def report(
         ("summary", "Layer summary", lambda: _summary_section(ctx, summary)),
         ("architecture", "Architecture", lambda: _architecture(ctx)),
         ("filters", "Filters", lambda: _filters(ctx)),
+        ("patterns", "Filter patterns", lambda: _patterns(ctx)),
         ("features", "Feature maps", lambda: _features(ctx)),
         ("statistics", "Layer statistics", lambda: _statistics(ctx)),
         ("cam", "Class activation maps", lambda: _cams(ctx)),

@@ -1,0 +1,300 @@
+"""Filter patterns by activation maximisation: the input a channel likes best.
+
+:func:`maximize` starts from faint noise and follows the gradient of one
+channel's mean activation with respect to the *input*, the way the tutorials'
+"what does this filter look for" pictures are made (and lucid/lucent do it):
+
+* the image is parameterised in the Fourier domain with a 1/f spectrum scale
+  (``parameterization="fourier"``, the default; ``"pixel"`` is plain pixels),
+  which keeps the optimisation from filling the picture with high-frequency
+  noise, and squashed into ``[0, 1]`` with a sigmoid;
+* every step sees a randomly shifted and rescaled copy (``jitter``, ``scales``),
+  so the pattern must survive small translations, as natural features do;
+* all requested channels are optimised together, one image per channel in one
+  batch, and the forward stops at the target layer.
+
+Only the input is optimised: gradients are taken with ``torch.autograd.grad``
+with respect to the image, so no parameter's ``.grad`` is touched, and the
+model leaves as it came (hooks removed, modes restored, weights unchanged). A
+private ``torch.Generator`` seeded with ``seed`` drives the noise and the
+jitter: the same call gives the same pictures and the global RNG does not move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import nn
+
+from netsight._progress import ProgressBar
+from netsight.capture import resolve_layers
+from netsight.hooks import HookSet, preserve_state
+from netsight.images import expected_channels
+
+__all__ = ["Patterns", "maximize"]
+
+_PARAMETERIZATIONS = ("fourier", "pixel")
+
+
+@dataclass(frozen=True)
+class Patterns:
+    """What :func:`maximize` found.
+
+    Attributes:
+        layer: the target layer's qualified name.
+        channels: the channel each image maximises.
+        images: ``(N, C, H, W)`` pictures in ``[0, 1]``, one per channel.
+        start: ``(N,)`` each channel's mean activation on the starting noise.
+        activation: ``(N,)`` the same on the final picture (no jitter).
+        history: ``(steps, N)`` the objective at every step (on jittered copies).
+    """
+
+    layer: str
+    channels: tuple[int, ...]
+    images: torch.Tensor
+    start: torch.Tensor
+    activation: torch.Tensor
+    history: torch.Tensor
+
+    def grid(self, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
+        """The pictures as one ``(3, H, W)`` grid (``torchvision.utils.make_grid``)."""
+        from torchvision.utils import make_grid
+
+        count = self.images.shape[0]
+        columns = nrow or min(8, count)
+        grid: torch.Tensor = make_grid(self.images, nrow=columns, padding=padding, pad_value=1.0)
+        return grid
+
+    def plot(self, *, ncols: int = 8, title: str | None = None) -> Figure:
+        """A figure: one picture per channel, titled with its channel and the gain."""
+        count = self.images.shape[0]
+        columns = min(ncols, count)
+        rows = math.ceil(count / columns)
+        fig = Figure(figsize=(1.6 * columns, 1.8 * rows + 0.4), layout="constrained")
+        fig.suptitle(title or f"{self.layer}: inputs that excite each channel most", fontsize=9)
+        axes = fig.subplots(rows, columns, squeeze=False)
+        for index, ax in enumerate(axes.flat):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if index >= count:
+                ax.set_axis_off()
+                continue
+            picture = self.images[index].permute(1, 2, 0).numpy()
+            if picture.shape[2] == 1:
+                ax.imshow(picture[:, :, 0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(picture)
+            ax.set_title(
+                f"channel {self.channels[index]}\n"
+                f"{float(self.start[index]):.2g} -> {float(self.activation[index]):.2g}",
+                fontsize=7,
+            )
+        return fig
+
+
+class _Reached(Exception):
+    """Raised by the layer hook: the forward need not go further."""
+
+
+def _spectrum_scale(height: int, width: int, decay: float = 1.0) -> torch.Tensor:
+    fy = torch.fft.fftfreq(height)[:, None]
+    fx = torch.fft.rfftfreq(width)[None, :]
+    freqs = torch.sqrt(fx * fx + fy * fy)
+    return 1.0 / torch.clamp(freqs, min=1.0 / max(height, width)) ** decay
+
+
+class _Image:
+    """The optimised variable and how it becomes a ``[0, 1]`` picture."""
+
+    def __init__(
+        self,
+        kind: str,
+        shape: tuple[int, int, int, int],
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> None:
+        n, c, h, w = shape
+        self.kind, self.size = kind, (h, w)
+        if kind == "fourier":
+            noise = torch.randn((n, c, h, w // 2 + 1, 2), generator=generator) * 0.01
+            self.scale = _spectrum_scale(h, w).to(device)
+            self.scale = self.scale / self.scale.max() * 4.0  # unit-ish pixel variance
+        else:
+            noise = torch.randn((n, c, h, w), generator=generator) * 0.01
+        self.param = noise.to(device).requires_grad_(True)
+
+    def picture(self) -> torch.Tensor:
+        if self.kind == "fourier":
+            spectrum = torch.view_as_complex(self.param) * self.scale
+            pixels = torch.fft.irfft2(spectrum, s=self.size, norm="ortho")
+        else:
+            pixels = self.param
+        return torch.sigmoid(pixels)
+
+
+def _jittered(
+    x: torch.Tensor, generator: torch.Generator, jitter: int, scales: Sequence[float]
+) -> torch.Tensor:
+    """A randomly shifted (by up to ``jitter`` px) and rescaled copy of ``x``."""
+    h, w = x.shape[-2:]
+    if scales:
+        factor = float(scales[int(torch.randint(len(scales), (1,), generator=generator))])
+        if factor != 1.0:
+            size = (max(1, round(h * factor)), max(1, round(w * factor)))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    if jitter > 0:
+        dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=generator))
+        x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+    return x
+
+
+def maximize(
+    model: nn.Module,
+    layer: str | nn.Module,
+    channels: int | Sequence[int] | None = None,
+    *,
+    size: int | tuple[int, int] = 64,
+    steps: int = 128,
+    lr: float = 0.05,
+    parameterization: str = "fourier",
+    jitter: int = 4,
+    scales: Sequence[float] = (1.0, 0.975, 1.025, 0.95, 1.05),
+    in_channels: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    max_channels: int = 16,
+    seed: int = 0,
+    progress: bool = False,
+) -> Patterns:
+    """Find, for each channel of ``layer``, an input that maximises its mean activation.
+
+    Args:
+        model: the network (left as it came).
+        layer: the target layer: a qualified name (``"features.10"``), a glob
+            matching one layer, or the module itself.
+        channels: a channel index or several (default: the first
+            ``max_channels`` channels of the layer).
+        size: the picture's side, or ``(H, W)``. The forward stops at ``layer``,
+            so any size the layers before it accept works.
+        steps, lr: Adam steps and learning rate.
+        parameterization: ``"fourier"`` (1/f-scaled spectrum, smoother pictures)
+            or ``"pixel"``.
+        jitter: random shift in pixels at every step (0: none).
+        scales: random rescaling factors, one drawn per step (empty: none).
+        in_channels: input channels (default: the first convolution's).
+        mean, std: the normalisation the model expects (default 0.5 and 0.5, as
+            :func:`netsight.load_image`); the pictures are in ``[0, 1]`` before it.
+        max_channels: how many channels at most when ``channels`` is not given.
+        seed: seeds the starting noise and the jitter (a private generator).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`Patterns` with the pictures and the objective before and after.
+
+    Raises:
+        KeyError: an unknown layer (close matches suggested).
+        ValueError: a channel the layer does not have, a layer that never ran
+            on an input of this size, or a bad option.
+        RuntimeError: called inside ``torch.inference_mode()``.
+    """
+    if parameterization not in _PARAMETERIZATIONS:
+        raise ValueError(
+            f"parameterization: expected one of {', '.join(_PARAMETERIZATIONS)}, "
+            f"got {parameterization!r}"
+        )
+    if steps < 1 or lr <= 0 or jitter < 0 or max_channels < 1:
+        raise ValueError("steps and max_channels must be >= 1, lr > 0 and jitter >= 0")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "maximize needs gradients with respect to the input, but it was called inside "
+            "torch.inference_mode(); call it outside (inside torch.no_grad() is fine)"
+        )
+    found = resolve_layers(model, layer)
+    if len(found) != 1:
+        raise ValueError(f"layer: expected one layer, {layer!r} matches {len(found)}")
+    name, module = next(iter(found.items()))
+    height, width = (size, size) if isinstance(size, int) else size
+    colour = in_channels or expected_channels(model) or 3
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    mean_t = torch.tensor(mean if mean is not None else [0.5] * colour, device=device)
+    std_t = torch.tensor(std if std is not None else [0.5] * colour, device=device)
+    if mean_t.numel() not in (1, colour) or std_t.numel() not in (1, colour):
+        raise ValueError(f"mean/std: expected 1 or {colour} values")
+    mean_t, std_t = mean_t.view(1, -1, 1, 1), std_t.view(1, -1, 1, 1)
+
+    captured: list[torch.Tensor] = []
+
+    def grab(m: nn.Module, args: Any, output: Any) -> None:
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"{name}: its output is a {type(out).__name__}, not a tensor")
+        captured.append(out)
+        raise _Reached
+
+    def layer_output(x: torch.Tensor) -> torch.Tensor:
+        captured.clear()
+        with contextlib.suppress(_Reached):
+            model((x - mean_t) / std_t)
+        if not captured:
+            raise ValueError(f"{name} did not run on a {height}x{width} input")
+        return captured[0]
+
+    generator = torch.Generator().manual_seed(seed)
+    with preserve_state(model, "eval"), HookSet() as hooks, torch.enable_grad():
+        hooks.add(module.register_forward_hook(grab))
+        with torch.no_grad():
+            probe = layer_output(torch.full((1, colour, height, width), 0.5, device=device))
+        available = probe.shape[1] if probe.dim() >= 2 else 1
+        if channels is None:
+            chosen = list(range(min(max_channels, available)))
+        else:
+            chosen = [channels] if isinstance(channels, int) else list(channels)
+        bad = [c for c in chosen if not 0 <= c < available]
+        if bad or not chosen:
+            raise ValueError(
+                f"channels: {name} has {available} channels (0-{available - 1}), "
+                f"got {bad or chosen}"
+            )
+        index = torch.tensor(chosen, device=device)
+
+        def objective(out: torch.Tensor) -> torch.Tensor:
+            rows = torch.arange(len(chosen), device=out.device)
+            picked = out[rows, index]  # (N, ...) each image's own channel
+            return picked.flatten(1).mean(dim=1) if picked.dim() > 1 else picked
+
+        image = _Image(parameterization, (len(chosen), colour, height, width), generator, device)
+        optimizer = torch.optim.Adam([image.param], lr=lr)
+        with torch.no_grad():
+            start = objective(layer_output(image.picture())).detach().float().cpu()
+        history = []
+        bar = ProgressBar(progress, steps, f"maximising {name}")
+        try:
+            for _ in range(steps):
+                picture = _jittered(image.picture(), generator, jitter, scales)
+                values = objective(layer_output(picture))
+                (grad,) = torch.autograd.grad(-values.sum(), [image.param])
+                optimizer.zero_grad(set_to_none=True)
+                image.param.grad = grad
+                optimizer.step()
+                history.append(values.detach().float().cpu())
+                bar.advance()
+        finally:
+            bar.close()
+        with torch.no_grad():
+            final_picture = image.picture().detach()
+            final = objective(layer_output(final_picture)).float().cpu()
+    return Patterns(
+        layer=name,
+        channels=tuple(chosen),
+        images=final_picture.float().cpu(),
+        start=start,
+        activation=final,
+        history=torch.stack(history),
+    )
