@@ -87,7 +87,7 @@ def run_bare(model: nn.Module, channels: list[int], size: int, steps: int) -> No
     """The floor: ``steps`` forward+backward passes of the batch, gradient w.r.t. the input."""
     x = torch.rand(len(channels), 3, size, size, requires_grad=True)
     for _ in range(steps):
-        (grad,) = torch.autograd.grad(model(x).sum(), [x])
+        torch.autograd.grad(model(x).sum(), [x])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import lucent  # noqa: F401
     except ImportError:
-        print("lucent not installed: `.venv/bin/pip install torch-lucent` to compare", file=sys.stderr)
+        hint = "lucent not installed: `.venv/bin/pip install torch-lucent` to compare"
+        print(hint, file=sys.stderr)
     else:
         tools["lucent"] = lambda: run_lucent(model, channels, args.size, args.steps)
     pictures: dict[str, torch.Tensor] = {}
