@@ -1424,18 +1424,15 @@ def _run_report(args: argparse.Namespace) -> int:
         if size is None:  # the first image fixes the size of the others
             size = (x.shape[-2], x.shape[-1])
         batch.append(x)
-    images = torch.cat(batch)
-    channels = images.shape[1]
-    mean = args.mean if args.mean is not None else [0.5] * channels
-    std = args.std if args.std is not None else [0.5] * channels
     choice: _MethodChoice | None = args.methods
     result = report(
         model,
-        images,
+        torch.cat(batch),
         labels=args.labels,
         class_names=class_names,
-        mean=mean if len(mean) == channels else mean * channels,
-        std=std if len(std) == channels else std * channels,
+        # what load_image normalised with (its default 0.5 too), to show them as they were
+        mean=args.mean if args.mean is not None else [0.5],
+        std=args.std if args.std is not None else [0.5],
         title=args.title,
         cam_methods=choice.names if choice is not None else _REPORT_METHODS,
         cam_layer=args.layer,

@@ -22,7 +22,6 @@ import base64
 import datetime as _dt
 import html
 import io
-import json
 import os
 import time
 import warnings
@@ -133,15 +132,13 @@ def _display_images(
     images: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None
 ) -> torch.Tensor:
     """``(B, C, H, W)`` in [0, 1] for showing: de-normalised, or scaled per image."""
-    from netsight.images import denormalize
+    from netsight.images import denormalize, normalize_maps
 
     x = images.detach().float().cpu()
     if mean is not None or std is not None:
         return denormalize(x, mean, std)
-    flat = x.flatten(1)
-    low = flat.min(dim=1).values.view(-1, 1, 1, 1)
-    high = flat.max(dim=1).values.view(-1, 1, 1, 1)
-    return ((x - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
+    # each image, all its channels together, as one (1, C*H*W) "map"
+    return normalize_maps(x.reshape(x.shape[0], 1, -1)).reshape(x.shape)
 
 
 def _conv_names(model: nn.Module) -> list[str]:
@@ -343,16 +340,19 @@ def _cams(ctx: _Context) -> str:
     count = min(len(ctx.images), _MAX_CAM_IMAGES)
     x = ctx.images[:count]
     columns: list[str] = []
+    explainers: dict[str, Any] = {}  # the methods that ran, reused for faithfulness
     where: dict[str, str] = {}
     cells: dict[str, list[str]] = {}
     problems: dict[str, list[str]] = {}  # reason -> the methods it stopped
     for method in ctx.cam_methods:
         try:
-            result = METHODS[method](ctx.model, ctx.cam_layer).explain(x)
+            explainer = METHODS[method](ctx.model, ctx.cam_layer)
+            result = explainer.explain(x)
         except (RuntimeError, TypeError, ValueError) as exc:
             problems.setdefault(str(exc), []).append(method)
             continue
         columns.append(method)
+        explainers[method] = explainer
         layer = where[method] = ", ".join(result.layers)
         cells[method] = []
         for i in range(count):
@@ -380,7 +380,7 @@ def _cams(ctx: _Context) -> str:
         f"<p class=note>each map explains the top-1 class at the layer named in its "
         f"column; red is where the class score rises most.</p>"
         + notes
-        + _faithfulness(ctx, x, columns)
+        + _faithfulness(ctx, x, explainers)
     )
 
 
@@ -388,14 +388,13 @@ def _reasons(problems: dict[str, list[str]]) -> str:
     return "; ".join(f"{', '.join(methods)}: {reason}" for reason, methods in problems.items())
 
 
-def _faithfulness(ctx: _Context, x: torch.Tensor, methods: list[str]) -> str:
+def _faithfulness(ctx: _Context, x: torch.Tensor, cams: dict[str, Any]) -> str:
     """Deletion/insertion AUC, average drop and increase of the shown maps, next to
     a random map and a centred Gaussian (:func:`netsight.cam.evaluate`)."""
-    from netsight.cam import METHODS, evaluate
+    from netsight.cam import evaluate
 
     if ctx.faithfulness_steps <= 0:
         return ""
-    cams = {m: METHODS[m](ctx.model, ctx.cam_layer) for m in methods}
     try:
         scores = evaluate(
             cams, [x], steps=ctx.faithfulness_steps, targets="predicted", progress=False
@@ -434,7 +433,7 @@ _RUN_PICTURES = (
 
 
 def _training(ctx: _Context) -> str:
-    from netsight.monitor.runs import read_run
+    from netsight.monitor.runs import read_diagnostics, read_run
 
     if ctx.run is None:
         raise _Skip("no training run given (run=DIR of a TrainingMonitor)")
@@ -448,17 +447,10 @@ def _training(ctx: _Context) -> str:
         if path.is_file():
             row.append(_figure(_data_uri(path.read_bytes()), caption))
     parts.append('<div class="row">' + "".join(row) + "</div>")
-    diagnostics = []
-    log = ctx.run / "diagnostics.jsonl"
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            diagnostics.append(
-                [item.get("step", ""), item.get("kind", ""), item.get("message", "")]
-            )
+    diagnostics = [
+        [item.get("step", ""), item.get("kind", ""), item.get("message", "")]
+        for item in read_diagnostics(ctx.run / "diagnostics.jsonl")
+    ]
     if diagnostics:
         parts.append(f"<h3>Diagnostics ({len(diagnostics)})</h3>")
         parts.append(_table(["step", "kind", "message"], diagnostics[:50]))

@@ -1449,7 +1449,7 @@ class _MetaTwins:
 
         def twin_of(t: torch.Tensor) -> torch.Tensor:
             nonlocal found
-            if id(t) in held and held[id(t)] is t and not t.is_meta:
+            if held.get(id(t)) is t and not t.is_meta:
                 found = True
                 return self.twin(t)
             return t

@@ -21,7 +21,7 @@ from typing import Any
 
 from netsight.monitor.sinks import read_scalars
 
-__all__ = ["RunInfo", "list_runs", "metric_columns", "read_run"]
+__all__ = ["RunInfo", "list_runs", "metric_columns", "read_diagnostics", "read_run"]
 
 #: Metrics shown first, in this order, when a run has them; others follow sorted.
 METRIC_ORDER = ("train_loss", "train_accuracy", "val_loss", "val_acc", "val_accuracy")
@@ -110,20 +110,29 @@ def read_run(run_dir: str | os.PathLike[str], name: str | None = None) -> RunInf
     )
 
 
-def _count_diagnostics(path: Path) -> dict[str, int]:
-    """Diagnostics by kind; a torn last line (a killed writer) is skipped."""
-    counts: Counter[str] = Counter()
+def read_diagnostics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a run's ``diagnostics.jsonl`` (``[]`` when there is none);
+    a torn last line (a killed writer) is skipped."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {}
+        return []
+    records = []
     for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("kind"), str):
-            counts[record["kind"]] += 1
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _count_diagnostics(path: Path) -> dict[str, int]:
+    """Diagnostics by kind."""
+    counts: Counter[str] = Counter(
+        r["kind"] for r in read_diagnostics(path) if isinstance(r.get("kind"), str)
+    )
     return dict(sorted(counts.items()))
 
 
