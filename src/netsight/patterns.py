@@ -279,9 +279,8 @@ def maximize(
             for _ in range(steps):
                 picture = _jittered(image.picture(), generator, jitter, scales)
                 values = objective(layer_output(picture))
-                (grad,) = torch.autograd.grad(-values.sum(), [image.param])
-                optimizer.zero_grad(set_to_none=True)
-                image.param.grad = grad
+                # the input's gradient only: no parameter's .grad is touched
+                (image.param.grad,) = torch.autograd.grad(-values.sum(), [image.param])
                 optimizer.step()
                 history.append(values.detach().float().cpu())
                 bar.advance()
