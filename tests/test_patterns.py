@@ -83,6 +83,10 @@ def test_bad_requests_get_clear_errors() -> None:
         maximize(model, "1", channels=[0, 5], steps=1)
     with pytest.raises(ValueError, match="parameterization"):
         maximize(model, "1", parameterization="wavelet")
+    vgg = Vgg16Net()
+    with pytest.raises(netsight.TraceError, match=r"layer1\.0"):
+        maximize(vgg, "layer3.0", in_channels=3, steps=1)  # the model takes 1 channel
+    assert netsight.count_hooks(vgg) == 0
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         maximize(model, "1", steps=1)
 

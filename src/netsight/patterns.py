@@ -35,6 +35,7 @@ from torch import nn
 
 from netsight._progress import ProgressBar
 from netsight.capture import resolve_layers
+from netsight.features import run_forward
 from netsight.hooks import HookSet, preserve_state
 from netsight.images import expected_channels
 
@@ -175,6 +176,12 @@ def maximize(
 ) -> Patterns:
     """Find, for each channel of ``layer``, an input that maximises its mean activation.
 
+    Example:
+        >>> p = netsight.maximize(model, "layer5.6", channels=range(8), size=32)
+        >>> p.activation > p.start          # every channel ends higher
+        tensor([True, True, True, True, True, True, True, True])
+        >>> p.plot().savefig("patterns.png")
+
     Args:
         model: the network (left as it came).
         layer: the target layer: a qualified name (``"features.10"``), a glob
@@ -202,6 +209,8 @@ def maximize(
         KeyError: an unknown layer (close matches suggested).
         ValueError: a channel the layer does not have, a layer that never ran
             on an input of this size, or a bad option.
+        netsight.TraceError: the model fails on a picture of this size and
+            ``in_channels``; the message names the layer.
         RuntimeError: called inside ``torch.inference_mode()``.
     """
     if parameterization not in _PARAMETERIZATIONS:
@@ -249,8 +258,13 @@ def maximize(
     generator = torch.Generator().manual_seed(seed)
     with preserve_state(model, "eval"), HookSet() as hooks, torch.enable_grad():
         hooks.add(module.register_forward_hook(grab))
-        with torch.no_grad():
-            probe = layer_output(torch.full((1, colour, height, width), 0.5, device=device))
+        grey = torch.full((1, colour, height, width), 0.5, device=device)
+        try:
+            with torch.no_grad():
+                probe = layer_output(grey)
+        except RuntimeError:  # a wrong input shape: name the layer that failed
+            run_forward(model, (grey - mean_t) / std_t)
+            raise
         available = probe.shape[1] if probe.dim() >= 2 else 1
         if channels is None:
             chosen = list(range(min(max_channels, available)))

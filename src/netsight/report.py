@@ -541,6 +541,12 @@ def report(
 ) -> Report:
     """Everything netsight shows about ``model`` on ``images``, as one HTML page.
 
+    Example:
+        >>> page = netsight.report(model, images, labels=[3, 1], run="runs/exp")
+        >>> page.save("report.html")
+        >>> {s.id: s.skipped for s in page.sections if s.skipped}
+        {}
+
     Args:
         model: the network; it is left exactly as it came (hooks removed, modes,
             ``requires_grad`` and weights unchanged).

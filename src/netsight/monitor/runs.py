@@ -112,7 +112,12 @@ def read_run(run_dir: str | os.PathLike[str], name: str | None = None) -> RunInf
 
 def read_diagnostics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The records of a run's ``diagnostics.jsonl`` (``[]`` when there is none);
-    a torn last line (a killed writer) is skipped."""
+    a torn last line (a killed writer) is skipped.
+
+    Example:
+        >>> [(d["step"], d["kind"]) for d in read_diagnostics("runs/exp/diagnostics.jsonl")]
+        [(44, 'dead_units'), (89, 'dead_units')]
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
