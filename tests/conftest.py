@@ -62,3 +62,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 red=True,
             )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # NETSIGHT_TEST_NO_ONEDNN=1 runs the convolutions on PyTorch's native CPU kernels
+    # instead of oneDNN's: another kernel family with another rounding, as another
+    # machine's oneDNN may pick (oneDNN chooses its kernels by CPU, whatever
+    # ATEN_CPU_CAPABILITY says). `make test` runs the parity tests this way once more.
+    if os.environ.get("NETSIGHT_TEST_NO_ONEDNN", "").lower() in {"1", "true", "yes"}:
+        torch.backends.mkldnn.enabled = False

@@ -468,6 +468,43 @@ def test_ablation_falls_back_when_the_fast_path_is_unsafe() -> None:
     torch.testing.assert_close(got.raw["features"][1], (weights[:, None, None] * acts[1]).sum(0))
 
 
+class BatchRoundingNet(TinyNet):
+    """Its output moves by ``shift`` whenever more rows than one reach the head: what
+    CPU kernels that block by batch size do to a logit (rounding), or, with a large
+    shift, a model that really mixes the batch."""
+
+    def __init__(self, shift: float) -> None:
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(self.features(x)).flatten(1)
+        return self.fc(h) + self.shift * float(h.shape[0] > 1)
+
+
+def test_ablation_control_tolerates_rounding_of_a_small_logit_among_large_ones() -> None:
+    """The control copy's score comes from a forward of another batch size than the
+    plain one. Seen with PyTorch's native convolutions: a logit of 0.008 next to
+    logits of 0.3 came back 1.2e-5 off, and Ablation-CAM used to refuse the model
+    as non-deterministic (its tolerance was 1e-5 + 1e-4 of the logit). Rounding
+    follows the size of the output, not of one logit; a real batch effect (1e-2)
+    is still refused."""
+    torch.manual_seed(0)
+    model = BatchRoundingNet(shift=1.2e-5).eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(0.01)
+        model.fc.bias.copy_(torch.tensor([0.008, 0.3, -0.3, 0.2, 0.1]))
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        out = model(x)[0]
+    assert abs(float(out[0])) < 0.01 and float(out.abs().max()) > 0.25
+    result = nscam.AblationCAM(model, "features.4", batch_size=8).explain(x, [0])
+    assert float(result.maps.amax()) > 0
+    model.shift = 1e-2
+    with pytest.raises(RuntimeError, match="changed the target score of image 0"):
+        nscam.AblationCAM(model, "features.4", batch_size=8).explain(x, [0])
+
+
 # --------------------------------------------------------------------------- overlay
 def test_overlay() -> None:
     image = torch.rand(3, 20, 30)
