@@ -1,9 +1,12 @@
 """Shared fixtures and the rules every test run follows.
 
-* ``--update-golden`` rewrites the golden files under tests/golden/ instead of
-  comparing against them.
-* Under ``CI=true`` a skipped test fails the run: in CI every binary and
-  package the suite needs is installed, so a skip can only hide a gap.
+* A golden file under tests/golden/ that is missing is a failure; ``--update-golden``
+  (re)writes the golden files from the current output instead of comparing.
+* In CI (``CI`` set to a true value: ``true``, ``1``, ``yes`` or ``on``, any case)
+  a skipped test, an expected failure (xfail) and an unexpected pass (xpass) each
+  fail the run: in CI every binary and package the suite needs is installed, so a
+  skip can only hide a gap, and so can an xfail. (``xfail_strict = true`` in
+  pyproject.toml already makes an xpass a failure everywhere.)
 """
 
 from __future__ import annotations
@@ -15,6 +18,15 @@ import pytest
 import torch
 
 GOLDEN = Path(__file__).parent / "golden"
+
+CI_TRUE = frozenset({"true", "1", "yes", "on"})
+# Outcomes that pass a local run but fail a CI run.
+CI_FAILURES = ("skipped", "xfailed", "xpassed")
+
+
+def in_ci() -> bool:
+    """Whether the ``CI`` environment variable is set to a true value."""
+    return os.environ.get("CI", "").strip().lower() in CI_TRUE
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,12 +45,15 @@ def golden(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 
     def check(name: str, text: str) -> None:
         path = GOLDEN / name
-        if update or not path.exists():
-            if not update and os.environ.get("CI") == "true":
-                pytest.fail(f"golden file {path} is missing; run pytest --update-golden")
+        if update:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
             return
+        if not path.exists():
+            pytest.fail(
+                f"golden file {path} is missing; write it with pytest --update-golden "
+                f"and review the new file before committing it"
+            )
         expected = path.read_text(encoding="utf-8")
         assert text == expected, f"output differs from {path}; rerun with --update-golden"
 
@@ -51,17 +66,21 @@ def _seeded() -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if os.environ.get("CI") != "true":
+    if not in_ci():
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
-    if skipped:
-        if reporter is not None:
-            reporter.write_line(
-                f"CI=true: {len(skipped)} test(s) skipped; a skip in CI counts as a failure",
-                red=True,
-            )
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if reporter is None:  # an xdist worker: the controller's reporter sees every report
+        return
+    counts = {kind: len(reporter.stats.get(kind, [])) for kind in CI_FAILURES}
+    if any(counts.values()):
+        listed = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+        reporter.write_line(
+            f"CI={os.environ.get('CI')}: {listed}; in CI a skip, an xfail or an xpass "
+            f"counts as a failure",
+            red=True,
+        )
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_configure(config: pytest.Config) -> None:

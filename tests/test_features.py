@@ -4,6 +4,7 @@ checked by hand."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import matplotlib
 import numpy as np
@@ -209,3 +210,39 @@ def test_names_escaped_in_stats_html() -> None:
     model.add_module("<b>x</b>", nn.ReLU())
     stats = layer_stats(model, torch.randn(2, 3), layers=nn.ReLU)
     assert "<b>" not in stats.to_html() and "&lt;b&gt;" in stats.to_html()
+
+
+def test_export_features_says_which_figures_it_left_out_and_why(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from netsight.features import export_features
+
+    model, x = Vgg16Net(), torch.randn(1, 1, 32, 32)
+    # A conv layer and a Linear one: the Linear has no grid, the mean maps still draw.
+    with pytest.warns(UserWarning, match=r"features_fc\.0\.png not written: layer 'fc\.0'"):
+        export_features(model, x, tmp_path / "mixed", layers=["layer1.0", "fc.0"])
+    manifest = json.loads((tmp_path / "mixed" / "manifest.json").read_text())
+    assert [(s["file"], s["layer"]) for s in manifest["skipped"]] == [("features_fc.0.png", "fc.0")]
+    assert "no feature maps to draw" in manifest["skipped"][0]["reason"]
+    assert "mean_maps.png" in manifest["files"] and "features_layer1.0.png" in manifest["files"]
+    # Only Linear layers: no grid and no mean-map figure, each said.
+    with pytest.warns(UserWarning, match="export_features: ") as caught:
+        written = export_features(model, x, tmp_path / "linear", layers=["fc.0", "fc.3"])
+    messages = [str(w.message) for w in caught if "export_features" in str(w.message)]
+    assert len(messages) == 3 and "mean_maps.png not written" in messages[-1]
+    manifest = json.loads((tmp_path / "linear" / "manifest.json").read_text())
+    assert [s["file"] for s in manifest["skipped"]] == [
+        "features_fc.0.png",
+        "features_fc.3.png",
+        "mean_maps.png",
+    ]
+    assert manifest["skipped"][-1] == {
+        "file": "mean_maps.png",
+        "layer": None,
+        "reason": "mean maps: none of the given layers produced spatial feature maps",
+    }
+    assert not (tmp_path / "linear" / "mean_maps.png").exists()
+    assert {p.name for p in written} == {*manifest["files"], "manifest.json"}
+    # Nothing left out: an empty list, no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export_features(model, x, tmp_path / "conv", layers=["layer1.0"])
+    assert json.loads((tmp_path / "conv" / "manifest.json").read_text())["skipped"] == []

@@ -4,6 +4,9 @@ names from the model are escaped, and an independent tool agrees."""
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +14,13 @@ import torchinfo
 import torchvision
 from rich.console import Console
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import netsight
 from netsight.summary import Column
 from netsight.zoo import Vgg16Net
+
+GOLDEN = Path(__file__).parent / "golden"
 
 
 class SmallNet(nn.Module):
@@ -159,3 +165,98 @@ def test_numbers_are_exposed() -> None:
     assert repr(s).startswith("Summary(SmallNet, params=1,850")
     deeper = s.with_options(depth=0)
     assert len(deeper.rows()) == 1 and deeper.rows()[0].params == 1850
+
+
+# --------------------------------------------------------------------------- mult-adds by hand
+def _mult_adds_by_formula(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: object) -> int:
+    """One call's mult-adds from the layer's shapes, by the textbook formulas, in
+    netsight's convention (products only: no bias, BatchNorm, activation or pooling)."""
+    if isinstance(module, nn.Conv2d):
+        assert isinstance(out, torch.Tensor)
+        batch, c_out, h_out, w_out = out.shape
+        kh, kw = module.kernel_size
+        return batch * c_out * (module.in_channels // module.groups) * kh * kw * h_out * w_out
+    if isinstance(module, nn.Linear):
+        rows = inputs[0].numel() // module.in_features
+        return rows * module.in_features * module.out_features
+    if isinstance(module, nn.LSTM):
+        assert not module.batch_first and module.proj_size == 0
+        steps, batch = inputs[0].shape[:2]
+        hidden, directions = module.hidden_size, 2 if module.bidirectional else 1
+        total = 0
+        for layer in range(module.num_layers):
+            width = module.input_size if layer == 0 else hidden * directions
+            # four gates, each x @ W_i. (width x hidden) and h @ W_h. (hidden x hidden)
+            total += directions * 4 * (width * hidden + hidden * hidden) * steps * batch
+        return total
+    if isinstance(module, (nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Dropout)):
+        return 0
+    raise AssertionError(f"no formula for {type(module).__name__}: add one")
+
+
+def _leaf_mult_adds(model: nn.Module, x: torch.Tensor) -> dict[nn.Module, int]:
+    """Mult-adds of every leaf module over one real forward (plain hooks, no netsight)."""
+    counts: dict[nn.Module, int] = {}
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], out: object) -> None:
+        counts[module] = counts.get(module, 0) + _mult_adds_by_formula(module, args, out)
+
+    leaves = {m for m in model.modules() if not list(m.children())}
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert set(counts) == leaves
+    return counts
+
+
+def _golden_rows(text: str) -> list[tuple[int, str, str]]:
+    """(depth, module name, mult-adds cell) of every row of a golden text table."""
+    lines = text.splitlines()
+    header = re.split(r"\s{2,}", lines[1].strip())
+    column = header.index("Mult-Adds")
+    rows = []
+    for line in lines[3 : lines.index(lines[0], 3)]:
+        indent = len(line) - len(line.lstrip(" "))
+        cells = re.split(r"\s{2,}", line.strip())
+        assert len(cells) == len(header), line
+        name = cells[0].split(" (", 1)[0] if " (" in cells[0] else ""
+        rows.append((indent // 2, name, cells[column]))
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("name", "factory", "size"),
+    [("vgg16", Vgg16Net, (1, 1, 32, 32)), ("lstm", lambda: nn.LSTM(10, 20, 2), (5, 3, 10))],
+)
+def test_golden_mult_adds_equal_the_formulas_from_layer_shapes(
+    name: str, factory: Callable[[], nn.Module], size: tuple[int, ...]
+) -> None:
+    """Every Mult-Adds cell of the golden files, against formulas applied to the shapes
+    of a real forward: a shown row that is folded (a leaf, or at the table's depth)
+    holds the sum over its leaves, an unfolded container its own work (none here)."""
+    model = factory()
+    per_leaf = _leaf_mult_adds(model, torch.randn(size))
+    modules = dict(model.named_modules())
+    # The formulas follow torch.utils.flop_counter's convention (2 FLOPs a mult-add,
+    # no bias) where it has a formula: each leaf run alone under FlopCounterMode.
+    for leaf in per_leaf:
+        if isinstance(leaf, (nn.Conv2d, nn.Linear)):
+            probe = torch.randn(2, leaf.in_channels, 7, 9) if isinstance(leaf, nn.Conv2d) else None
+            probe = torch.randn(3, leaf.in_features) if probe is None else probe
+            with FlopCounterMode(display=False) as flops, torch.no_grad():
+                out = leaf(probe)
+            assert flops.get_total_flops() == 2 * _mult_adds_by_formula(leaf, (probe,), out)
+    for depth in range(4):
+        text = (GOLDEN / f"summary_{name}_depth{depth}.txt").read_text(encoding="utf-8")
+        rows = _golden_rows(text)
+        assert {row_name for _, row_name, _ in rows} <= set(modules)
+        for row_depth, row_name, cell in rows:
+            module = modules[row_name]
+            folded = row_depth == depth or not list(module.children())
+            expected = sum(per_leaf.get(m, 0) for m in set(module.modules())) if folded else 0
+            shown = 0 if cell == "--" else int(cell.replace(",", ""))
+            assert shown == expected, f"{name} depth {depth}, row {row_name!r}: {cell}"

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import get_model, get_model_weights, list_models
 
 import netsight
@@ -88,3 +89,9 @@ def test_vit_b_16_on_real_tensors_counts_attention(mode: str) -> None:
     s = netsight.summary(model, input_size=(1, 3, 224, 224), execution="real", mode=mode)
     assert s.trace.execution == "real"
     assert abs(s.total_mult_adds / 17.564e9 - 1) < 0.001
+    assert f"{s.total_mult_adds / 1e9:.2f}" == "17.56"  # the README's figure
+    if mode == "eval":
+        # The README's 11.27 G: what the flop counter alone sees on the fused path.
+        with torch.no_grad(), FlopCounterMode(display=False) as naive:
+            model.eval()(torch.randn(1, 3, 224, 224))
+        assert f"{naive.get_total_flops() / 2e9:.2f}" == "11.27"

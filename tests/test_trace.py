@@ -22,8 +22,11 @@ from netsight.zoo import LlamaDecoder, NestedChain, Vgg16Net, wide_model
 def test_tutorial_vgg16_counts_aliased_blocks_once() -> None:
     model = Vgg16Net()
     s = netsight.summary(model, input_size=(1, 1, 32, 32))
-    # torchsummary's printout in the tutorial says 29,840,522: the five blocks twice.
     assert s.total_params == 15_118_538 == sum(p.numel() for p in model.parameters())
+    # The README's torchsummary figures (29,840,522 parameters, 113.83 MB) are the five
+    # blocks counted twice: once as layer1..layer5 and once inside `conv`.
+    twice = s.total_params + sum(p.numel() for p in model.conv.parameters())
+    assert twice == 29_840_522 and f"{twice * 4 / 2**20:.2f}" == "113.83"
     assert s.trainable_params == 15_118_538
     assert s.aliases["layer1"] == ("conv.0",)
     assert s.aliases["layer5"] == ("conv.4",)

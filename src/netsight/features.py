@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -590,7 +591,14 @@ def export_features(
     layer-statistics table (text, JSON, HTML, PNG) for one input to ``out_dir``.
 
     Every file is written whole or not at all; a ``manifest.json`` lists them.
-    Returns the paths written.
+    A figure that cannot be drawn (a layer without spatial maps, such as a
+    ``Linear``, has no grid; with no such layer at all there is no mean-map figure)
+    is left out with a ``UserWarning`` naming the reason, and the manifest's
+    ``skipped`` lists each one as ``{"file", "layer", "reason"}`` (``layer`` is
+    ``None`` for the mean-map figure).
+
+    Returns:
+        The paths written.
     """
     from pathlib import Path
 
@@ -609,24 +617,33 @@ def export_features(
     with preserve_state(model, "eval"), netsight.capture(model, layers=chosen) as cap:
         run_forward(model, x)
     never_ran = [name for name, calls in cap.calls.items() if not calls]
+    skipped: list[dict[str, str | None]] = []
+
+    def skip(file: str, layer: str | None, reason: str) -> None:
+        skipped.append({"file": file, "layer": layer, "reason": reason})
+        warnings.warn(f"export_features: {file} not written: {reason}", stacklevel=3)
+
     used_names: set[str] = set()
     for name, activation in cap.activations.items():
-        try:
-            fig = plot_feature_maps(
-                activation, title=name, index=index, max_channels=max_channels, cmap=cmap
-            )
-        except ValueError:
-            continue  # no spatial maps (e.g. a Linear layer was selected)
         stem = safe_filename(name)
         while stem in used_names:
             stem += "_"
         used_names.add(stem)
+        try:
+            fig = plot_feature_maps(
+                activation, title=name, index=index, max_channels=max_channels, cmap=cmap
+            )
+        except ValueError as error:
+            # no spatial maps (a Linear layer was selected, say): no grid, no mean map
+            skip(f"features_{stem}.png", name, f"layer {name!r}: {error}")
+            continue
         written.append(save_figure(fig, out / f"features_{stem}.png"))
     try:
         fig = plot_mean_maps(cap, index=index, title=f"{type(model).__name__}: mean feature maps")
+    except ValueError as error:
+        skip("mean_maps.png", None, str(error))
+    else:
         written.append(save_figure(fig, out / "mean_maps.png"))
-    except ValueError:
-        pass
     stats = layer_stats(model, x)
     written.append(atomic_write_text(out / "layer_stats.txt", stats.to_text() + "\n"))
     written.append(atomic_write_text(out / "layer_stats.json", stats.to_json() + "\n"))
@@ -640,6 +657,7 @@ def export_features(
         "input_shape": list(x.shape),
         "layers": list(cap.activations),
         "never_ran": never_ran,
+        "skipped": skipped,
         "sparsity_trend": stats.sparsity_trend,
         "files": [p.name for p in written],
     }
