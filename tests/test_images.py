@@ -182,6 +182,9 @@ def test_load_errors(tmp_path: Path) -> None:
         load_image(rgb_file(tmp_path), channels=4)
     with pytest.raises(ValueError, match="but 2 channels"):
         load_image(rgb_file(tmp_path), model=nn.Conv2d(2, 4, 3))
+    for size in (0, (4, 0), (4, 4, 4), (-1, 4)):
+        with pytest.raises(ValueError, match="size: expected a positive int or"):
+            load_image(rgb_file(tmp_path), size=size)  # type: ignore[arg-type]
 
 
 def test_explicit_channel_error_does_not_blame_the_model(tmp_path: Path) -> None:

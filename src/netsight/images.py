@@ -226,6 +226,10 @@ def load_image(
     if not file.is_file():
         raise FileNotFoundError(f"image: no such file {str(file)!r}")
     target = None if size is None else (size, size) if isinstance(size, int) else tuple(size)
+    if target is not None and (
+        len(target) != 2 or not all(isinstance(n, int) and n > 0 for n in target)
+    ):
+        raise ValueError(f"size: expected a positive int or (H, W) of them, got {size!r}")
     try:
         with warnings.catch_warnings():
             # Pillow's own warning names neither the file nor its size: ours below does
