@@ -53,6 +53,7 @@ from torch.utils.data import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
+from netsight._markdown import markdown_escape
 from netsight._progress import ProgressBar
 from netsight.cam.base import BaseCAM
 from netsight.hooks import preserve_state
@@ -181,7 +182,7 @@ def render_table(evaluation: CAMEvaluation, style: str = "text") -> str:
     )
     if style == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 6) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["| " + " | ".join(markdown_escape(cell) for cell in row) + " |" for row in rows]
         return "\n".join([*lines, "", footer]) + "\n"
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
