@@ -55,7 +55,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from netsight._markdown import markdown_escape
 from netsight._progress import ProgressBar
-from netsight.cam.base import BaseCAM
+from netsight.cam.base import BaseCAM, check_classes
 from netsight.hooks import preserve_state
 
 __all__ = ["BASELINES", "CAMEvaluation", "MethodScores", "evaluate"]
@@ -709,12 +709,7 @@ class _Scorer:
             )
         if label_tensor is not None and targets == "labels":
             classes = label_tensor
-            bad = (classes < 0) | (classes >= logits.shape[1])
-            if bool(bad.any()):
-                raise ValueError(
-                    f"data: label {int(classes[bad][0])} is out of range; the model has "
-                    f"{logits.shape[1]} classes"
-                )
+            check_classes(classes.tolist(), logits.shape[1], name="data", noun="label")
         else:
             classes = logits.argmax(1)
         p0 = torch.softmax(logits.float(), 1).gather(1, classes[:, None])[:, 0].double()
