@@ -1,8 +1,12 @@
-"""Test helpers: prove a model leaves a netsight call exactly as it came in."""
+"""Test helpers: prove a model leaves a netsight call exactly as it came in; write
+huge image files cheaply."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -55,3 +59,21 @@ def assert_unchanged(model: nn.Module, before: ModelState) -> None:
         if grad is not None and new is not None:
             assert torch.equal(grad, new), f"{name}.grad changed"
     assert torch.equal(after.rng, before.rng), "the global RNG state moved"
+
+
+def zeros_png(path: Path, width: int, height: int) -> Path:
+    """A valid all-black bilevel PNG of any size, written without holding its pixels
+    (Pillow would allocate a byte per pixel: 400 MB for 20000 x 20000)."""
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter byte, then 8 pixels a byte
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, grayscale
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+    return path

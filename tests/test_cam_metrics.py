@@ -3,6 +3,7 @@ bad input, model state, and a real two-process run compared with one process."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -377,6 +378,9 @@ def test_table_text_and_markdown() -> None:
     grad = result.methods["grad"]
     assert f"| grad | {100 * grad.pointing:.1f}% | {grad.deletion:.3f} |" in markdown  # type: ignore[operator]
     assert "| random |" in markdown and markdown.count("\n| ") == 3
+    # a method's name is the caller's: escaped in Markdown (no HTML, no broken row)
+    renamed = dataclasses.replace(result, methods={"<b>x</b>|\ny": grad})
+    assert "| &lt;b&gt;x&lt;/b&gt;\\|\\\\ny | " in renamed.table("markdown")
     no_boxes = nscam.evaluate(nscam.GradCAM(model), [dataset.tensors[0]], steps=1, **QUIET)
     assert "n/a" in no_boxes.table()
     with pytest.raises(ValueError, match="style"):

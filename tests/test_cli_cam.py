@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import zeros_png
 from netsight.cam import METHODS
 from netsight.cli import _CAM_CELL, _CAM_DPI, main
 
@@ -327,6 +328,17 @@ def test_missing_image(tmp_path: Path, models: Path, capsys: pytest.CaptureFixtu
     argv = ["cam", f"{models}:TinyCNN", str(tmp_path / "nope.png"), "--out", str(tmp_path / "o")]
     code, _, err = run(capsys, *argv)
     assert code == 2 and "no such file" in err
+
+
+def test_decompression_bomb_is_a_one_line_error(
+    tmp_path: Path, models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    huge = zeros_png(tmp_path / "huge.png", 20000, 20000)
+    argv = ["cam", f"{models}:TinyCNN", str(huge), "--out", str(tmp_path / "o")]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("netsight: error: image: ") and len(err.splitlines()) == 1
+    assert "huge.png" in err and "too large to decode safely" in err
 
 
 def test_help_lists_the_methods(capsys: pytest.CaptureFixture[str]) -> None:

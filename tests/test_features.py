@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -21,9 +22,59 @@ from netsight.features import (
     mean_maps,
     plot_feature_maps,
     plot_mean_maps,
+    run_forward,
     top_channels,
 )
+from netsight.hooks import StopForward
+from netsight.trace import TraceError, trace
 from netsight.zoo import Vgg16Net
+
+
+class _Stop(StopForward):
+    pass
+
+
+def _raise_once(error: Exception) -> Any:
+    """A forward hook that raises ``error`` on its first call only."""
+    calls: list[int] = []
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+
+    return hook
+
+
+def test_a_netsight_stop_is_no_failure_for_run_forward_or_trace() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(1, 4)
+
+    def stop(module: nn.Module, args: Any, output: Any) -> None:
+        raise _Stop
+
+    handle = model[1].register_forward_hook(stop)
+    try:
+        with pytest.raises(_Stop):  # unchanged: not a TraceError naming model[1]
+            run_forward(model, x)
+        for execution in ("auto", "real"):
+            with pytest.raises(_Stop):
+                trace(model, input_data=x, execution=execution)
+        # The plain pass fails before the stop; the diagnostic re-run then reaches
+        # the stop, so no layer fails: the original error is raised, not the stop.
+        flaky = model[0].register_forward_hook(_raise_once(ValueError("flaky user hook")))
+        with pytest.raises(ValueError, match="flaky user hook") as caught:
+            run_forward(model, x)
+        assert not isinstance(caught.value, (StopForward, TraceError))
+        flaky.remove()
+    finally:
+        handle.remove()
+    assert netsight.count_hooks(model) == 0
+    # a real failure before the stop is still named
+    wrong = nn.Sequential(nn.Linear(4, 3), nn.Linear(4, 2), nn.ReLU())
+    wrong[2].register_forward_hook(stop)
+    with pytest.raises(TraceError, match=r"failed in '1' \(Linear\) with input \[1, 3\]"):
+        run_forward(wrong, x)
 
 
 def test_feature_grid_tiles_are_the_normalised_channels() -> None:

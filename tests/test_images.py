@@ -3,6 +3,8 @@ colouring and laying out maps, with values checked by hand."""
 
 from __future__ import annotations
 
+import tracemalloc
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
+from helpers import zeros_png
 from netsight.images import (
     NONFINITE_COLOR,
     colorize,
@@ -179,6 +182,9 @@ def test_load_errors(tmp_path: Path) -> None:
         load_image(rgb_file(tmp_path), channels=4)
     with pytest.raises(ValueError, match="but 2 channels"):
         load_image(rgb_file(tmp_path), model=nn.Conv2d(2, 4, 3))
+    for size in (0, (4, 0), (4, 4, 4), (-1, 4)):
+        with pytest.raises(ValueError, match="size: expected a positive int or"):
+            load_image(rgb_file(tmp_path), size=size)  # type: ignore[arg-type]
 
 
 def test_explicit_channel_error_does_not_blame_the_model(tmp_path: Path) -> None:
@@ -197,6 +203,118 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     x = load_image(path, **RAW3)
     assert x.shape == (1, 3, 2, 1)  # displayed upright: 1 wide, 2 high, red on top
     torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_decompression_bomb_is_a_value_error_naming_file_and_size(tmp_path: Path) -> None:
+    path = zeros_png(tmp_path / "huge.png", 20000, 20000)  # over twice MAX_IMAGE_PIXELS
+    with pytest.raises(ValueError, match="too large to decode safely") as caught:
+        load_image(path, size=64)
+    message = str(caught.value)
+    assert "huge.png" in message and "400000000 pixels" in message
+    assert "MAX_IMAGE_PIXELS" in message  # what to change if the file is trusted
+
+
+def test_decompression_bomb_warning_names_the_file_and_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # warn over 1000, refuse over 2000
+    path = save(tmp_path / "wide.png", Image.new("L", (40, 30), 255))  # 1200 pixels
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x = load_image(path, size=8, **RAW)
+    bombs = [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert len(bombs) == 1  # ours, not Pillow's as well
+    assert "wide.png" in str(bombs[0].message) and "40x30" in str(bombs[0].message)
+    assert bombs[0].filename == __file__  # points at the caller, not at netsight
+    assert x.shape == (1, 1, 8, 8)
+    torch.testing.assert_close(x, torch.ones_like(x))
+
+
+def test_a_large_file_is_reduced_while_read(tmp_path: Path) -> None:
+    # Memory follows the target size: no full-resolution float copy of the file
+    # (numpy's buffers are traced by tracemalloc; the old path made a 36 MB one here).
+    yy, xx = np.mgrid[0:1500, 0:2000] / 2000
+    pixels = np.stack([xx, yy, 0.5 + 0.5 * np.sin(12 * xx) * np.cos(9 * yy)], axis=2)
+    path = save(tmp_path / "big.png", Image.fromarray((pixels * 255).astype(np.uint8)))
+    tracemalloc.start()
+    try:
+        x = load_image(path, size=(64, 48), **RAW3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert x.shape == (1, 3, 64, 48)  # still exactly the requested size
+    assert peak < 5_000_000, f"traced peak {peak / 1e6:.0f} MB"
+    # ... and the picture is the one a single full-resolution resize gives
+    with Image.open(path) as image:
+        full = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+    direct = nn.functional.interpolate(
+        full[None], size=(64, 48), mode="bilinear", align_corners=False, antialias=True
+    )
+    difference = (x - direct).abs()
+    assert difference.mean() < 0.5 / 255 and difference.max() < 4 / 255
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale(tmp_path: Path) -> None:
+    path = save(tmp_path / "big.jpg", Image.new("RGB", (4000, 3000), (200, 100, 50)))
+    tracemalloc.start()
+    try:
+        x = load_image(path, size=32, **RAW3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert x.shape == (1, 3, 32, 32)
+    assert peak < 5_000_000, f"traced peak {peak / 1e6:.0f} MB"
+    torch.testing.assert_close(
+        x[0, :, 16, 16], torch.tensor([200, 100, 50]) / 255, atol=3 / 255, rtol=0
+    )
+
+
+def _checkered(mode: str, colours: tuple[Any, Any]) -> Image.Image:
+    """600 x 400 in ``mode``, alternating ``colours`` pixel by pixel."""
+    image = Image.new(mode, (600, 400), colours[0])
+    odd = Image.new(mode, (600, 400), colours[1])
+    mask = np.indices((400, 600)).sum(axis=0) % 2 == 1
+    image.paste(odd, mask=Image.fromarray((mask * 255).astype(np.uint8)))
+    return image
+
+
+def test_every_mode_averages_correctly_when_reduced(tmp_path: Path) -> None:
+    # Pixel-by-pixel checkerboards of two colours: a reduced file must show their
+    # mean colour (averaging palette indices or bilevel bytes would not).
+    palette = Image.new("P", (600, 400))
+    palette.putpalette([10, 20, 30, 200, 100, 50] + [0] * (254 * 3))
+    palette.paste(_checkered("L", (0, 1)))
+    cases: dict[str, tuple[Image.Image, dict[str, Any], list[float]]] = {
+        "1": (_checkered("1", (0, 1)), {}, [0.5] * 3),
+        "L": (_checkered("L", (0, 255)), {}, [0.5] * 3),
+        "P": (palette, {}, [105 / 255, 60 / 255, 40 / 255]),
+        "P+transparency": (palette, {"transparency": 0}, [227.5 / 255, 177.5 / 255, 152.5 / 255]),
+        "RGBA": (_checkered("RGBA", ((0, 0, 0, 0), (0, 0, 0, 255))), {}, [0.5] * 3),
+        "I;16": (
+            Image.fromarray(np.where(np.indices((400, 600)).sum(0) % 2, 65535, 0).astype("u2")),
+            {},
+            [0.5] * 3,
+        ),
+    }
+    for name, (image, options, expected) in cases.items():
+        path = save(tmp_path / f"{name}.png", image, **options)
+        x = load_image(path, size=(8, 12), channels=3, **RAW3)
+        assert x.shape == (1, 3, 8, 12), name
+        torch.testing.assert_close(
+            x[0, :, 4, 6], torch.tensor(expected), atol=1 / 255, rtol=0, msg=name
+        )
+
+
+def test_exif_orientation_is_applied_to_a_reduced_file(tmp_path: Path) -> None:
+    image = Image.new("RGB", (600, 300), (0, 0, 255))  # stored: red left half, blue right
+    image.paste((255, 0, 0), (0, 0, 300, 300))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed turned: 300 wide, 600 high, red on top
+    path = save(tmp_path / "phone.png", image, exif=exif)
+    x = load_image(path, size=(20, 10), **RAW3)  # (H, W) of the upright picture
+    assert x.shape == (1, 3, 20, 10)
+    torch.testing.assert_close(x[0, :, 2, 5], torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(x[0, :, 17, 5], torch.tensor([0.0, 0.0, 1.0]))
 
 
 # --------------------------------------------------------------------------- normalize_maps

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import netsight
@@ -103,6 +105,30 @@ def test_bad_requests_get_clear_errors() -> None:
     with pytest.raises(ValueError, match="unused did not run"):
         maximize(Branchy(), "unused", steps=1)
     assert netsight.count_hooks(model) == 0
+
+
+def test_a_user_hook_failing_once_is_reported_not_netsights_stop() -> None:
+    # The first pass fails in the user's hook; the diagnostic re-run reaches the
+    # target layer, where netsight's own hook stops it: that is no failure to
+    # report, so the user's error is raised, not "failed in 'layer2.0.conv1': _Reached".
+    model = torchvision.models.resnet18()
+    calls: list[int] = []
+
+    def flaky(module: nn.Module, args: Any, output: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("flaky user hook")
+
+    handle = model.layer1.register_forward_hook(flaky)
+    try:
+        with pytest.raises(RuntimeError, match="flaky user hook") as caught:
+            maximize(model, "layer2.0.conv1", channels=[0], size=32, steps=1)
+        assert not isinstance(caught.value, netsight.TraceError)
+        assert len(calls) == 2 and netsight.count_hooks(model) == 1  # the user's own
+        p = maximize(model, "layer2.0.conv1", channels=[0], size=32, steps=1)  # now fine
+        assert p.images.shape == (1, 3, 32, 32)
+    finally:
+        handle.remove()
 
 
 def test_figure_and_grid() -> None:

@@ -202,7 +202,7 @@ def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
     model = SmallCNN()
     with pytest.raises(ValueError, match=r"\(B, C, H, W\) tensor, got \(1, 16, 16\)"):
         report(model, torch.randn(1, 16, 16))
-    with pytest.raises(ValueError, match="labels: 1 for 2 images"):
+    with pytest.raises(ValueError, match="labels: 1 labels for 2 images"):
         report(model, torch.randn(2, 1, 16, 16), labels=[1])
     with pytest.raises(FileNotFoundError, match=r"no scalars\.csv"):
         report(model, torch.randn(2, 1, 16, 16), run=tmp_path)
@@ -269,6 +269,47 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert dark > 0.01 * grey.size[0] * grey.size[1]  # text, tables and pictures drawn
 
 
+def test_impossible_labels_are_refused_before_any_work() -> None:
+    model = SmallCNN(classes=4)
+    calls: list[int] = []
+    model.register_forward_hook(lambda m, a, o: calls.append(1))
+    images = torch.randn(2, 1, 16, 16)
+    refused_at_once: list[tuple[object, type[Exception], str]] = [
+        ([-1, 0], ValueError, r"labels: label -1 is out of range; class indices start at 0"),
+        ([1], ValueError, r"labels: 1 labels for 2 images"),
+        ([0, 1, 2], ValueError, r"labels: 3 labels for 2 images"),
+        ([1.0, 2], TypeError, r"labels: expected int label indices, got 1\.0 \(float\)"),
+        ([True, 0], TypeError, r"got True \(bool\)"),
+        ("01", TypeError, r"labels: expected a sequence of label indices, got"),
+        (torch.tensor([0.0, 1.0]), TypeError, r"1-D integer tensor"),
+    ]
+    for labels, error, message in refused_at_once:
+        with pytest.raises(error, match=message):
+            report(model, images, labels=labels)  # type: ignore[arg-type]
+    assert calls == []  # not even a forward
+    # the class count comes from the model's output: one trace, one forward, no section
+    with pytest.raises(
+        ValueError, match=r"labels: label 999 is out of range; the model has 4 classes \(0 to 3\)"
+    ):
+        report(model, images, labels=[999, 1000])
+    assert len(calls) <= 2
+    assert netsight.count_hooks(model) == 1  # the test's own
+    # numpy and tensor ints are class indices too
+    import numpy as np
+
+    page = report(
+        model,
+        images,
+        labels=torch.tensor([3, 0]),
+        cam_methods=(),
+        faithfulness_steps=0,
+        pattern_steps=0,
+        diagram=False,
+    )
+    assert ">3<" in page.sections[0].html
+    report(model, images, labels=[np.int64(1), 2], cam_methods=(), pattern_steps=0, diagram=False)
+
+
 def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "net.py"
     source.write_text(
@@ -319,3 +360,11 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "is a directory" in capsys.readouterr().err
     assert main([*args[:7], "0", *args[8:]]) == 2
     assert "1 labels for 2 images" in capsys.readouterr().err
+    # a label the 3-class model does not have: one line, exit 2, no page
+    for bad in ("0,3", "=-1,0"):
+        labels = ["--labels", bad] if not bad.startswith("=") else [f"--labels{bad}"]
+        assert main([*args[:6], *labels, *args[8:-2], "--out", str(tmp_path / "bad.html")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("netsight: error: labels: label ") and len(err.splitlines()) == 1
+        assert "is out of range" in err
+    assert not (tmp_path / "bad.html").exists()

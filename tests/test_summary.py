@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,87 @@ def test_names_from_the_model_are_escaped_in_html() -> None:
     assert "&lt;script&gt;" in html
     md = s.to_markdown()
     assert "alert" in md
+
+
+class _Cells(HTMLParser):
+    """The text of every table row, and every tag, in rendered HTML."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.tags: set[str] = set()
+        self.in_cell = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.rows[-1].append("")
+            self.in_cell = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th"):
+            self.in_cell = False
+
+    def handle_data(self, data: str) -> None:
+        if self.in_cell:
+            self.rows[-1][-1] += data
+
+
+HOSTILE_NAMES = [
+    "<img src=x onerror=alert(1)>",
+    "line\nbreak\r|pipe",
+    "back\\|slash",
+    "[link](http://e) ![img](http://e/x) *em* _em_ `code` ~~del~~ $math$ {expr} &amp;",
+]
+
+
+def test_names_from_the_model_are_escaped_in_markdown() -> None:
+    # Rendered by a real CommonMark + GFM-tables renderer with raw HTML allowed (as
+    # notebooks do): one row per layer, each cell showing the name as it is.
+    from markdown_it import MarkdownIt
+
+    hostile_type = type("<b>Evil</b>|*T*", (nn.Module,), {"forward": lambda self, x: x})
+    model = nn.Sequential()
+    for i, name in enumerate(HOSTILE_NAMES):
+        model.add_module(name.replace(".", "\u2024"), hostile_type() if i == 1 else nn.Identity())
+    model.add_module("unused\n<img src=y>|", nn.Linear(2, 2))  # named in a note
+    s = netsight.summary(_Calls(model, len(HOSTILE_NAMES)), input_size=(1, 2))
+    markdown = s.to_markdown()
+    rendered = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(markdown)
+    page = _Cells()
+    page.feed(rendered)
+    assert page.tags <= {"table", "thead", "tbody", "tr", "th", "td", "ul", "li", "strong", "p"}
+    header, *rows = page.rows
+    assert len(header) == 4 and len(rows) == len(s.layers)
+    assert all(len(row) == 4 for row in rows)
+    names = [row[0].replace("\xa0", "") for row in rows]
+    expected = [
+        (f"{r.label} ({r.type_name})" if r.name else r.type_name)
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        for r in s.layers
+    ]
+    assert names == expected
+    assert any(n.endswith("(<b>Evil</b>|*T*)") for n in names)
+    items = [line for line in markdown.splitlines() if line.startswith("- ")]
+    assert len(items) == len(s.footer()) + len(s.notes())  # one line each
+    assert "unused\\n<img src=y>|" in rendered.replace("&lt;", "<").replace("&gt;", ">")
+
+
+class _Calls(nn.Module):
+    """Calls the first ``count`` modules of ``body``; the rest are never called."""
+
+    def __init__(self, body: nn.Sequential, count: int) -> None:
+        super().__init__()
+        self.body = body
+        self.count = count
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in list(self.body)[: self.count]:
+            x = module(x)
+        return x
 
 
 def test_numbers_are_exposed() -> None:

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
@@ -26,7 +27,7 @@ from torch import nn
 
 from netsight._progress import ProgressBar
 from netsight.capture import Capture, LayerSpec, resolve_layers
-from netsight.hooks import HookSet, preserve_state
+from netsight.hooks import HookSet, StopForward, preserve_state
 from netsight.images import MapGrid, map_grid
 
 if TYPE_CHECKING:
@@ -566,14 +567,22 @@ def layer_stats(
 
 def run_forward(model: nn.Module, x: Any) -> Any:
     """Run ``model(x)`` under ``no_grad``; if it fails, re-run it through the trace
-    engine so the error names the layer that failed and its input shapes."""
+    engine so the error names the layer that failed and its input shapes.
+
+    A :class:`~netsight.hooks.StopForward` raised by a hook is no failure: it
+    passes through unchanged, and when the re-run ends with one, the re-run got
+    as far as the hook needed, so the original error is raised.
+    """
     from netsight.trace import trace
 
     try:
         with torch.no_grad():
             return model(x)
+    except StopForward:
+        raise
     except Exception:
-        trace(model, input_data=x, execution="real", mode="same")
+        with contextlib.suppress(StopForward):
+            trace(model, input_data=x, execution="real", mode="same")
         raise  # the traced pass succeeded where the plain one failed: show the original
 
 

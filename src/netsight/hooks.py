@@ -16,13 +16,23 @@ from torch import nn
 from torch.nn.modules import module as module_module
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["HookSet", "count_hooks", "preserve_state"]
+__all__ = ["HookSet", "StopForward", "count_hooks", "preserve_state"]
 
 PreHook = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]
 PostHook = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None]
 #: ``run(module, call_impl, args, kwargs) -> output``: how a wrapped call runs between
 #: its hooks (``call_impl(*args, **kwargs)`` runs the module as usual).
 CallRunner = Callable[[nn.Module, Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+
+
+class StopForward(Exception):
+    """Raised by a netsight hook to end a forward pass once what it needs has run.
+
+    It is no failure of the model: the trace engine (:func:`netsight.trace`) and
+    :func:`netsight.features.run_forward` let it through unchanged instead of
+    reporting it as the error, or re-running the forward to find a failing layer.
+    Subclass it for each purpose, so that a caller catches only its own.
+    """
 
 
 class HookSet:

@@ -8,13 +8,14 @@ constant maps never divide by zero.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 __all__ = [
@@ -197,6 +198,11 @@ def load_image(
     Any Pillow-readable file works: grayscale, RGB, RGBA (composited on white),
     palette, 16-bit and 32-bit integer or float images (scaled by their range).
 
+    With ``size``, a file much larger than the target is shrunk while it is read
+    (JPEG: decoded at 1/2, 1/4 or 1/8 scale; others: box-averaged by whole
+    factors), never below twice the target, before the final antialiased resize
+    to exactly ``size``; memory then follows ``size`` rather than the file.
+
     Args:
         path: the file.
         size: resize to ``(H, W)`` (an int makes a square).
@@ -208,15 +214,36 @@ def load_image(
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not an image, or a channel count that cannot be made.
+        ValueError: not an image, an image over twice Pillow's decompression-bomb
+            limit (``PIL.Image.MAX_IMAGE_PIXELS``), or a channel count that cannot
+            be made.
+
+    Warns:
+        PIL.Image.DecompressionBombWarning: the image has more pixels than
+            ``PIL.Image.MAX_IMAGE_PIXELS`` (but not twice as many); it is loaded.
     """
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"image: no such file {str(file)!r}")
+    target = None if size is None else (size, size) if isinstance(size, int) else tuple(size)
+    if target is not None and (
+        len(target) != 2 or not all(isinstance(n, int) and n > 0 for n in target)
+    ):
+        raise ValueError(f"size: expected a positive int or (H, W) of them, got {size!r}")
     try:
-        with Image.open(file) as opened:
-            opened.load()
-            img = ImageOps.exif_transpose(opened)  # phone photos: honour EXIF orientation
+        with warnings.catch_warnings():
+            # Pillow's own warning names neither the file nor its size: ours below does
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened_file = Image.open(file)
+        with opened_file as opened:
+            _warn_if_huge(file, opened)
+            img = _read_reduced(opened, target)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(
+            f"image: {str(file)!r} is too large to decode safely ({exc}); Pillow refuses "
+            "images over twice PIL.Image.MAX_IMAGE_PIXELS: raise that limit if you trust "
+            "the file, or shrink the file"
+        ) from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"image: {str(file)!r} is not an image Pillow can read ({exc})") from exc
     source = "asked for"
@@ -236,8 +263,7 @@ def load_image(
     elif channels == 3 and array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).unsqueeze(0)
-    if size is not None:
-        target = (size, size) if isinstance(size, int) else tuple(size)
+    if target is not None:
         tensor = torch.nn.functional.interpolate(
             tensor, size=target, mode="bilinear", align_corners=False, antialias=True
         ).clamp(0, 1)
@@ -248,6 +274,81 @@ def load_image(
             f"mean/std: expected {channels} values each, got {mean_t.shape[1]} and {std_t.shape[1]}"
         )
     return (tensor - mean_t) / std_t
+
+
+#: Never shrink a file below this many times the target before the final resize
+#: (Pillow: from 3 on, "indistinguishable from fair resampling in most cases").
+_REDUCING_GAP = 3
+
+# EXIF orientations 5 to 8 store the picture rotated by 90 degrees: width and height swap.
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def _warn_if_huge(file: Path, image: Image.Image) -> None:
+    """Warn, naming the file, about an image over ``PIL.Image.MAX_IMAGE_PIXELS``."""
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        warnings.warn(
+            f"image: {str(file)!r} is {width}x{height} ({width * height:,} pixels), more than "
+            f"PIL.Image.MAX_IMAGE_PIXELS ({limit:,}), the size of a possible decompression "
+            "bomb; loading it anyway",
+            Image.DecompressionBombWarning,
+            stacklevel=3,
+        )
+
+
+def _read_reduced(opened: Image.Image, target: tuple[int, ...] | None) -> Image.Image:
+    """Decode ``opened`` upright (EXIF orientation applied), shrunk by whole factors
+    while staying at least ``_REDUCING_GAP`` times ``target`` ``(H, W)``, if given.
+
+    A JPEG is decoded at reduced scale (``Image.draft``); other formats are decoded
+    in full and box-averaged (``Image.reduce``) before any float copy is made, so
+    the large buffers are the file's 8-bit pixels at most.
+    """
+    if target is None:
+        opened.load()
+        return ImageOps.exif_transpose(opened)
+    height, width = target
+    orientation = opened.getexif().get(ExifTags.Base.Orientation)
+    if orientation in _SWAPPING_ORIENTATIONS:
+        height, width = width, height  # the target as the pixels are stored
+    wanted = (width * _REDUCING_GAP, height * _REDUCING_GAP)
+    opened.draft(None, wanted)  # JPEG only; a no-op for other formats
+    opened.load()
+    factors = (max(1, opened.width // wanted[0]), max(1, opened.height // wanted[1]))
+    if factors == (1, 1):
+        return ImageOps.exif_transpose(opened)
+    img = _reduce(opened, factors)
+    if orientation in _TRANSPOSES:
+        img = img.transpose(_TRANSPOSES[orientation])
+    return img
+
+
+#: How to turn each EXIF orientation upright (as ``ImageOps.exif_transpose`` does).
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _reduce(img: Image.Image, factors: tuple[int, int]) -> Image.Image:
+    """``img.reduce(factors)`` in a mode that averages correctly and that
+    :func:`_to_float_array` reads as it would the original (palette and bilevel
+    pixels cannot be averaged; 16-bit ones are averaged as 32-bit and put back)."""
+    if img.mode == "1":
+        return img.convert("L").reduce(factors)
+    if img.mode in ("P", "PA"):
+        transparent = img.mode == "PA" or "transparency" in img.info
+        return img.convert("RGBA" if transparent else "RGB").reduce(factors)
+    if img.mode.startswith("I;16"):
+        return img.convert("I").reduce(factors).convert("I;16")
+    return img.reduce(factors)
 
 
 def _to_float_array(img: Image.Image) -> np.ndarray:

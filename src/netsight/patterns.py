@@ -36,7 +36,7 @@ from torch import nn
 from netsight._progress import ProgressBar
 from netsight.capture import resolve_layers
 from netsight.features import run_forward
-from netsight.hooks import HookSet, preserve_state
+from netsight.hooks import HookSet, StopForward, preserve_state
 from netsight.images import expected_channels
 
 __all__ = ["Patterns", "maximize"]
@@ -100,7 +100,7 @@ class Patterns:
         return fig
 
 
-class _Reached(Exception):
+class _Reached(StopForward):
     """Raised by the layer hook: the forward need not go further."""
 
 
@@ -263,7 +263,9 @@ def maximize(
             with torch.no_grad():
                 probe = layer_output(grey)
         except RuntimeError:  # a wrong input shape: name the layer that failed
-            run_forward(model, (grey - mean_t) / std_t)
+            # a re-run that reaches the layer names none: the original error stands
+            with contextlib.suppress(_Reached):
+                run_forward(model, (grey - mean_t) / std_t)
             raise
         available = probe.shape[1] if probe.dim() >= 2 else 1
         if channels is None:

@@ -553,7 +553,8 @@ def report(
         images: a ``(B, C, H, W)`` batch, prepared as the model expects
             (normalised): the feature maps use the first image, the statistics
             all of them, the CAMs the first eight.
-        labels: the true class of each image, to mark predictions right or wrong.
+        labels: the true class of each image, to mark predictions right or wrong
+            (one int per image, each a class of the model).
         class_names: names of the classes, shown next to their indices.
         mean, std: the normalisation of ``images``, to show them as they were
             (otherwise each image is scaled to its own range for display).
@@ -583,7 +584,8 @@ def report(
         A :class:`Report`; ``report.save(path)`` writes it.
 
     Raises:
-        TypeError, ValueError: a malformed model, batch or option.
+        TypeError, ValueError: a malformed model, batch or option, or labels that
+            are not one class of the model per image (checked before any section).
         netsight.TraceError: the model does not run on ``images``.
     """
     from netsight import __version__
@@ -599,9 +601,15 @@ def report(
         raise TypeError(f"faithfulness_steps: expected an int, got {faithfulness_steps!r}")
     if faithfulness_steps < 0:
         raise ValueError(f"faithfulness_steps: expected 0 (off) or more, got {faithfulness_steps}")
-    if labels is not None and len(labels) != images.shape[0]:
-        raise ValueError(f"labels: {len(labels)} for {images.shape[0]} images")
     from netsight.cam import METHODS
+    from netsight.cam.base import check_classes
+
+    # the range once the model's class count is known, below, before any section
+    checked_labels = (
+        check_classes(labels, None, name="labels", noun="label", count=images.shape[0])
+        if labels is not None
+        else None
+    )
 
     unknown = [m for m in cam_methods if m not in METHODS]
     if unknown:
@@ -622,7 +630,7 @@ def report(
         model=model,
         images=images,
         shown=_display_images(images, mean, std),
-        labels=[int(v) for v in labels] if labels is not None else None,
+        labels=checked_labels,
         class_names=[str(c) for c in class_names] if class_names is not None else None,
         cam_methods=tuple(cam_methods),
         cam_layer=cam_layer,
@@ -642,6 +650,8 @@ def report(
     with preserve_state(model, "eval"), torch.no_grad():
         output = model(images)
     if isinstance(output, torch.Tensor) and output.dim() == 2:
+        if checked_labels is not None:
+            check_classes(checked_labels, output.shape[1], name="labels", noun="label")
         ctx.probabilities = output.float().softmax(dim=1).cpu()
 
     makers: list[tuple[str, str, Callable[[], str]]] = [

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from netsight._markdown import markdown_escape
 from netsight._version import __version__
 from netsight.trace import (
     LayerRecord,
@@ -377,19 +378,17 @@ class Summary:
         )
 
     def to_markdown(self) -> str:
-        """A GitHub-flavoured Markdown table plus totals and notes."""
+        """A GitHub-flavoured Markdown table plus totals and notes; every name from
+        the model is escaped (see :func:`netsight._markdown.markdown_escape`)."""
         header, cells, depths = self.table()
-
-        def esc(text: str) -> str:
-            return text.replace("|", "\\|")
-
-        out = ["| " + " | ".join(header) + " |"]
+        esc = markdown_escape
+        out = ["| " + " | ".join(esc(h) for h in header) + " |"]
         out.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
         for line, depth in zip(cells, depths, strict=True):
             name = "&nbsp;&nbsp;" * depth + esc(line[0])
             out.append("| " + " | ".join([name, *(esc(c) for c in line[1:])]) + " |")
         out.append("")
-        out += [f"- **{label}:** {value}" for label, value in self.footer()]
+        out += [f"- **{esc(label)}:** {esc(value)}" for label, value in self.footer()]
         out += [f"- {esc(note)}" for note in self.notes()]
         return "\n".join(out)
 

@@ -56,7 +56,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from netsight._flops import formula_for, is_heavy_uncounted
-from netsight.hooks import CallRunner, HookSet, preserve_state
+from netsight.hooks import CallRunner, HookSet, StopForward, preserve_state
 
 __all__ = [
     "LayerRecord",
@@ -1529,6 +1529,8 @@ def _run(
         try:
             with torch.no_grad(), fused_off, _OpCounter(recorder, cache=not real, twins=twins):
                 model(*args, **kwargs)
+        except StopForward:
+            raise  # a netsight hook ended the pass on purpose: not the model's failure
         except Exception as exc:
             raise _trace_error(exc, recorder, names) from exc
     return recorder
@@ -2038,6 +2040,8 @@ def trace(
         TypeError: ``model`` is not an ``nn.Module`` or the input is malformed.
         TraceError: the forward failed; the message names the module that failed,
             its input shapes and the layers that ran before it.
+        StopForward: a netsight hook ended the forward on purpose; passed through
+            unchanged (:class:`netsight.hooks.StopForward`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")

@@ -18,6 +18,7 @@ and no parameter's ``.grad`` is ever written.
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ __all__ = [
     "ScoreTarget",
     "TargetSpec",
     "Targets",
+    "check_classes",
     "find_target_layer",
     "resolve_targets",
     "run_forward",
@@ -153,6 +155,72 @@ def _logits_or_error(output: Any) -> torch.Tensor:
     )
 
 
+def check_classes(
+    values: Any,
+    classes: int | None,
+    *,
+    name: str,
+    noun: str = "class",
+    count: int | None = None,
+) -> list[int]:
+    """Class indices given by the user, refused unless they can be classes of the model.
+
+    The one check behind ``targets=`` (:class:`BaseCAM`), ``labels`` in
+    :func:`netsight.cam.evaluate` and ``labels=`` in :func:`netsight.report`.
+
+    Example:
+        >>> check_classes([3, 1], 10, name="labels", noun="label", count=2)
+        [3, 1]
+
+    Args:
+        values: a sequence of ints (numpy or 0-d tensor ints too) or a 1-D
+            integer tensor.
+        classes: the model's number of classes; ``None`` when unknown (only
+            negative indices are refused then).
+        name: the argument's name, which starts every message.
+        noun: what one value is called in the messages (``"class"``, ``"label"``).
+        count: how many values there must be (one per image), if known.
+
+    Returns:
+        The values as plain ints.
+
+    Raises:
+        TypeError: not a sequence, or a value that is not an int (bools and
+            floats are refused too).
+        ValueError: the wrong number of values, or one out of range.
+    """
+    if isinstance(values, torch.Tensor):
+        if values.dim() != 1 or values.is_floating_point() or values.dtype == torch.bool:
+            raise TypeError(
+                f"{name}: expected a 1-D integer tensor of {noun} indices, got "
+                f"{values.dtype} of shape {list(values.shape)}"
+            )
+        values = values.tolist()
+    if not isinstance(values, Sequence) or isinstance(values, (str, bytes)):
+        raise TypeError(f"{name}: expected a sequence of {noun} indices, got {_describe(values)}")
+    items = []
+    for value in values:
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            items.append(operator.index(value))
+        except TypeError:
+            raise TypeError(
+                f"{name}: expected int {noun} indices, got {value!r} ({type(value).__name__})"
+            ) from None
+    if count is not None and len(items) != count:
+        raise ValueError(f"{name}: {len(items)} {noun}s for {count} images")
+    for item in items:
+        if item < 0 or (classes is not None and item >= classes):
+            where = (
+                f"the model has {classes} classes (0 to {classes - 1})"
+                if classes is not None
+                else "class indices start at 0"
+            )
+            raise ValueError(f"{name}: {noun} {item} is out of range; {where}")
+    return items
+
+
 def resolve_targets(targets: TargetSpec, output: Any, batch: int) -> Targets:
     """Turn a ``targets=`` argument into :class:`Targets` for a batch.
 
@@ -196,13 +264,7 @@ def resolve_targets(targets: TargetSpec, output: Any, batch: int) -> Targets:
     if not all(isinstance(item, int) and not isinstance(item, bool) for item in items):
         raise TypeError("targets: a list must hold only ints or only callables")
     logits = _logits_or_error(output)
-    classes = logits.shape[1]
-    for item in items:
-        if not 0 <= item < classes:
-            raise ValueError(
-                f"targets: class {item} is out of range; the model has {classes} classes "
-                f"(0 to {classes - 1})"
-            )
+    check_classes(items, logits.shape[1], name="targets")
     values = items * batch if single else items
     return Targets(classes=torch.tensor(values, dtype=torch.long, device=logits.device))
 

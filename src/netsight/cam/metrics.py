@@ -53,8 +53,9 @@ from torch.utils.data import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
+from netsight._markdown import markdown_escape
 from netsight._progress import ProgressBar
-from netsight.cam.base import BaseCAM
+from netsight.cam.base import BaseCAM, check_classes
 from netsight.hooks import preserve_state
 
 __all__ = ["BASELINES", "CAMEvaluation", "MethodScores", "evaluate"]
@@ -181,7 +182,7 @@ def render_table(evaluation: CAMEvaluation, style: str = "text") -> str:
     )
     if style == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 6) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["| " + " | ".join(markdown_escape(cell) for cell in row) + " |" for row in rows]
         return "\n".join([*lines, "", footer]) + "\n"
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
@@ -708,12 +709,7 @@ class _Scorer:
             )
         if label_tensor is not None and targets == "labels":
             classes = label_tensor
-            bad = (classes < 0) | (classes >= logits.shape[1])
-            if bool(bad.any()):
-                raise ValueError(
-                    f"data: label {int(classes[bad][0])} is out of range; the model has "
-                    f"{logits.shape[1]} classes"
-                )
+            check_classes(classes.tolist(), logits.shape[1], name="data", noun="label")
         else:
             classes = logits.argmax(1)
         p0 = torch.softmax(logits.float(), 1).gather(1, classes[:, None])[:, 0].double()
