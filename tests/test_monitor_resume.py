@@ -193,16 +193,24 @@ def test_a_holder_gone_but_its_forked_child_alive_is_named(tmp_path: Path) -> No
 
 def _new_run_of_one_name(logdir: Path, rounds: int, barrier: Any, out: Any) -> None:
     torch.set_num_threads(1)
-    for r in range(rounds):
-        barrier.wait(timeout=60)
-        mon = TrainingMonitor(nn.Linear(2, 2), logdir / f"round{r}", "same", **_quiet())
-        out.put((r, mon.run_dir.name))
-        barrier.wait(timeout=60)  # every process holds its directory before any closes
-        mon.close()
+    try:
+        for r in range(rounds):
+            barrier.wait(timeout=60)
+            mon = TrainingMonitor(nn.Linear(2, 2), logdir / f"round{r}", "same", **_quiet())
+            out.put((r, mon.run_dir.name))
+            barrier.wait(timeout=60)  # every process holds its directory before any closes
+            mon.close()
+    except BaseException as error:
+        barrier.abort()  # the others stop waiting
+        out.put((-1, f"{type(error).__name__}: {error}"))
 
 
 def test_runs_of_one_name_started_at_once_get_their_own_directories(tmp_path: Path) -> None:
-    workers, rounds = 4, 15
+    """Before the run directory was made with an exclusive ``mkdir`` two processes
+    could both find ``same`` free and share it: two of three runs of this test failed
+    on that code (two processes in ``same``, or one failing on the other's files), so a
+    pass there is luck, a failure here is the race."""
+    workers, rounds = 4, 30
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(workers)
     out = context.Queue()
@@ -213,7 +221,12 @@ def test_runs_of_one_name_started_at_once_get_their_own_directories(tmp_path: Pa
     for process in processes:
         process.start()
     try:
-        names = [out.get(timeout=SUBPROCESS_TIMEOUT) for _ in range(workers * rounds)]
+        names: list[tuple[int, str]] = []
+        while len(names) < workers * rounds:
+            r, name = out.get(timeout=SUBPROCESS_TIMEOUT)
+            if r == -1:
+                pytest.fail(f"a process failed in its round: {name}")
+            names.append((r, name))
     finally:
         for process in processes:
             process.join(timeout=60)
@@ -256,6 +269,35 @@ def test_resume_cuts_a_torn_last_line(tmp_path: Path) -> None:
         ("nonfinite_loss", 3),
         ("nonfinite_loss", 6),
     ]
+
+
+def test_the_resumed_event_file_is_read_after_the_earlier_ones(tmp_path: Path) -> None:
+    """TensorBoard reads a run's event files in name order
+    (``events.out.tfevents.<second>.<host>.<pid>.<n>``) and a purge drops only what it
+    read before: an earlier file from the same second with a larger PID must not sort
+    after the resumed run's file."""
+    model = _model()
+    options = _quiet(tensorboard=True, log_every=1)
+    with TrainingMonitor(model, tmp_path, "run", **options) as mon:
+        _train(mon, model, 10)
+    run_dir = mon.run_dir
+    # as if killed when the event file had step 9 but scalars.csv only step 4
+    lines = (run_dir / "scalars.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines[1:] if int(line.split(",", 1)[0]) < 5]
+    (run_dir / "scalars.csv").write_text(lines[0] + "".join(kept), encoding="utf-8")
+    # ... by another process whose PID sorts after ours, in this very second
+    time.sleep(1.0 - time.time() % 1.0)
+    (old,) = run_dir.glob("events.out.tfevents.*")
+    parts = old.name.split(".")
+    parts[3], parts[-2] = f"{int(time.time()):010d}", "9" * 12
+    old.rename(run_dir / ".".join(parts))
+    with TrainingMonitor(model, tmp_path, "run", resume=True, **options) as mon:
+        _train(mon, model, 3)
+    names = sorted(p.name for p in run_dir.glob("events.out.tfevents.*"))
+    assert names[0] == ".".join(parts)
+    accumulator = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Scalars("train/loss")] == list(range(8))
 
 
 def _event_steps(path: Path) -> list[int]:
