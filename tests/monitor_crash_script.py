@@ -6,7 +6,7 @@ Usage::
 
     python monitor_crash_script.py LOGDIR NAME [--steps N] [--flush-secs F]
         [--sleep S] [--log-every K] [--histogram-every K] [--fsize BYTES]
-        [--no-tensorboard] [--plots]
+        [--no-tensorboard] [--plots] [--resume] [--vanishing-ratio R]
         [--max-seconds T]
 
 It prints ``ready`` once the monitor is built, then ``step N`` after each
@@ -16,7 +16,10 @@ It prints ``ready`` once the monitor is built, then ``step N`` after each
 
 ``--fsize`` sets ``RLIMIT_FSIZE`` after the imports and ignores ``SIGXFSZ``, so
 every write past that many bytes in one file fails with ``EFBIG``, as on a full
-disk. ``--max-seconds`` ends the run on its own if no parent stops it.
+disk. ``--max-seconds`` ends the run on its own if no parent stops it. ``--resume``
+passes ``resume=True``; a ``--vanishing-ratio`` above 1 makes a diagnostic at every
+logging step. The monitor's ``RunInUseError`` is printed as one JSON line too and
+exits with 4.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netsight.monitor import MonitorWriteError, TrainingMonitor
+from netsight.monitor import MonitorWriteError, RunInUseError, Thresholds, TrainingMonitor
 
 EXIT_WRITE_ERROR = 3
+EXIT_IN_USE = 4
 
 
 def main() -> int:
@@ -51,6 +55,8 @@ def main() -> int:
     parser.add_argument("--no-tensorboard", action="store_true")
     parser.add_argument("--plots", action="store_true")
     parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--vanishing-ratio", type=float, default=Thresholds.vanishing_ratio)
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -78,6 +84,8 @@ def main() -> int:
             plots=args.plots,
             summary=False,
             warn=False,
+            resume=args.resume,
+            thresholds=Thresholds(vanishing_ratio=args.vanishing_ratio),
         ) as mon:
             print("ready", flush=True)
             for step in range(args.steps):
@@ -98,6 +106,9 @@ def main() -> int:
         record = {"error": type(error).__name__, "errno": error.errno, "message": str(error)}
         print(json.dumps({**record, "step": step}), flush=True)
         return EXIT_WRITE_ERROR
+    except RunInUseError as error:
+        print(json.dumps({"error": type(error).__name__, "message": str(error)}), flush=True)
+        return EXIT_IN_USE
     print("done", flush=True)
     return 0
 

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 from netsight.monitor.diagnostics import Diagnostic, Thresholds, TrainingWarning
+from netsight.monitor.lock import RunInUseError
 from netsight.monitor.monitor import TrainingMonitor
 from netsight.monitor.runs import RunInfo, list_runs
 from netsight.monitor.sinks import MonitorWriteError, read_scalars
@@ -22,6 +23,7 @@ __all__ = [
     "Diagnostic",
     "GradientStats",
     "MonitorWriteError",
+    "RunInUseError",
     "RunInfo",
     "Thresholds",
     "TrainingMonitor",

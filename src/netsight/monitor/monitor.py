@@ -47,12 +47,14 @@ from netsight.monitor.diagnostics import (
     check_overfitting,
     check_updates,
 )
+from netsight.monitor.lock import RunLock
 from netsight.monitor.plots import (
     plot_curves,
     plot_gradient_flow,
     plot_gradient_heatmap,
     plot_probe,
 )
+from netsight.monitor.runs import read_diagnostics
 from netsight.monitor.sinks import (
     AppendLog,
     EventWriter,
@@ -62,6 +64,7 @@ from netsight.monitor.sinks import (
     json_line,
     read_scalars,
     render_index,
+    trim_torn_line,
 )
 from netsight.monitor.stats import (
     GradientStats,
@@ -84,7 +87,11 @@ def _rank() -> int:
 
 
 def _new_run_dir(logdir: Path, name: str, resume: bool) -> Path:
-    """``logdir/name``; when it exists and ``resume`` is false, ``name-2``, ``name-3``, ..."""
+    """``logdir/name``; when it exists and ``resume`` is false, ``name-2``, ``name-3``, ...
+
+    Only names the directory (ranks other than 0 create nothing); rank 0 creates it
+    with :func:`_create_run_dir`.
+    """
     base = safe_filename(name, default="run")
     candidate = logdir / base
     if resume or not candidate.exists():
@@ -93,6 +100,27 @@ def _new_run_dir(logdir: Path, name: str, resume: bool) -> Path:
     while (logdir / f"{base}-{n}").exists():
         n += 1
     return logdir / f"{base}-{n}"
+
+
+def _create_run_dir(logdir: Path, name: str, resume: bool) -> Path:
+    """Create the run directory: ``logdir/name`` (kept as it is when ``resume``), else
+    the first of ``name``, ``name-2``, ... that this call creates itself (``mkdir``
+    without ``exist_ok`` is atomic: two processes starting a run of the same name at
+    once get two directories)."""
+    base = safe_filename(name, default="run")
+    logdir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        (logdir / base).mkdir(exist_ok=True)
+        return logdir / base
+    n = 1
+    while True:
+        candidate = logdir / (base if n == 1 else f"{base}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            n += 1
+            continue
+        return candidate
 
 
 @dataclass
@@ -124,7 +152,11 @@ class TrainingMonitor:
         logdir: the directory that holds runs; each run gets its own sub-directory.
         name: the run's name (default: a timestamp). An existing run directory is
             never overwritten: ``name-2``, ``name-3``, ... are used instead, unless
-            ``resume=True``, which appends to it (steps continue where it stopped).
+            ``resume=True``, which appends to it. A resumed run continues one step
+            after the last step in its ``scalars.csv``; what a killed writer left
+            beyond that point is dropped from every sink (a torn last line, later
+            diagnostics, and later TensorBoard events via ``purge_step``), so no step
+            is recorded twice.
         probe: a fixed ``(inputs, labels)`` batch (labels may be ``None``) shown once
             per epoch with predictions, used for feature maps and the dead-unit check,
             and for the summary and graph at the start.
@@ -153,8 +185,15 @@ class TrainingMonitor:
     its own): reduce metrics yourself and pass them to :meth:`epoch_end` for
     global figures.
 
+    One run directory takes one writer: the monitor holds an exclusive lock on it
+    (``RUN_DIR/.netsight.lock``, with its PID, host and start time) from construction
+    to :meth:`close` or the end of the ``with`` block. The lock is the kernel's
+    (``flock``): a process killed with ``kill -9`` leaves no lock behind.
+
     Raises:
         MonitorWriteError: the run directory cannot be created or written.
+        RunInUseError: another monitor (in this or another process) is writing to
+            the run directory; the message names its PID and host.
     """
 
     def __init__(
@@ -222,12 +261,20 @@ class TrainingMonitor:
         self._writer: Any = None
         self._scalars: AppendLog | None = None
         self._diag_log: AppendLog | None = None
-        self.run_dir = _new_run_dir(Path(logdir), name or time.strftime("%Y%m%d-%H%M%S"), resume)
+        self._lock: RunLock | None = None
+        name = name or time.strftime("%Y%m%d-%H%M%S")
+        self.run_dir = _new_run_dir(Path(logdir), name, resume)
         if self.rank != 0:
             return  # only rank 0 writes
-        self._open(resume, tensorboard)
-        if summary and self.probe_x is not None:
-            self._log_model(graph)
+        try:
+            self._open(Path(logdir), name, resume, tensorboard)
+            # a resumed run has its summary (and its step-0 text in TensorBoard)
+            if summary and self.probe_x is not None and self.global_step == 0:
+                self._log_model(graph)
+        except BaseException:
+            self.closed = True
+            self._close_sinks(suppress=True)
+            raise
 
     # ------------------------------------------------------------------ set-up
     def _probe(
@@ -247,25 +294,22 @@ class TrainingMonitor:
             raise ValueError("probe: the labels must be a tensor with one label per input")
         return x.detach(), (y.detach() if y is not None else None)
 
-    def _open(self, resume: bool, tensorboard: bool) -> None:
+    def _open(self, logdir: Path, name: str, resume: bool, tensorboard: bool) -> None:
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir = _create_run_dir(logdir, name, resume)
             probe_file = self.run_dir / ".netsight-write-check"
             probe_file.write_text("ok")
             probe_file.unlink()
+            # one writer per run directory, from here until close() (or the process's end)
+            self._lock = RunLock.acquire(self.run_dir)
         except OSError as error:
             raise MonitorWriteError(
                 error.errno,
                 f"logdir: cannot write the run directory {self.run_dir}: {error.strerror}; "
                 f"choose a writable logdir",
             ) from error
+        purge_step = self._resume_point() if resume else None
         scalars_path = self.run_dir / "scalars.csv"
-        if resume and scalars_path.exists():
-            rows = read_scalars(scalars_path)
-            if rows:
-                self.global_step = max(r["step"] for r in rows) + 1
-                self.history = _history_from_rows(rows)
-                self.epoch = len(self.history)
         self._scalars = AppendLog(scalars_path, header="step,epoch,tag,value,wall_time")
         self._diag_log = AppendLog(self.run_dir / "diagnostics.jsonl")
         if tensorboard:
@@ -276,12 +320,47 @@ class TrainingMonitor:
                     "TrainingMonitor(tensorboard=True) needs the tensorboard package: "
                     "pip install tensorboard (or pass tensorboard=False)"
                 ) from error
+            if purge_step is not None:
+                _after_event_files(self.run_dir)
             self._writer = EventWriter(
                 SummaryWriter(
-                    log_dir=str(self.run_dir), flush_secs=max(1, math.ceil(self.flush_secs))
+                    log_dir=str(self.run_dir),
+                    flush_secs=max(1, math.ceil(self.flush_secs)),
+                    purge_step=purge_step,
                 ),
                 self.run_dir,
             )
+
+    def _resume_point(self) -> int | None:
+        """Where a resumed run continues: one step after the last step in
+        ``scalars.csv``. Every sink is made to agree: a torn last line (a writer
+        killed mid-write) is cut off the CSV and ``diagnostics.jsonl``, diagnostics
+        at or after that step are dropped, and the returned step is TensorBoard's
+        ``purge_step`` (its readers drop what earlier event files hold at or after
+        it). ``None`` when there are no event files to purge.
+        """
+        scalars_path = self.run_dir / "scalars.csv"
+        diag_path = self.run_dir / "diagnostics.jsonl"
+        with file_errors(f"the run {self.run_dir} being resumed"):
+            trim_torn_line(scalars_path)
+            trim_torn_line(diag_path)
+            rows = read_scalars(scalars_path) if scalars_path.is_file() else []
+            if rows:
+                self.global_step = max(r["step"] for r in rows) + 1
+                self.history = _history_from_rows(rows)
+                self.epoch = len(self.history)
+            # (not a device: a test links it to /dev/full, which reads as endless zeros)
+            records = read_diagnostics(diag_path) if diag_path.is_file() else []
+            kept = [
+                r
+                for r in records
+                if not (isinstance(r.get("step"), int) and r["step"] >= self.global_step)
+            ]
+            if len(kept) < len(records):
+                atomic_write_text(diag_path, "".join(json_line(r) for r in kept))
+        if not any(self.run_dir.glob("*tfevents*")):
+            return None
+        return self.global_step
 
     def _log_model(self, graph: bool) -> None:
         from netsight.summary import summary as summarize
@@ -488,7 +567,7 @@ class TrainingMonitor:
             if self.probe_x is not None:
                 self._probe_epoch(step)
             if self.plots:
-                self._plots(epoch_mean, epoch_max)
+                self._plots(epoch_mean, epoch_max, step)
         self._epoch = _Epoch()
         self.epoch += 1
         self.flush()
@@ -618,7 +697,7 @@ class TrainingMonitor:
                 atomic_write_bytes(path, buffer.getvalue())
 
     # ------------------------------------------------------------------ files
-    def _plots(self, epoch_mean: dict[str, float], epoch_max: dict[str, float]) -> None:
+    def _plots(self, epoch_mean: dict[str, float], epoch_max: dict[str, float], step: int) -> None:
         self._emit(plot_curves(self.history), ["curves.png"], None, 0)
         if epoch_mean:
             layers = [n for n in self._groups.names if n in epoch_mean]
@@ -629,7 +708,8 @@ class TrainingMonitor:
                 title=f"Gradient flow, epoch {self.epoch + 1}",
             )
             files = ["grad_flow.png", f"grad_flow_epoch_{self.epoch + 1}.png"]
-            self._emit(fig, files, "gradients/flow", self.epoch + 1)
+            # at the global step like every other event (a resume purges by step)
+            self._emit(fig, files, "gradients/flow", step)
         heat_layers = [n for n in self._groups.names if any(n in e for e in self._epoch_grad_mean)]
         if heat_layers:
             rows = [[e.get(n, math.nan) for n in heat_layers] for e in self._epoch_grad_mean]
@@ -726,15 +806,24 @@ class TrainingMonitor:
                     if self.plots:
                         self._write_index(status)
         finally:
-            failure: OSError | None = None
+            self._close_sinks(suppress=False)
+
+    def _close_sinks(self, *, suppress: bool) -> None:
+        """Close every file, then let go of the run directory's lock; raise the first
+        failure unless ``suppress``."""
+        failure: OSError | None = None
+        try:
             for sink in (self._scalars, self._diag_log, self._writer):
                 try:
                     if sink is not None:
                         sink.close()
                 except OSError as error:  # close the others too, then report the first
                     failure = failure or error
-            if failure is not None:
-                raise failure
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+        if failure is not None and not suppress:
+            raise failure
 
     def _check_open(self) -> None:
         if self.closed:
@@ -768,6 +857,21 @@ class TrainingMonitor:
             f"TrainingMonitor(run_dir={str(self.run_dir)!r}, step={self.global_step}, "
             f"epoch={self.epoch}, diagnostics={len(self.diagnostics)})"
         )
+
+
+def _after_event_files(run_dir: Path) -> None:
+    """Wait (at most 2 s) until the clock has passed the second in the newest event
+    file's name (``events.out.tfevents.<seconds>.<host>.<pid>...``), so the next event
+    file sorts after it: TensorBoard reads a run's files in name order, and a purge
+    only drops events of the files read before it."""
+    newest = 0
+    for path in run_dir.glob("events.out.tfevents.*"):
+        stamp = path.name.split(".")[3]
+        if stamp.isdigit():
+            newest = max(newest, int(stamp))
+    deadline = time.monotonic() + 2.0
+    while int(time.time()) <= newest and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _history_from_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "file_errors",
     "read_scalars",
     "render_index",
+    "trim_torn_line",
 ]
 
 
@@ -193,6 +195,40 @@ def read_scalars(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             except (TypeError, ValueError, KeyError):
                 continue
     return rows
+
+
+def trim_torn_line(path: Path) -> int:
+    """Cut a torn last line (a writer killed mid-write) off the append-only log at
+    ``path``, so the next line appended starts on a line of its own.
+
+    Returns:
+        How many bytes were cut (0 when the file ends in a newline, is empty, is
+        missing or is not a regular file).
+    """
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return 0
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return 0
+        size = info.st_size
+        end = size
+        chunk = 4096
+        while end > 0:  # scan back for the last newline
+            start = max(0, end - chunk)
+            data = os.pread(fd, end - start, start)
+            cut = data.rfind(b"\n")
+            if cut >= 0:
+                end = start + cut + 1
+                break
+            end = start
+        if end < size:
+            os.ftruncate(fd, end)
+        return size - end
+    finally:
+        os.close(fd)
 
 
 _INDEX = """<!doctype html>
