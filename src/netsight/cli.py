@@ -44,6 +44,9 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     ImportError,
     TraceError,
     KeyError,
+    # the model's own forward failing (torch's shape and dtype errors; a user's
+    # hook), also where the traced re-run that names the layer succeeds
+    RuntimeError,
 )
 
 
@@ -1611,7 +1614,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        code: int = args.run(args)
+        # building a model draws from the global RNG: an in-process caller keeps its own
+        with torch.random.fork_rng(devices=[]):
+            code: int = args.run(args)
     except KeyboardInterrupt:
         print("netsight: interrupted", file=sys.stderr)
         return 130
