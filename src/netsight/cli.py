@@ -90,7 +90,7 @@ def _shape(text: str) -> tuple[int, ...]:
     """``1,3,224,224``, ``1x3x224x224`` (brackets and spaces allowed) -> a shape."""
     cleaned = text.strip().strip("()[]").strip()
     parts = [p.strip() for p in re.split(r"[,xX×]", cleaned)] if cleaned else []
-    if not parts or not all(p.isdigit() for p in parts):
+    if not parts or not all(p.isdecimal() for p in parts):
         raise argparse.ArgumentTypeError(
             f"expected a shape such as 1,3,224,224 or 1x3x224x224, got {text!r}"
         )
@@ -129,7 +129,7 @@ def _columns(text: str) -> list[Column]:
 
 
 def _depth(text: str) -> int:
-    if not text.strip().isdigit():
+    if not text.strip().isdecimal():
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return int(text)
 
@@ -585,13 +585,13 @@ def _unit_float(text: str) -> float:
 
 
 def _positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
+    if not text.strip().isdecimal() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return int(text)
 
 
 def _class_index(text: str) -> int:
-    if not text.strip().isdigit():
+    if not text.strip().isdecimal():
         raise argparse.ArgumentTypeError(f"expected a class index (an integer >= 0), got {text!r}")
     return int(text)
 
@@ -1185,7 +1185,7 @@ _TENSORBOARD_START_TIMEOUT = 120.0
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not text.isdecimal() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
     return int(text)
 
