@@ -97,7 +97,9 @@ class Net(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flat = nn.Flatten()
         self.fc = nn.Linear(6, classes)
-        self.scale = torch.ones(1)  # a plain tensor attribute
+        # a plain tensor attribute; the meta pass of trace/diagram cannot move it, so
+        # they fall back to a real pass: hooks and interrupts hit both passes here
+        self.scale = torch.ones(1)
 
     def forward(self, x):
         for child in self.children():
@@ -449,10 +451,12 @@ def _load_weights(c: Ctx) -> object:
 def _report(c: Ctx) -> object:
     return netsight.report(
         c.model,
-        c.x,
-        labels=c.labels,
+        c.x[:1],
+        labels=c.labels[:1],
         cam_methods=("gradcam",),
         cam_layer=c.layer,
+        filter_layers=["conv1"],
+        feature_layers=["conv1"],
         faithfulness_steps=0,
         pattern_steps=0,
         diagram=False,
