@@ -44,6 +44,9 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     ImportError,
     TraceError,
     KeyError,
+    # the model's own forward failing (torch's shape and dtype errors; a user's
+    # hook), also where the traced re-run that names the layer succeeds
+    RuntimeError,
 )
 
 
@@ -87,7 +90,7 @@ def _shape(text: str) -> tuple[int, ...]:
     """``1,3,224,224``, ``1x3x224x224`` (brackets and spaces allowed) -> a shape."""
     cleaned = text.strip().strip("()[]").strip()
     parts = [p.strip() for p in re.split(r"[,xX×]", cleaned)] if cleaned else []
-    if not parts or not all(p.isdigit() for p in parts):
+    if not parts or not all(p.isdecimal() for p in parts):
         raise argparse.ArgumentTypeError(
             f"expected a shape such as 1,3,224,224 or 1x3x224x224, got {text!r}"
         )
@@ -126,7 +129,7 @@ def _columns(text: str) -> list[Column]:
 
 
 def _depth(text: str) -> int:
-    if not text.strip().isdigit():
+    if not text.strip().isdecimal():
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return int(text)
 
@@ -582,13 +585,13 @@ def _unit_float(text: str) -> float:
 
 
 def _positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
+    if not text.strip().isdecimal() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return int(text)
 
 
 def _class_index(text: str) -> int:
-    if not text.strip().isdigit():
+    if not text.strip().isdecimal():
         raise argparse.ArgumentTypeError(f"expected a class index (an integer >= 0), got {text!r}")
     return int(text)
 
@@ -1182,7 +1185,7 @@ _TENSORBOARD_START_TIMEOUT = 120.0
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not text.isdecimal() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
     return int(text)
 
@@ -1611,7 +1614,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        code: int = args.run(args)
+        # building a model draws from the global RNG: an in-process caller keeps its own
+        with torch.random.fork_rng(devices=[]):
+            code: int = args.run(args)
     except KeyboardInterrupt:
         print("netsight: interrupted", file=sys.stderr)
         return 130

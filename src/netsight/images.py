@@ -377,7 +377,18 @@ def denormalize(
 ) -> torch.Tensor:
     """Undo :func:`load_image`'s normalisation for display: ``x * std + mean``, clamped
     to ``[0, 1]``. Works on ``(C, H, W)`` and ``(B, C, H, W)``."""
+    if tensor.dim() < 3:
+        raise ValueError(
+            f"denormalize: expected a (C, H, W) or (B, C, H, W) tensor, got shape "
+            f"{list(tensor.shape)}"
+        )
     channels = tensor.shape[-3]
+    for what, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) not in (1, channels):
+            raise ValueError(
+                f"denormalize: {what} has {len(values)} values for a tensor with {channels} "
+                f"channels (shape {list(tensor.shape)}); expected 1 or {channels}"
+            )
     mean_t = torch.tensor(mean if mean is not None else [0.5] * channels, device=tensor.device)
     std_t = torch.tensor(std if std is not None else [0.5] * channels, device=tensor.device)
     shape = (-1, 1, 1)

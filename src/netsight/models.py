@@ -104,6 +104,10 @@ def _split_spec(spec: str) -> tuple[str, str, str]:
             f"got {type(spec).__name__}"
         )
     spec = spec.strip()
+    if "\x00" in spec:
+        raise ModelSpecError(
+            f"model spec {spec!r}: contains a NUL character; expected {_SPEC_FORMS}"
+        )
     head, sep, tail = spec.partition(":")
     if sep and head in _SOURCES:
         if not tail:
@@ -216,7 +220,14 @@ def _on_sys_path(directory: str) -> Iterator[None]:
 
 def _import_file(path_text: str) -> ModuleType:
     path = Path(path_text).expanduser()
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name too long for the file system, ...
+        raise ModelSpecError(
+            f"model file {path_text}: {exc.strerror or exc}; expected an existing Python file "
+            f"in 'path/to/file.py:NAME'"
+        ) from None
+    if not exists:
         raise FileNotFoundError(
             f"model file not found: {path_text} (looked for {path.resolve()}); expected an "
             f"existing Python file in 'path/to/file.py:NAME'"

@@ -2085,8 +2085,12 @@ def trace(
                     recorder = _run(model, modules, args, kwargs, names, real=True)
             finally:
                 with torch.no_grad():
+                    # restore what the forward changed (BatchNorm's running stats
+                    # in train mode; its kernel does not bump _version): an
+                    # untouched buffer is not written, so its _version stays too
                     for b, saved in buffers:
-                        b.copy_(saved)
+                        if not torch.equal(b, saved):
+                            b.copy_(saved)
             ran = "real"
 
     records, uncalled, total_mult_adds, totals = _assemble(modules, recorder, names)

@@ -379,8 +379,12 @@ def record_dataflow(
                     result = _run_once(model, modules, names, args, kwargs)
             finally:
                 with torch.no_grad():
+                    # restore what the forward changed (BatchNorm's running stats
+                    # in train mode; its kernel does not bump _version): an
+                    # untouched buffer is not written, so its _version stays too
                     for b, saved in buffers:
-                        b.copy_(saved)
+                        if not torch.equal(b, saved):
+                            b.copy_(saved)
             ran = "real"
     rec, inputs, output = result
     outputs = tuple((rec.producer.get(id(t), -1), tuple(t.shape)) for t in _tensors_in(output))
