@@ -3,13 +3,16 @@
 Used by ``monitor_ddp_script.py`` and ``dist_eval_script.py`` (issue 11: rank 1 of
 the DDP job once aborted with "terminate called without an active exception").
 
-The cause: ``torch.distributed.nn.functional`` binds ``group.WORLD`` as the default
+What was wrong: ``torch.distributed.nn.functional`` binds ``group.WORLD`` as the default
 ``group`` argument of ten collectives when it is first imported. Imported after
 ``init_process_group``, that default is the live world group, held for the life of
 the process: ``destroy_process_group`` then cannot free it, gloo's threads
 (``gloo_tcp_loop`` and two ``pt_gloo_runloop``) keep running through interpreter
-shutdown and ``exit()``, and the process tears itself down around them. That is the
-known source of this abort (pytorch/pytorch#190489: a gloo group alive at exit).
+shutdown and ``exit()``, and the process tears itself down around them: the reported
+source of this very abort (pytorch/pytorch#190489, a gloo group left alive at exit).
+The abort did not recur in 60 runs of the old scripts here; the live threads showed
+in every run of the old DDP script inspected (gdb: ``ProcessGroupGloo``'s destructor
+never ran).
 ``DistributedDataParallel(...)`` performs that import (through ``torch._dynamo``), so
 every DDP script that does not import it first ends with a live group.
 

@@ -29,13 +29,15 @@ import pytest
 from netsight.monitor import read_scalars
 
 # Issue 11: in one CI run this job's rank 1 aborted with "terminate called without
-# an active exception". Cause: DDP imports torch.distributed.nn, whose collectives
-# bind the live world group as a default argument, so destroy_process_group could
-# not free it and gloo's threads ran on through the process's exit (dist_setup.py
-# has the details and the fix). The two torchrun jobs need no xdist group: each
-# job's workers meet on a store port its torchrun agent holds open for the whole
-# run, so two jobs cannot share one. Checked: 30 rounds of both jobs at once under
-# two extra busy loops, no failure (the command and counts are in the commit).
+# an active exception". What was wrong: DDP imports torch.distributed.nn, whose
+# collectives bind the live world group as a default argument, so
+# destroy_process_group could not free it and gloo's threads ran on through both
+# ranks' exit (dist_setup.py has the details and the fix;
+# test_nothing_left_running_after_teardown pins it). The abort itself did not recur
+# here: 30 rounds of both torchrun jobs at once under two extra busy loops, before
+# the fix and again after it, 60 jobs each, no failure. The jobs need no xdist group:
+# each job's workers meet on a store port its torchrun agent holds open for the
+# whole run, so two jobs cannot share one.
 
 SCRIPT = Path(__file__).with_name("monitor_ddp_script.py")
 LAYERS = ["conv", "bn", "fc"]
