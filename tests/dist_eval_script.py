@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import netsight.cam as nscam
+from dist_setup import init, teardown
 
 SIZE = 13  # odd: a DistributedSampler over 2 ranks pads one repeated image
 OPTIONS: dict[str, Any] = {"steps": 5, "chunk_size": 16, "progress": False, "seed": 3}
@@ -71,32 +72,36 @@ def as_dict(result: nscam.CAMEvaluation) -> dict[str, Any]:
     }
 
 
+def evaluate_share() -> dict[str, Any]:
+    rank = dist.get_rank()
+    model, dataset = build()
+    # 1. A Dataset: netsight shards it (3 images per batch on each rank).
+    sharded = nscam.evaluate(cams(model), dataset, batch_size=3, **OPTIONS)
+    # 2. A DataLoader with a shuffling DistributedSampler (pads 13 to 14).
+    sampler = DistributedSampler(dataset, shuffle=True, seed=5)
+    loader = DataLoader(dataset, batch_size=4, sampler=sampler)
+    padded = nscam.evaluate(cams(model), loader, **OPTIONS)
+    try:  # a plain DataLoader would give every rank every image: refused
+        nscam.evaluate(cams(model), DataLoader(dataset), **OPTIONS)
+        refused = ""
+    except ValueError as exc:
+        refused = str(exc)
+    return {
+        "refused": refused,
+        "rank": rank,
+        "own_share": len(range(rank, SIZE, dist.get_world_size())),
+        "dataset": as_dict(sharded),
+        "sampler": as_dict(padded),
+    }
+
+
 def main(out: Path) -> None:
-    dist.init_process_group("gloo")
-    try:
-        rank = dist.get_rank()
-        model, dataset = build()
-        # 1. A Dataset: netsight shards it (3 images per batch on each rank).
-        sharded = nscam.evaluate(cams(model), dataset, batch_size=3, **OPTIONS)
-        # 2. A DataLoader with a shuffling DistributedSampler (pads 13 to 14).
-        sampler = DistributedSampler(dataset, shuffle=True, seed=5)
-        loader = DataLoader(dataset, batch_size=4, sampler=sampler)
-        padded = nscam.evaluate(cams(model), loader, **OPTIONS)
-        try:  # a plain DataLoader would give every rank every image: refused
-            nscam.evaluate(cams(model), DataLoader(dataset), **OPTIONS)
-            refused = ""
-        except ValueError as exc:
-            refused = str(exc)
-        payload = {
-            "refused": refused,
-            "rank": rank,
-            "own_share": len(range(rank, SIZE, dist.get_world_size())),
-            "dataset": as_dict(sharded),
-            "sampler": as_dict(padded),
-        }
-        (out / f"rank{rank}.json").write_text(json.dumps(payload), encoding="utf-8")
-    finally:
-        dist.destroy_process_group()
+    init()
+    # On an error the traceback ends the rank (torchrun then stops the other one);
+    # destroying the group there could wait on a collective the other rank never joins.
+    payload = evaluate_share()
+    payload["threads_left"] = teardown()
+    (out / f"rank{payload['rank']}.json").write_text(json.dumps(payload), encoding="utf-8")
 
 
 if __name__ == "__main__":

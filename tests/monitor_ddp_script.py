@@ -11,8 +11,9 @@ DDP model each rank keeps a plain copy, loaded with the same weights before ever
 step, runs it on the same local batch and all-reduces its gradients by hand: that
 gives, independently of DDP and of the monitor, the averaged gradients the monitor
 should see. Each rank writes ``OUT/rank{R}.json`` with, per step, the per-layer L2
-norms of the local and of the averaged gradients and the local loss, and with its pid
-and what it saw of the log directory. The monitor writes under ``OUT/logs``.
+norms of the local and of the averaged gradients and the local loss, with its pid,
+what it saw of the log directory, and the threads still running once the process
+group is destroyed (none: see ``dist_setup``). The monitor writes under ``OUT/logs``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dist_setup import init, teardown
 from netsight.monitor import TrainingMonitor
 
 STEPS = 6
@@ -58,8 +60,8 @@ def layer_norms(model: nn.Module) -> dict[str, float]:
     return {layer: value**0.5 for layer, value in squares.items()}
 
 
-def main(out: Path) -> None:
-    dist.init_process_group("gloo")
+def train(out: Path) -> dict[str, object]:
+    """The run; the DDP wrapper (which holds the process group) dies on return."""
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)  # the same initial weights everywhere (DDP also broadcasts them)
     model = make_model()
@@ -116,12 +118,18 @@ def main(out: Path) -> None:
             steps.append({"loss": loss.item(), "local": local, "averaged": averaged})
         monitor.epoch_end(val_loss=1.0)
     monitor.close()
+    record["steps"] = steps
+    return record
+
+
+def main(out: Path) -> None:
+    init()
+    record = train(out)
     dist.barrier()  # every rank has closed its monitor before anyone looks at the files
     logs = out / "logs"
-    record["steps"] = steps
     record["seen"] = sorted(p.name for p in logs.iterdir()) if logs.exists() else []
-    (out / f"rank{rank}.json").write_text(json.dumps(record), encoding="utf-8")
-    dist.destroy_process_group()
+    record["threads_left"] = teardown()
+    (out / f"rank{record['rank']}.json").write_text(json.dumps(record), encoding="utf-8")
 
 
 if __name__ == "__main__":
