@@ -23,6 +23,9 @@ from dist_eval_script import OPTIONS, as_dict, build, cams
 from helpers import assert_unchanged, snapshot
 from netsight.cam.base import RawMaps, TargetSpec, resolve_targets
 
+#: Numbers within float tolerances: `make test` runs these again on other CPU kernels.
+pytestmark = pytest.mark.parity
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
@@ -197,9 +200,13 @@ def test_chunk_and_batch_sizes_do_not_change_the_numbers() -> None:
     options: dict[str, Any] = {"steps": 4, "progress": False}
     a = nscam.evaluate(nscam.GradCAM(model), dataset, batch_size=13, chunk_size=200, **options)
     b = nscam.evaluate(nscam.GradCAM(model), dataset, batch_size=2, chunk_size=3, **options)
+    # Equal up to float32 rounding: CPU kernels may round a batch of 13 and a batch
+    # of 2 differently (1.2e-7 seen on native convolutions), never by more.
     for name in a.methods:
         for key, value in a.methods[name].per_image.items():
-            torch.testing.assert_close(value, b.methods[name].per_image[key], equal_nan=True)
+            torch.testing.assert_close(
+                value, b.methods[name].per_image[key], equal_nan=True, rtol=1e-5, atol=1e-6
+            )
 
 
 def test_random_baseline_is_seeded_per_image() -> None:
@@ -212,7 +219,10 @@ def test_random_baseline_is_seeded_per_image() -> None:
     order = torch.arange(len(y)).flip(0)
     batches = [(x[order[:5]], y[order[:5]]), (x[order[5:]], y[order[5:]])]
     again = nscam.evaluate(cam, batches, seed=1, **options).methods["random"]
-    torch.testing.assert_close(again.per_image["deletion"], first.per_image["deletion"][order])
+    # the same up to float32 rounding (other batches may round differently)
+    torch.testing.assert_close(
+        again.per_image["deletion"], first.per_image["deletion"][order], rtol=1e-5, atol=1e-6
+    )
     other = nscam.evaluate(cam, dataset, seed=2, **options).methods["random"]
     assert not torch.equal(other.per_image["deletion"], first.per_image["deletion"])
 

@@ -58,6 +58,9 @@ pgc = pytest.importorskip("pytorch_grad_cam")
 torchcam_methods = pytest.importorskip("torchcam.methods")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
+#: Numbers within float tolerances: `make test` runs these again on other CPU kernels.
+pytestmark = pytest.mark.parity
+
 TARGETS = [1, 3, 5, 7]
 #: Pearson r of the final maps, per image.
 R_MIN = 0.999
@@ -149,7 +152,12 @@ def _reset(model: nn.Module) -> Iterator[None]:
 
 
 def _reference(
-    cls_name: str, model: nn.Module, layer: str, x: torch.Tensor, **options: Any
+    cls_name: str,
+    model: nn.Module,
+    layer: str,
+    x: torch.Tensor,
+    targets: list[int] = TARGETS,
+    **options: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """pytorch-grad-cam's final maps and its raw maps (what its ``get_cam_image``
     returns: the signed weighted sum at layer resolution, before ReLU and scaling)."""
@@ -164,7 +172,7 @@ def _reference(
             return raw
 
         cam.get_cam_image = keep_raw  # read the reference's intermediate, change nothing
-        maps = cam(x, [ClassifierOutputTarget(c) for c in TARGETS])
+        maps = cam(x, [ClassifierOutputTarget(c) for c in targets])
     (raw,) = raws
     return torch.from_numpy(maps), torch.from_numpy(np.asarray(raw))
 
@@ -273,13 +281,21 @@ def test_eigencam_matches_pytorch_grad_cam_up_to_the_sign(arch: str) -> None:
 )
 def test_perturbation_methods_match_pytorch_grad_cam(arch: str, method: str, cls_name: str) -> None:
     """On a 64-channel layer (one extra forward per image and channel), post-ReLU, so
-    pytorch-grad-cam's ablation value is 0, as netsight's always is."""
+    pytorch-grad-cam's ablation value is 0, as netsight's always is.
+
+    Each image's top class is explained, as CAMs usually are: Ablation-CAM divides
+    by the target score, and a logit near zero (-0.008 for the VGG-16's image 2 and
+    class 5) is itself a difference of larger numbers, so its rounding, which
+    differs between CPU kernels, is amplified in the weights (0.1 % of the map with
+    native convolutions)."""
     _, _, _, layer, shape = ARCHS[arch]
     model = _model(arch)
     x = _input(shape)
-    ours = nscam.METHODS[method](model, layer, batch_size=64).explain(x, TARGETS)
+    with torch.no_grad():
+        top = model(x).argmax(1).tolist()
+    ours = nscam.METHODS[method](model, layer, batch_size=64).explain(x, top)
     options = {"batch_size": 64} if cls_name == "AblationCAM" else {}
-    theirs, theirs_raw = _reference(cls_name, model, layer, x, **options)
+    theirs, theirs_raw = _reference(cls_name, model, layer, x, top, **options)
     _assert_raw_match(ours.raw[layer], theirs_raw, f"{arch} {method}")
     _assert_match(ours.maps, theirs, f"{arch} {method}")
 
@@ -311,7 +327,7 @@ def test_ablation_differs_where_the_reference_ablates_to_min_minus_1e7() -> None
         handle.remove()
         weights = (base - scores) / base
     by_hand = (weights[:, None, None] * a[0]).sum(0)
-    torch.testing.assert_close(ours.raw[layer][0], by_hand, rtol=1e-3, atol=1e-4)
+    _assert_raw_match(ours.raw[layer], by_hand[None], "ablation by hand")
     module = dict(model.named_modules())[layer]
     with _reset(model), pgc.AblationCAM(model, [module], batch_size=64) as cam:
         theirs = torch.from_numpy(cam(x, [ClassifierOutputTarget(1)]))

@@ -342,8 +342,6 @@ HOOK_ERROR = raises(nets.UserHookError)
 INTERRUPT = raises(KeyboardInterrupt)
 #: The hook fails in the meta pass (calls 1-8); the real pass after it runs.
 RUNS_ON = OK
-#: An out-of-range label is shown as a wrong prediction: the call returns.
-LABELS_ONLY_MARK = OK
 #: torch's own error from the model's forward, passed on unwrapped (its message
 #: names the expected and the received channels)
 TORCH_ERROR = raises(RuntimeError)
@@ -626,7 +624,7 @@ DRIVERS: dict[str, Driver] = {
     ),
     "report": Driver(
         _report,
-        bad_target=LABELS_ONLY_MARK,
+        bad_target=USER_ERROR,  # label 999 of 3 classes is refused before any work
         unknown_layer=USER_ERROR,
         wrong_shape=USER_ERROR,
         hook_raises=OK,  # the section where it fails is skipped with the reason
@@ -730,6 +728,7 @@ EXEMPT: dict[str, str] = {
     "cam.Targets": _RECORD,
     "monitor.GradientStats": "TrainingMonitor's gradient accumulator (driven through it)",
     "monitor.MonitorWriteError": "an exception",
+    "monitor.RunInUseError": "an exception",
     "monitor.RunInfo": _RECORD,
     "monitor.Thresholds": "a settings record for TrainingMonitor",
 }
@@ -907,7 +906,7 @@ CLI_DRIVERS: dict[str, CliDriver] = {
                 str(c.out / "r.html"),
             ]
         ),
-        bad_target=EXIT_OK,  # as LABELS_ONLY_MARK
+        bad_target=EXIT_USAGE,  # label 999 of 3 classes is refused
         unknown_layer=EXIT_USAGE,
         wrong_shape=EXIT_USAGE,
         hook_raises=EXIT_OK,  # as for the library's report
