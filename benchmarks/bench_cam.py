@@ -32,6 +32,13 @@ Three parts, all on the CPU with torchvision models (random weights, seeded, eva
   output, when the file is missing) on ``--demo-images`` test digits, target layer
   ``layer5.8`` (512 channels at 2 x 2).
 
+Equal work: every library gets the same model, input batch, target layer, target
+classes and torch threads (one process), and the perturbation methods the same
+chunk of 32 masked inputs per forward (netsight's ``batch_size`` passed explicitly).
+What differs is each library's own algorithm: netsight stops the gradient family's
+graph at the target layer and runs one masked forward per distinct channel map
+(identical maps share one; the "images (calls)" column shows the counts).
+
 Every timed call starts after ``gc.collect()`` and ``malloc_trim``; its clock covers
 the call only. Memory is measured on every timed call, in-process: the resident set
 is trimmed, the kernel's high-water mark (VmHWM) reset through
@@ -52,7 +59,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -69,7 +75,6 @@ import torchvision
 from torch import nn
 
 import _common
-import netsight
 import netsight.cam as nscam
 
 GRADIENT = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
@@ -254,6 +259,8 @@ def _netsight(
     method: str, model: nn.Module, layer: str, x: torch.Tensor, classes: list[int], **options: Any
 ) -> Callable[[], torch.Tensor]:
     cls = nscam.METHODS[method]
+    if method in PERTURBATION:
+        options = {"batch_size": CHUNK, **options}  # the anchors' chunk, not a default
 
     def run() -> torch.Tensor:
         with warnings.catch_warnings():
@@ -549,19 +556,6 @@ def print_verdicts(parts: dict[str, Any], approx: dict[str, int]) -> None:
             )
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "netsight": netsight.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "load": os.getloadavg(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -631,13 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     gradient = [m for m in args.methods if m in GRADIENT]
     perturbation = [m for m in args.methods if m in PERTURBATION]
 
-    info = machine()
-    print(
-        f"netsight {info['netsight']}, torch {info['torch']}, torchvision {info['torchvision']}, "
-        f"Python {info['python']}, {info['cpu_count']} CPUs, {info['torch_threads']} torch "
-        f"threads, load {info['load'][0]:.1f}; CPU, eval, random seeded weights"
-    )
-    report: dict[str, Any] = {"machine": info, "args": vars(args)}
+    run = _common.conditions(["grad-cam", "torchcam"])
+    print("CPU, eval, random seeded weights")
+    report: dict[str, Any] = {"args": vars(args)}
     if gradient:
         report["gradient"] = []
         for name in args.models:
@@ -673,6 +663,8 @@ def main(argv: list[str] | None = None) -> int:
         "the maps, worst image;\n  images (calls): images through the model's forward in one "
         "call, and how many forward calls"
     )
+    run.finish()
+    report["conditions"] = run.as_dict()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)

@@ -30,8 +30,10 @@ captured against the true conv outputs (from a copy of the model without in-plac
 and to measure memory: the resident memory the result holds once the forward is over
 (after ``malloc_trim``), the peak during the call (VmHWM, reset through
 ``/proc/self/clear_refs``), both above the process before the call, next to the bytes of
-the captured tensors (numel x element_size). Times are wall-clock medians; the machine
-should be otherwise idle.
+the captured tensors (numel x element_size). Every tool gets the same model, batch,
+layers and torch threads (one process). Times are wall-clock medians; the run's
+conditions (CPU, threads, load average at the start and end, versions) are printed
+first and last.
 """
 
 from __future__ import annotations
@@ -42,8 +44,6 @@ import copy
 import gc
 import importlib
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -328,19 +328,6 @@ def print_model(r: dict[str, Any]) -> None:
     )
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "netsight": netsight.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per tool (median)")
@@ -366,13 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    info = machine()
-    print(
-        f"netsight {info['netsight']}, torch {info['torch']}, torchvision {info['torchvision']}, "
-        f"Python {info['python']}, {info['cpu_count']} CPUs, {info['torch_threads']} torch "
-        f"threads; CPU, eval, torch.no_grad(); medians of {repeats} runs"
-    )
-    report: dict[str, Any] = {"machine": info, "repeats": repeats, "models": []}
+    run = _common.conditions()
+    print(f"CPU, eval, torch.no_grad(); medians of {repeats} runs")
+    report: dict[str, Any] = {"repeats": repeats, "models": []}
     for name in args.models:
         print(f"\n{name}, batch {batch}", file=sys.stderr)
         result = bench_model(name, batch, repeats)
@@ -387,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         "held: resident memory the result keeps after\n  the forward; peak: during the call; "
         "both above the process before the call"
     )
+    run.finish()
+    report["conditions"] = run.as_dict()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)

@@ -32,15 +32,14 @@ inside the monitored steps so is ``monitor.step`` itself. Reported:
   histograms (``histogram_every=1``), ``epoch_end`` (probe forward, images, feature maps,
   plots, ``index.html``), and building the monitor (summary and graph).
 
-Times are wall-clock; the machine should be otherwise idle.
+Times are wall-clock; the run's conditions (CPU, threads, load average at the start
+and end, versions) are printed first and last.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -50,11 +49,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 import _common
-import netsight
 from netsight.datasets import digits
 from netsight.monitor import TrainingMonitor
 from netsight.zoo import Vgg16Net
@@ -256,18 +253,6 @@ def report(s: dict[str, Any], parts: dict[str, Any], rounds: int, block: int) ->
     )
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "netsight": netsight.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds")
@@ -280,12 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds = 3 if args.quick and args.rounds == 6 else args.rounds
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    info = machine()
-    print(
-        f"netsight {info['netsight']}, torch {info['torch']}, Python {info['python']}, "
-        f"{info['cpu_count']} CPUs, {info['torch_threads']} torch threads; Vgg16Net, "
-        f"batch {BATCH} x 1 x 32 x 32, CPU"
-    )
+    conditions = _common.conditions()
+    print(f"Vgg16Net, batch {BATCH} x 1 x 32 x 32, CPU")
     trainer = Trainer()
     with tempfile.TemporaryDirectory() as tmp:
         monitor = _monitor(trainer, Path(tmp), "default")
@@ -294,9 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         parts = components(trainer, Path(tmp), args.repeats)
     s = summarize(run, monitor.log_every)
     report(s, parts, rounds, args.block)
+    conditions.finish()
     if args.json:
+        payload = {"summary": s, "single_calls": parts, "run": run}
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"machine": info, "summary": s, "single_calls": parts, "run": run}, f)
+            json.dump({"conditions": conditions.as_dict(), **payload}, f)
     return 0
 
 

@@ -7,8 +7,20 @@ mean activation each tool's final pictures reach (measured the same way for both
 the channel's mean over the layer's output), so speed is not bought with worse
 pictures.
 
-lucent (PyPI ``torch-lucent``) is not a netsight dependency; install it in the
-venv to include it: ``.venv/bin/pip install torch-lucent``.
+Equal work: the same model, layer, channels (one picture each, one batch),
+picture size, step count, optimiser (Adam, lr 0.05), ImageNet normalisation and
+torch threads (one process) in every tool. Each tool's picture parameterisation is
+its default (both a 1/f-scaled Fourier spectrum). Transforms differ by default
+(lucent: pad 12, jitter 8, scale 0.9-1.1, rotate +-10 degrees, jitter 4; netsight:
+jitter 4, scale 0.95-1.05), so lucent also runs with netsight's transforms
+("lucent, netsight's transforms"), which isolates the rest. What stays different
+is each tool's design: netsight's forward stops at the target layer, lucent runs
+the whole network every step (the "bare" row is that whole-network cost).
+
+lucent (PyPI ``torch-lucent``) is not a netsight dependency. Version 0.1.8 needs
+``kornia<=0.4.1`` (it calls ``kornia.get_rotation_matrix2d``, gone from later
+kornia); install the pinned pair with ``pip install -e '.[bench]'`` or
+``.venv/bin/pip install torch-lucent==0.1.8 kornia==0.4.1``.
 
     .venv/bin/python benchmarks/bench_patterns.py [--steps 64] [--size 128] [--repeats 3]
 """
@@ -54,14 +66,23 @@ def run_netsight(model: nn.Module, channels: list[int], size: int, steps: int) -
         channels,
         size=size,
         steps=steps,
+        lr=0.05,
+        jitter=JITTER,
+        scales=SCALES,
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
     )
     return found.images
 
 
-def run_lucent(model: nn.Module, channels: list[int], size: int, steps: int) -> torch.Tensor:
-    from lucent.optvis import objectives, param, render
+SCALES = (1.0, 0.975, 1.025, 0.95, 1.05)  # netsight.maximize's default
+JITTER = 4  # netsight.maximize's default
+
+
+def run_lucent(
+    model: nn.Module, channels: list[int], size: int, steps: int, *, netsight_transforms: bool
+) -> torch.Tensor:
+    from lucent.optvis import objectives, param, render, transform
 
     name = LAYER.replace(".", "_")
     objective: Any = objectives.channel(name, channels[0], batch=0)
@@ -75,6 +96,11 @@ def run_lucent(model: nn.Module, channels: list[int], size: int, steps: int) -> 
         model,
         objective,
         param_f,
+        transforms=(
+            [transform.jitter(JITTER), transform.random_scale(SCALES)]
+            if netsight_transforms
+            else None  # lucent's standard transforms
+        ),
         thresholds=(steps,),
         show_image=False,
         progress=False,
@@ -106,13 +132,21 @@ def main(argv: list[str] | None = None) -> int:
         "netsight": lambda: run_netsight(model, channels, args.size, args.steps),
         "bare fwd+bwd (whole net)": lambda: run_bare(model, channels, args.size, args.steps),
     }
+    peers = ["torch-lucent", "kornia"]
     try:
         import lucent  # noqa: F401
     except ImportError:
-        hint = "lucent not installed: `.venv/bin/pip install torch-lucent` to compare"
+        hint = "lucent not installed: `.venv/bin/pip install torch-lucent==0.1.8 kornia==0.4.1`"
         print(hint, file=sys.stderr)
+        peers = []
     else:
-        tools["lucent"] = lambda: run_lucent(model, channels, args.size, args.steps)
+        tools["lucent"] = lambda: run_lucent(
+            model, channels, args.size, args.steps, netsight_transforms=False
+        )
+        tools["lucent, netsight's transforms"] = lambda: run_lucent(
+            model, channels, args.size, args.steps, netsight_transforms=True
+        )
+    run = _common.conditions(peers)
     pictures: dict[str, torch.Tensor] = {}
     times: dict[str, list[float]] = {name: [] for name in tools}
     for r in range(args.repeats):
@@ -136,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             if name in pictures
             else "-"
         )
-        rows.append([name, _common.ms(median), f"{median / base:.2f}", reached])
-    print(_common.table(["tool", "ms", "x netsight", "mean activation reached"], rows))
+        paired = statistics.median(t / b for t, b in zip(values, times["netsight"], strict=True))
+        rows.append([name, _common.ms(median), f"{median / base:.2f}", f"{paired:.2f}", reached])
+    headers = ["tool", "ms", "x netsight", "paired", "mean activation reached"]
+    print(_common.table(headers, rows))
+    print("  (paired: median over rounds of the time over netsight's in the same round)")
+    run.finish()
     return 0
 
 

@@ -23,9 +23,17 @@ Four parts, each printed as a table:
    tokens, in a fresh subprocess: wall time and peak resident memory above the
    process after ``import torch, torchvision``.
 
+Equal work: both tools get the same model, input and table depth (3 in parts 1-2,
+1,000 in part 3, 2 in part 4) and run in the same process with the same torch
+threads (``--threads``), except the first calls and part 4, one fresh process each.
+netsight traces on the meta device where torchinfo runs a real forward: that is
+each tool's design, and both report the same shapes and parameter counts.
+
 Every timed call starts after ``gc.collect()`` so that no tool pays for garbage
-left by another. Times are wall-clock medians; the machine should be otherwise
-idle.
+left by another. Times are wall-clock medians; the run's conditions (CPU, threads,
+load average at the start and end, versions) are printed first and last: a loaded
+machine inflates torchinfo's and the bare forward's real passes far more than
+netsight's meta pass, so compare figures only with their load.
 """
 
 from __future__ import annotations
@@ -34,7 +42,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import select
 import signal
 import statistics
@@ -111,10 +118,11 @@ _FIRST_CALL = textwrap.dedent(
     model = torchvision.models.get_model(name, weights=None).eval()
     if tool == "netsight":
         import netsight
-        run = lambda: netsight.summary(model, input_size=(1, 3, 224, 224))
+        run = lambda: netsight.summary(model, input_size=(1, 3, 224, 224), depth=3)
     else:
         import torchinfo
-        run = lambda: torchinfo.summary(model, input_size=(1, 3, 224, 224), verbose=0)
+        run = lambda: torchinfo.summary(model, input_size=(1, 3, 224, 224), depth=3,
+                                        verbose=0)
     start = time.perf_counter()
     run()
     print(time.perf_counter() - start)
@@ -147,8 +155,10 @@ def bench_models(names: list[str], repeats: int) -> list[dict[str, Any]]:
         execution = netsight.summary(model, input_size=size).trace.execution
         medians = _interleaved(
             {
-                "netsight": lambda m=model, s=size: netsight.summary(m, input_size=s),
-                "torchinfo": lambda m=model, s=size: torchinfo.summary(m, input_size=s, verbose=0),
+                "netsight": lambda m=model, s=size: netsight.summary(m, input_size=s, depth=3),
+                "torchinfo": lambda m=model, s=size: torchinfo.summary(
+                    m, input_size=s, depth=3, verbose=0
+                ),
                 "bare": _bare(model, x),
             },
             repeats,
@@ -194,11 +204,13 @@ def bench_scaling(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
         model = wide_model(leaves).eval()
         x = torch.randn(1, 8)
         tools: dict[str, Callable[[], object]] = {
-            "netsight": lambda m=model: netsight.summary(m, input_size=(1, 8)),
+            "netsight": lambda m=model: netsight.summary(m, input_size=(1, 8), depth=3),
             "bare": _bare(model, x),
         }
         if leaves <= 8000:
-            tools["torchinfo"] = lambda m=model: torchinfo.summary(m, input_size=(1, 8), verbose=0)
+            tools["torchinfo"] = lambda m=model: torchinfo.summary(
+                m, input_size=(1, 8), depth=3, verbose=0
+            )
         medians = _interleaved(tools, repeats)
         results.append({"leaves": leaves, "torchinfo": None, **medians})
         print(f"  wide_model({leaves}): done", file=sys.stderr, flush=True)
@@ -432,21 +444,6 @@ def print_llama(results: list[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torchinfo": getattr(torchinfo, "__version__", "?"),
-        "netsight": netsight.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per tool (median)")
@@ -482,14 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     scaling_sizes = [1000, 2000] if args.quick else [1000, 2000, 4000, 8000]
     nesting_depths = [10, 20] if args.quick else [10, 20, 22, 50]
 
-    info = machine()
-    print(
-        f"netsight {info['netsight']}, torch {info['torch']}, torchvision {info['torchvision']}, "
-        f"torchinfo {info['torchinfo']}, Python {info['python']}, {info['cpu_count']} CPUs, "
-        f"CUDA {'yes' if info['cuda_available'] else 'no'}, {info['torch_threads']} torch "
-        f"threads; medians of {repeats} runs"
-    )
-    report: dict[str, Any] = {"machine": info, "repeats": repeats}
+    run = _common.conditions(["torchinfo"])
+    print(f"medians of {repeats} runs")
+    report: dict[str, Any] = {"repeats": repeats}
     if "models" in parts:
         print("\nModels (batch 1, 224 x 224, eval, random weights)", file=sys.stderr)
         report["models"] = bench_models(args.models, repeats)
@@ -513,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         report["llama"] = bench_llama()
         print("\n## LLaMA-7B shape on the meta device, 2,048 tokens, fresh process\n")
         print_llama(report["llama"])
+    run.finish()
+    report["conditions"] = run.as_dict()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)

@@ -38,8 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 from typing import Any
@@ -49,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import _common
 import netsight
 import netsight.cam as nscam
 
@@ -244,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or 1
     command = "python benchmarks/cam_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     timings: dict[str, float] = {}
+    torch.set_num_threads(threads)
+    conditions = _common.conditions()
 
     began = time.perf_counter()
     # Drawing is thousands of tiny ops: one thread is faster, and much faster when
@@ -286,20 +287,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{losses[-1]:.3f}), {images} evaluation canvases of {CANVAS} x {CANVAS} px"
     )
     print(f"accuracy: train {100 * train_acc:.1f}%, evaluation {100 * eval_acc:.1f}%")
-    print(
-        "time: "
-        + ", ".join(f"{key} {value:.1f} s" for key, value in timings.items())
-        + f"; torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-        f"{os.cpu_count()} CPU(s), Python {platform.python_version()}"
-    )
+    print("time: " + ", ".join(f"{key} {value:.1f} s" for key, value in timings.items()))
     print()
     print(result.table("markdown"))
     print(
         f"best gradient method: {best}, pointing {100 * gradient[best]:.1f}% "
         f"(goal >= {100 * GOAL:.0f}%: {'met' if met else 'NOT met'})"
     )
+    conditions.finish()
     if args.json:
         payload: dict[str, Any] = {
+            "conditions": conditions.as_dict(),
             "command": command,
             "seed": args.seed,
             "images": images,
