@@ -66,6 +66,13 @@ TARGETS = [1, 3, 5, 7]
 R_MIN = 0.999
 #: Largest difference of the raw maps, as a fraction of the reference's largest |value|.
 RAW_TOL = 1e-3
+#: The same for Ablation-CAM, whose reference weights carry more rounding:
+#: pytorch-grad-cam takes the unablated score from the batch of 4 and the ablated
+#: ones from batches of 64, and kernels that round by batch size (native
+#: convolutions: 1e-5 on a logit of 0.3) leave that difference in ``(y - y_k) / y``.
+#: Worst seen: 2.2e-6 with oneDNN, 3.5e-4 with native kernels (netsight compares
+#: against an unablated copy in the same batch). A scale error is still caught.
+RAW_TOL_ABLATION = 3e-3
 
 # name -> (factory, input shape, target layer (>= 7x7) for the gradient methods and
 #          Eigen-CAM, a 64-channel layer for Score-CAM / Ablation-CAM, input shape for those)
@@ -177,13 +184,15 @@ def _reference(
     return torch.from_numpy(maps), torch.from_numpy(np.asarray(raw))
 
 
-def _assert_raw_match(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
+def _assert_raw_match(
+    ours: torch.Tensor, theirs: torch.Tensor, what: str, tol: float = RAW_TOL
+) -> None:
     theirs = theirs.to(ours.dtype)
     assert ours.shape == theirs.shape, f"{what}: raw shape {ours.shape} vs {theirs.shape}"
     for i in range(ours.shape[0]):
         scale = float(theirs[i].abs().amax())
         err = float((ours[i] - theirs[i]).abs().amax())
-        assert err <= RAW_TOL * scale, (
+        assert err <= tol * scale, (
             f"{what}: image {i}: raw maps differ by {err:.3g} "
             f"({err / max(scale, 1e-30):.3g} of the reference's largest |value| {scale:.3g})"
         )
@@ -296,7 +305,8 @@ def test_perturbation_methods_match_pytorch_grad_cam(arch: str, method: str, cls
     ours = nscam.METHODS[method](model, layer, batch_size=64).explain(x, top)
     options = {"batch_size": 64} if cls_name == "AblationCAM" else {}
     theirs, theirs_raw = _reference(cls_name, model, layer, x, top, **options)
-    _assert_raw_match(ours.raw[layer], theirs_raw, f"{arch} {method}")
+    tol = RAW_TOL_ABLATION if method == "ablationcam" else RAW_TOL
+    _assert_raw_match(ours.raw[layer], theirs_raw, f"{arch} {method}", tol)
     _assert_match(ours.maps, theirs, f"{arch} {method}")
 
 
