@@ -12,11 +12,12 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
+import torch
 from torch import nn
 from torch.nn.modules import module as module_module
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["HookSet", "StopForward", "count_hooks", "preserve_state"]
+__all__ = ["HookSet", "StopForward", "count_hooks", "preserve_attributes", "preserve_state"]
 
 PreHook = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]
 PostHook = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None]
@@ -297,3 +298,114 @@ def preserve_state(
         yield
     finally:
         _write_flags(modules, flags)
+
+
+#: nn.Module's own bookkeeping in ``__dict__``: never a user's tensor.
+_MODULE_INTERNALS = frozenset(
+    {
+        "training",
+        "_parameters",
+        "_buffers",
+        "_non_persistent_buffers_set",
+        "_modules",
+        "_backward_pre_hooks",
+        "_backward_hooks",
+        "_is_full_backward_hook",
+        "_forward_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+        "_forward_pre_hooks",
+        "_forward_pre_hooks_with_kwargs",
+        "_state_dict_hooks",
+        "_state_dict_pre_hooks",
+        "_load_state_dict_pre_hooks",
+        "_load_state_dict_post_hooks",
+    }
+)
+
+
+_MISSING = object()
+
+
+def _holds_tensor(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if depth >= 2:
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v, depth + 1) for v in value.values())
+    return False
+
+
+@contextmanager
+def preserve_attributes(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Put back, on every path, the tensors that ``modules`` hold in plain
+    attributes (not parameters or buffers), directly or in lists, tuples and dicts.
+
+    A forward may replace them (torchvision's ``AnchorGenerator`` sets
+    ``self.cell_anchors = [a.to(device) ...]``; ``torch.nn.utils.prune`` sets
+    ``module.weight`` before every call) or cache new ones. On the meta device
+    those would be meta tensors left in the user's model, and every later
+    forward would fail. Restored: the attribute's original object (and a list's
+    or dict's original contents, if they were changed in place); attributes the
+    block added that hold tensors are removed. torch.nn's own layers without
+    hooks of their own set no attributes in their forward: on those only added
+    attributes are removed (a tensor swapped into an existing attribute of such a
+    layer from outside it is not seen).
+    """
+    saved: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = []
+    # torch.nn's own layers set no attribute in their forward: for those without
+    # hooks of their own only the number of attributes is kept (cheap on 8,000
+    # leaves); a dict keeps insertion order, so what was added comes after it
+    counted: list[tuple[dict[str, Any], int]] = []
+    plain: dict[type, bool] = {}
+    for module in modules:
+        attributes = module.__dict__
+        tp = type(module)
+        builtin = plain.get(tp)
+        if builtin is None:
+            builtin = plain[tp] = tp.__module__.startswith("torch.nn.")
+        if builtin and not (module._forward_pre_hooks or module._forward_hooks):
+            counted.append((attributes, len(attributes)))
+            continue
+        kept = {k: v for k, v in attributes.items() if k not in _MODULE_INTERNALS}
+        contents: dict[str, Any] = {}
+        for key, value in kept.items():
+            if isinstance(value, list) and _holds_tensor(value):
+                contents[key] = list(value)
+            elif isinstance(value, dict) and _holds_tensor(value):
+                contents[key] = dict(value)
+        saved.append((attributes, kept, contents))
+    try:
+        yield
+    finally:
+        for attributes, count in counted:
+            if len(attributes) > count:
+                for key in list(attributes)[count:]:
+                    if _holds_tensor(attributes[key]):
+                        del attributes[key]
+        for attributes, kept, contents in saved:
+            for key in [k for k in attributes if k not in kept and k not in _MODULE_INTERNALS]:
+                if _holds_tensor(attributes[key]):
+                    del attributes[key]  # a tensor cached by the block
+            for key, value in kept.items():
+                now = attributes.get(key, _MISSING)
+                if now is not value and (_holds_tensor(now) or _holds_tensor(value)):
+                    attributes[key] = value
+                before = contents.get(key)
+                if before is not None:
+                    _restore_contents(value, before)
+
+
+def _restore_contents(value: Any, before: Any) -> None:
+    """Put a list's or dict's original items back if the block changed them."""
+    if isinstance(value, list):
+        if len(value) != len(before) or any(a is not b for a, b in zip(value, before, strict=True)):
+            value[:] = before
+    elif isinstance(value, dict) and (
+        value.keys() != before.keys() or any(value[k] is not before[k] for k in before)
+    ):
+        value.clear()
+        value.update(before)

@@ -56,7 +56,13 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from netsight._flops import formula_for, is_heavy_uncounted
-from netsight.hooks import CallRunner, HookSet, StopForward, preserve_state
+from netsight.hooks import (
+    CallRunner,
+    HookSet,
+    StopForward,
+    preserve_attributes,
+    preserve_state,
+)
 
 __all__ = [
     "LayerRecord",
@@ -1470,13 +1476,15 @@ class _MetaTwins:
 def _swapped_to_meta(modules: list[nn.Module]) -> Iterator[None]:
     """Replace every parameter and buffer of ``modules`` (every module of the
     model) by a meta tensor of the same shape for the block; put the originals
-    back on every path."""
+    back on every path, and every tensor the forward put in plain attributes
+    (:func:`~netsight.hooks.preserve_attributes`)."""
     twins = _MetaTwins()
-    try:
-        twins.swap_all(modules)
-        yield
-    finally:
-        twins.restore()
+    with preserve_attributes(modules):
+        try:
+            twins.swap_all(modules)
+            yield
+        finally:
+            twins.restore()
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -1537,6 +1545,22 @@ def _run(
 
 
 def _run_meta(
+    model: nn.Module,
+    modules: list[nn.Module],
+    inputs_on: InputMaker,
+    names: dict[int, list[str]],
+    *,
+    on_meta: bool,
+) -> _Recorder:
+    """The meta pass (:func:`_meta_attempts`), after which every tensor the
+    model holds in plain attributes is as it was: a forward that stores tensors
+    in attributes (torchvision's anchor generators) would otherwise leave meta
+    tensors in the user's model, and the real fallback would fail on them."""
+    with preserve_attributes(modules):
+        return _meta_attempts(model, modules, inputs_on, names, on_meta=on_meta)
+
+
+def _meta_attempts(
     model: nn.Module,
     modules: list[nn.Module],
     inputs_on: InputMaker,
@@ -2081,7 +2105,9 @@ def trace(
             args, kwargs = inputs_on(None)
             buffers = [(b, b.detach().clone()) for b in model.buffers()]
             try:
-                with torch.random.fork_rng(devices=[]):
+                # the real pass leaves the model as it came too: RNG, buffers and
+                # the tensors in plain attributes (caches, moved anchors)
+                with torch.random.fork_rng(devices=[]), preserve_attributes(modules):
                     recorder = _run(model, modules, args, kwargs, names, real=True)
             finally:
                 with torch.no_grad():

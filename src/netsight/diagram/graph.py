@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from netsight.hooks import HookSet, preserve_state
+from netsight.hooks import HookSet, preserve_attributes, preserve_state
 from netsight.trace import (
     TraceError,
     _gc_paused,
@@ -375,7 +375,7 @@ def record_dataflow(
             args, kwargs = inputs_on(None)
             buffers = [(b, b.detach().clone()) for b in model.buffers()]
             try:
-                with torch.random.fork_rng(devices=[]):
+                with torch.random.fork_rng(devices=[]), preserve_attributes(modules):
                     result = _run_once(model, modules, names, args, kwargs)
             finally:
                 with torch.no_grad():
