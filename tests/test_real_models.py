@@ -4,6 +4,7 @@ in code, nothing downloaded."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -11,6 +12,8 @@ from torch.nn.utils import prune
 
 import netsight
 from helpers import assert_unchanged, snapshot
+from netsight.cli import main
+from netsight.models import default_input_size
 
 
 def _anchor_tensors(model: nn.Module) -> list[torch.Tensor]:
@@ -90,3 +93,16 @@ def test_a_pruned_layer_keeps_its_masked_weight() -> None:
     netsight.diagram(model, input_size=(1, 8))
     assert model[0].weight is weight and weight.device.type == "cpu"
     assert float((model[0].weight == 0).float().mean()) == 0.5
+
+
+def test_timm_models_get_their_input_size_from_timm(capsys: pytest.CaptureFixture[str]) -> None:
+    """``netsight summary timm:NAME`` used to exit 2 ("does not know the input
+    size"); timm's pretrained config has it, for every command that needs one."""
+    pytest.importorskip("timm")
+    assert default_input_size("timm:resnet18") == (1, 3, 224, 224)
+    assert default_input_size("timm:vit_base_patch16_384") == (1, 3, 384, 384)
+    assert default_input_size("timm:resnet50.a1_in1k") == (1, 3, 224, 224)
+    assert default_input_size("timm:no_such_model") is None
+    assert main(["summary", "timm:resnet18", "--depth", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "[1, 64, 112, 112]" in out and "11,689,512" in out  # conv1 of a 224 px input

@@ -381,6 +381,25 @@ def load_model(spec: str, *, device: torch.device | str | None = None) -> nn.Mod
     return _instantiate(obj, f"{location}:{name}")
 
 
+def _timm_input_size(name: str) -> tuple[int, ...] | None:
+    try:
+        from timm.models import get_pretrained_cfg
+    except ImportError:
+        return None
+    try:
+        cfg = get_pretrained_cfg(name)
+    except (RuntimeError, ValueError, KeyError):  # a malformed name: no config
+        return None
+    size = getattr(cfg, "input_size", None)
+    if (
+        isinstance(size, (tuple, list))
+        and size
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size)
+    ):
+        return (1, *size)
+    return None
+
+
 def default_input_size(spec: str) -> tuple[int, ...] | None:
     """The input shape a spec's model is usually run at, if netsight knows it.
 
@@ -388,8 +407,10 @@ def default_input_size(spec: str) -> tuple[int, ...] | None:
     size of the model's first published weights (read from torchvision's metadata;
     nothing is downloaded): 224 for most, 299 for ``inception_v3``. ViTs built
     without weights are fixed to 224 px, so for them the first 224 px weights are
-    used (``vit_h_14``'s first weights are for 518 px). ``zoo:Vgg16Net`` takes
-    ``(1, 1, 32, 32)``.
+    used (``vit_h_14``'s first weights are for 518 px). For ``timm:NAME`` it is
+    ``(1, *input_size)`` of timm's pretrained config for the name (tags such as
+    ``resnet50.a1_in1k`` included; nothing is built or downloaded), ``None``
+    without timm. ``zoo:Vgg16Net`` takes ``(1, 1, 32, 32)``.
 
     Args:
         spec: a model spec, as for :func:`load_model`.
@@ -403,6 +424,8 @@ def default_input_size(spec: str) -> tuple[int, ...] | None:
     kind, _, name = _split_spec(spec)
     if kind == "zoo":
         return (1, 1, 32, 32) if name == "Vgg16Net" else None
+    if kind == "timm":
+        return _timm_input_size(name)
     if kind != "torchvision":
         return None
     import torchvision
