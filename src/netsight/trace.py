@@ -1476,15 +1476,14 @@ class _MetaTwins:
 def _swapped_to_meta(modules: list[nn.Module]) -> Iterator[None]:
     """Replace every parameter and buffer of ``modules`` (every module of the
     model) by a meta tensor of the same shape for the block; put the originals
-    back on every path, and every tensor the forward put in plain attributes
-    (:func:`~netsight.hooks.preserve_attributes`)."""
+    back on every path. (Tensors the forward puts in plain attributes are the
+    caller's to restore: :func:`~netsight.hooks.preserve_attributes`.)"""
     twins = _MetaTwins()
-    with preserve_attributes(modules):
-        try:
-            twins.swap_all(modules)
-            yield
-        finally:
-            twins.restore()
+    try:
+        twins.swap_all(modules)
+        yield
+    finally:
+        twins.restore()
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -364,7 +364,7 @@ def record_dataflow(
         if execution in ("auto", "meta") or on_meta:
             try:
                 args, kwargs = inputs_on(torch.device("meta"))
-                with _swapped_to_meta(modules):
+                with preserve_attributes(modules), _swapped_to_meta(modules):
                     result = _run_once(model, modules, names, args, kwargs)
             except TraceError as exc:
                 if execution == "meta" or on_meta:
