@@ -200,7 +200,7 @@ def load_image(
 
     With ``size``, a file much larger than the target is shrunk while it is read
     (JPEG: decoded at 1/2, 1/4 or 1/8 scale; others: box-averaged by whole
-    factors), never below twice the target, before the final antialiased resize
+    factors), never below three times the target, before the final antialiased resize
     to exactly ``size``; memory then follows ``size`` rather than the file.
 
     Args:
