@@ -349,7 +349,8 @@ def preserve_attributes(modules: Iterable[nn.Module]) -> Iterator[None]:
     ``module.weight`` before every call) or cache new ones. On the meta device
     those would be meta tensors left in the user's model, and every later
     forward would fail. Restored: the attribute's original object (and a list's
-    or dict's original contents, if they were changed in place); attributes the
+    or dict's original contents, if they were changed in place, also an empty one
+    the block filled with tensors); attributes the
     block added that hold tensors are removed. torch.nn's own layers without
     hooks of their own set no attributes in their forward: on those only added
     attributes are removed (a tensor swapped into an existing attribute of such a
@@ -373,9 +374,10 @@ def preserve_attributes(modules: Iterable[nn.Module]) -> Iterator[None]:
         kept = {k: v for k, v in attributes.items() if k not in _MODULE_INTERNALS}
         contents: dict[str, Any] = {}
         for key, value in kept.items():
-            if isinstance(value, list) and _holds_tensor(value):
+            # an empty one too: a cache the forward fills (timm's attention_bias_cache)
+            if isinstance(value, list) and (not value or _holds_tensor(value)):
                 contents[key] = list(value)
-            elif isinstance(value, dict) and _holds_tensor(value):
+            elif isinstance(value, dict) and (not value or _holds_tensor(value)):
                 contents[key] = dict(value)
         saved.append((attributes, kept, contents))
     try:
@@ -395,7 +397,7 @@ def preserve_attributes(modules: Iterable[nn.Module]) -> Iterator[None]:
                 if now is not value and (_holds_tensor(now) or _holds_tensor(value)):
                     attributes[key] = value
                 before = contents.get(key)
-                if before is not None:
+                if before is not None and (before or _holds_tensor(value)):
                     _restore_contents(value, before)
 
 
