@@ -600,6 +600,7 @@ LANGUAGE = {
 }
 
 
+@pytest.mark.parity  # which attention kernel runs on real tensors depends on the CPU
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 @pytest.mark.parametrize("name", list(LANGUAGE))
 def test_language_model(name: str, attention: str) -> None:
