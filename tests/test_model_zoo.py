@@ -347,10 +347,8 @@ DETECTION_COUNTED = [
 ]
 
 
-# The detectors' drawings come apart after ``transform``: it returns an ``ImageList``
-# (a plain object, not a tensor, tuple or dict), so the diagram does not see that the
-# backbone reads ``images.tensors`` from it and draws the backbone without an input.
-# Reported; checked here without the connectivity test.
+# The detectors' drawings are checked for connectivity: ``transform`` returns an
+# ``ImageList`` (a plain object holding ``.tensors``), which the diagram looks into.
 
 # Each pass of a ResNet-50 detector is a real forward at 800 px (3-5 s on one core):
 # diagram and capture run on the MobileNet and VGG ones, which take the same paths.
@@ -381,7 +379,7 @@ def test_detection_matches_published(name: str) -> None:
     model = _build_tv(name)
     images = [torch.rand(3, 224, 224)]
     drawn = name in _DRAWN
-    s = summary_and_diagram(model, input_data=[images], diagram=drawn, connected=False)
+    s = summary_and_diagram(model, input_data=[images], diagram=drawn)
     assert s.total_params == _detector_params(name, model) == _unique_params(model)
     assert s.uncounted_ops == ()
     ops = _published(name)["_ops"]
@@ -396,7 +394,7 @@ def test_two_stage_detection_matches_a_plain_forward(name: str) -> None:
     model = _build_tv(name)
     images = [torch.rand(3, 224, 224)]
     drawn = name in _DRAWN
-    s = summary_and_diagram(model, input_data=[images], diagram=drawn, connected=False)
+    s = summary_and_diagram(model, input_data=[images], diagram=drawn)
     assert s.total_params == _detector_params(name, model) == _unique_params(model)
     assert s.uncounted_ops == ()
     with torch.no_grad():

@@ -21,17 +21,20 @@ Three steps, kept apart:
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import itertools
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules import module as module_module
 from torch.overrides import TorchFunctionMode
 
 from netsight.hooks import HookSet, preserve_attributes, preserve_state
@@ -42,7 +45,6 @@ from netsight.trace import (
     _model_device,
     _survey,
     _swapped_to_meta,
-    _tensors_in,
 )
 
 __all__ = [
@@ -62,7 +64,83 @@ Shape = tuple[int, ...]
 
 # --------------------------------------------------------------------------- recording
 
-_INPUT, _MODULE, _OP = 0, 1, 2
+_INPUT, _MODULE, _OP, _CONST = 0, 1, 2, 3
+
+#: How deep :func:`_tensors_in` looks into containers and plain objects.
+_SEARCH_DEPTH = 4
+
+
+def _tensors_in(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    """Tensors in ``obj``: itself, inside tuples, lists, mappings, dataclasses and
+    plain objects' attributes (torchvision's ``ImageList`` keeps the batch in
+    ``.tensors``), a few levels deep. Modules are not searched: their tensors
+    are weights, not data flowing between calls."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+        return
+    if depth >= _SEARCH_DEPTH or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
+        return
+    if isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from _tensors_in(o, depth + 1)
+    elif isinstance(obj, Mapping):
+        for o in obj.values():
+            yield from _tensors_in(o, depth + 1)
+    elif isinstance(obj, nn.Module):
+        return
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _tensors_in(getattr(obj, f.name, None), depth + 1)
+    else:
+        state = getattr(obj, "__dict__", None)
+        if isinstance(state, dict) and not isinstance(obj, type):
+            for o in state.values():
+                yield from _tensors_in(o, depth + 1)
+
+
+def _constant_label(value: Any) -> str:
+    """A short label for a non-tensor argument of a module call."""
+    text = repr(value)
+    return text if len(text) <= 24 else text[:23] + "…"
+
+
+def _plain_holdings(
+    model: nn.Module, names: Mapping[int, list[str]], modules: Sequence[nn.Module]
+) -> dict[int, str]:
+    """Modules the model holds outside its registered tree (in plain lists,
+    tuples, dicts or objects kept as attributes), by id, with a name such as
+    ``branches[1]`` or ``heads['a'].0``."""
+    found: dict[int, str] = {}
+
+    def visit(value: Any, path: str, depth: int) -> None:
+        if depth > _SEARCH_DEPTH:
+            return
+        if isinstance(value, nn.Module):
+            if id(value) in names or id(value) in found:
+                return
+            for sub_name, sub in value.named_modules():
+                if id(sub) not in names and id(sub) not in found:
+                    found[id(sub)] = f"{path}.{sub_name}" if sub_name else path
+            return
+        if isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f"{path}[{i}]", depth + 1)
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                visit(item, f"{path}[{key!r}]", depth + 1)
+        elif not isinstance(value, (type, str, bytes, int, float, bool, torch.Tensor)):
+            state = getattr(value, "__dict__", None)
+            if isinstance(state, dict):
+                for key, item in state.items():
+                    visit(item, f"{path}.{key}", depth + 1)
+
+    for module in modules:
+        prefix = names[id(module)][0]
+        for key, value in vars(module).items():
+            if key.startswith("_") or isinstance(value, (torch.Tensor, str, int, float)):
+                continue
+            visit(value, f"{prefix}.{key}" if prefix else key, 0)
+    return found
 
 
 @dataclass
@@ -92,6 +170,7 @@ class _Call:
     children: list[int] = field(default_factory=list)
     in_shapes: list[Shape] = field(default_factory=list)
     out_shapes: list[Shape] = field(default_factory=list)
+    registered: bool = True  # False: held in a plain list/attribute, not in the tree
 
 
 @dataclass(frozen=True)
@@ -140,9 +219,14 @@ class _Recorder(TorchFunctionMode):
     duration of the trace so an id is never reused by a new tensor.
     """
 
-    def __init__(self, names: Mapping[int, list[str]]) -> None:
+    def __init__(
+        self, names: Mapping[int, list[str]], holdings: Mapping[int, str] | None = None
+    ) -> None:
         super().__init__()
         self.names = names
+        self.holdings: Mapping[int, str] = holdings or {}
+        self.unregistered: list[str] = []  # names of unregistered modules that ran
+        self.thread = threading.get_ident()
         self.steps: list[_Step] = []
         self.calls: list[_Call] = []
         self.stack: list[int] = []  # open call indices
@@ -193,15 +277,48 @@ class _Recorder(TorchFunctionMode):
         index = len(self.calls)
         step = len(self.steps)
         sources, shapes = self._sources((args, kwargs))
+        if not sources and (args or kwargs):
+            # called with values only (``self.identity(5)``): the values are its source
+            values = [*args, *kwargs.values()]
+            label = ", ".join(_constant_label(v) for v in values[:3])
+            if len(values) > 3:
+                label += ", …"
+            sources = [len(self.steps)]
+            self.steps.append(_Step(_CONST, label, parent, [], []))
+            step = len(self.steps)
         self.steps.append(_Step(_MODULE, "", parent, sources, shapes, call=index))
-        name = self.names.get(id(module), [""])[0]
+        known = self.names.get(id(module))
+        name = known[0] if known is not None else self._unregistered_name(module)
         depth = self.calls[parent].depth + 1 if parent >= 0 else 0
-        self.calls.append(_Call(module, name, parent, depth, step, step, in_shapes=shapes))
+        self.calls.append(
+            _Call(module, name, parent, depth, step, step, in_shapes=shapes, registered=bool(known))
+        )
         if parent >= 0:
             self.calls[parent].children.append(index)
         self.stack.append(index)
         if not module._modules:
             self._leaf_depth += 1
+
+    def _unregistered_name(self, module: nn.Module) -> str:
+        name = self.holdings.get(id(module)) or f"<{type(module).__name__} not in the model>"
+        self.unregistered.append(name)
+        return name
+
+    # global hooks: module calls of modules the model does not register
+    # (kept in plain lists or attributes); registered ones have their own hooks
+
+    def global_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if id(module) not in self.names and threading.get_ident() == self.thread:
+            self.pre_hook(module, args, {})
+
+    def global_post_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if (
+            id(module) not in self.names
+            and threading.get_ident() == self.thread
+            and self.stack
+            and self.calls[self.stack[-1]].module is module
+        ):
+            self.post_hook(module, args, {}, output)
 
     def post_hook(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
@@ -301,10 +418,12 @@ def _run_once(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> tuple[_Recorder, list[int], Any]:
-    rec = _Recorder(names)
+    rec = _Recorder(names, _plain_holdings(model, names, modules))
     inputs = rec.add_inputs(args, kwargs)
     with HookSet() as hooks:
         hooks.add_call_hooks(modules, rec.pre_hook, rec.post_hook)
+        hooks.add(module_module.register_module_forward_pre_hook(rec.global_pre_hook))
+        hooks.add(module_module.register_module_forward_hook(rec.global_post_hook))
         try:
             with torch.no_grad(), rec:
                 output = model(*args, **kwargs)
@@ -387,6 +506,15 @@ def record_dataflow(
                             b.copy_(saved)
             ran = "real"
     rec, inputs, output = result
+    if rec.unregistered:
+        shown = ", ".join(dict.fromkeys(rec.unregistered))
+        if len(shown) > 120:
+            shown = shown[:119] + "…"
+        notes.append(
+            f"modules the model does not register ran (held in plain lists, dicts or "
+            f"attributes; not in model.parameters(), not moved by .to()): {shown}; "
+            f"drawn as 'unregistered'"
+        )
     outputs = tuple((rec.producer.get(id(t), -1), tuple(t.shape)) for t in _tensors_in(output))
     rec.alive.clear()
     return Dataflow(
@@ -457,7 +585,8 @@ class Node:
 
     Attributes:
         id: DOT identifier (``n0``, ``n1``, ...).
-        kind: ``"input"``, ``"output"``, ``"module"`` or ``"op"``.
+        kind: ``"input"``, ``"output"``, ``"module"``, ``"op"`` or ``"constant"``
+            (non-tensor values a module was called with, e.g. ``self.identity(5)``).
         name: qualified module name, op name or input name.
         type_name: module class name or op name.
         category: colour key (see :data:`CATEGORY_COLORS`).
@@ -660,11 +789,14 @@ def build_graph(flow: Dataflow, *, depth: int = 3, roll: bool = True) -> Graph:
         out_shapes = call.out_shapes
         if index in rolled:
             out_shapes = calls[rolled[index][1]].out_shapes
+        type_name = type(call.module).__name__
+        if not call.registered:
+            type_name += " (unregistered)"
         node = Node(
             id=new_id(),
             kind="module",
             name=call.name or flow.model_type,
-            type_name=type(call.module).__name__,
+            type_name=type_name,
             category=_category(call.module, bool(call.children)),
             out_shapes=tuple(out_shapes),
             params=_own_params(call.module),
@@ -687,6 +819,16 @@ def build_graph(flow: Dataflow, *, depth: int = 3, roll: bool = True) -> Graph:
             continue
         if step.kind == _INPUT:
             node = Node(new_id(), "input", step.name, "input", "io", tuple(step.out_shapes))
+            nodes.append(node)
+            resolved[i] = (node.id,)
+            continue
+        if step.kind == _CONST:
+            # values passed to a module call instead of tensors: a source of their own,
+            # unless the call is inside a node drawn as one box
+            if step.owner >= 0 and shown_call(step.owner) is not None:
+                resolved[i] = ()
+                continue
+            node = Node(new_id(), "constant", step.name, "constant", "io", ())
             nodes.append(node)
             resolved[i] = (node.id,)
             continue
@@ -757,7 +899,9 @@ def _label(node: Node) -> str:
     if len(node.out_shapes) > 3:
         shapes += " …"
     lines: list[str] = []
-    if node.kind in ("input", "output") or node.kind == "op":
+    if node.kind == "constant":
+        lines.append(f"<I>{_esc(node.name)}</I>")
+    elif node.kind in ("input", "output") or node.kind == "op":
         lines.append(f"<B>{_esc(node.name)}</B>")
         lines.append(_esc(shapes))
     else:
@@ -801,6 +945,8 @@ def to_dot(graph: Graph, *, direction: str = "TB", legend: bool = True) -> str:
             shape = ", shape=ellipse, style=filled"
         elif node.kind in ("input", "output"):
             shape = ", shape=box, style=filled"
+        elif node.kind == "constant":
+            shape = ", shape=note, style=filled"
         elif node.repeat > 1:
             shape = ', peripheries=2, style="rounded,filled"'
         color = CATEGORY_COLORS.get(node.category, "#ffffff")
