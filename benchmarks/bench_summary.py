@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_summary.py                 # full run (~4 minutes on 2 cores)
     python benchmarks/bench_summary.py --quick         # smaller sizes, 5 repeats (~1 minute)
     python benchmarks/bench_summary.py --json out.json
+    python benchmarks/bench_summary.py --only peers   # counts and time against torchinfo, fvcore, ptflops, thop, calflops
 
 Four parts, each printed as a table:
 
@@ -441,6 +442,222 @@ def print_llama(results: list[dict[str, Any]]) -> None:
     )
 
 
+# --------------------------------------------------------------------------- 5. peers
+
+#: The models of the peer comparison: name -> (builder, reference source).
+PEER_MODELS = ("resnet50", "vit_b_16", "swin_t", "bert-base", "gpt2")
+PEER_TOOLS = ("netsight", "torchinfo", "fvcore", "ptflops", "ptflops-aten", "thop", "calflops")
+PEER_TOKENS = 128
+
+
+def _bert_reference(c: Any, tokens: int) -> int:
+    """Mult-adds of BertModel at ``tokens`` tokens, batch 1, from its config: per
+    layer the Q, K, V and output projections (4 d^2) and the feed-forward (2 d f)
+    for every token, plus Q K^T and A V (2 T^2 d); then the pooler on one token."""
+    d, f, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    per_layer = tokens * (4 * d * d + 2 * d * f) + 2 * tokens * tokens * d
+    return layers * per_layer + d * d
+
+
+def _gpt2_reference(c: Any, tokens: int) -> int:
+    """Mult-adds of GPT2LMHeadModel: as BERT's layers (feed-forward 4 d), no pooler,
+    and the tied language-model head (d x vocabulary) on every token."""
+    d, layers = c.n_embd, c.n_layer
+    f = c.n_inner or 4 * d
+    per_layer = tokens * (4 * d * d + 2 * d * f) + 2 * tokens * tokens * d
+    return layers * per_layer + tokens * d * c.vocab_size
+
+
+def _peer_model(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...], int, int, str]:
+    """(model, positional inputs, reference mult-adds, reference params, source)."""
+    torch.manual_seed(0)
+    if name in ("bert-base", "gpt2"):
+        import transformers
+
+        if name == "bert-base":
+            config = transformers.BertConfig()
+            model: nn.Module = transformers.BertModel(config)
+            reference = _bert_reference(config, PEER_TOKENS)
+        else:
+            config = transformers.GPT2Config()
+            model = transformers.GPT2LMHeadModel(config)  # head tied to the embedding
+            reference = _gpt2_reference(config, PEER_TOKENS)
+        ids = torch.randint(0, config.vocab_size, (1, PEER_TOKENS))
+        params = sum(p.numel() for p in model.parameters())  # unique: tied counted once
+        return model.eval(), (ids,), reference, params, "analytic"
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    model = torchvision.models.get_model(name, weights=None).eval()
+    reference = round(weights.meta["_ops"] * 1e9)
+    params = int(weights.meta["num_params"])
+    return model, (torch.randn(1, 3, 224, 224),), reference, params, "published"
+
+
+def _peer_call(tool: str, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+    """A function running ``tool`` once; it returns (mult-adds, params or None)."""
+    if tool == "netsight":
+
+        def run() -> tuple[int, int | None]:
+            s = netsight.summary(model, input_data=inputs, depth=3)
+            return s.total_mult_adds, s.total_params
+
+    elif tool == "torchinfo":
+
+        def run() -> tuple[int, int | None]:
+            s = torchinfo.summary(model, input_data=list(inputs), depth=3, verbose=0)
+            return s.total_mult_adds, s.total_params
+
+    elif tool == "fvcore":
+        from fvcore.nn import FlopCountAnalysis
+
+        def run() -> tuple[int, int | None]:
+            analysis = FlopCountAnalysis(model, inputs)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            return int(analysis.total()), None  # one "flop" per multiply-add
+
+    elif tool in ("ptflops", "ptflops-aten"):
+        from ptflops import get_model_complexity_info
+
+        backend = "aten" if tool == "ptflops-aten" else "pytorch"
+
+        def run() -> tuple[int, int | None]:
+            macs, params = get_model_complexity_info(
+                model,
+                tuple(inputs[0].shape[1:]),
+                input_constructor=lambda _shape: (
+                    {"input_ids": inputs[0]} if inputs[0].dtype == torch.long else inputs[0]
+                ),
+                as_strings=False,
+                print_per_layer_stat=False,
+                verbose=False,
+                backend=backend,
+            )
+            return int(macs), int(params)
+
+    elif tool == "thop":
+        import thop
+
+        def run() -> tuple[int, int | None]:
+            macs, params = thop.profile(model, inputs=inputs, verbose=False)
+            _drop_thop_buffers(model)
+            return int(macs), int(params)
+
+    elif tool == "calflops":
+        from calflops import calculate_flops
+
+        def run() -> tuple[int, int | None]:
+            _flops, macs, params = calculate_flops(
+                model,
+                args=list(inputs),
+                output_as_string=False,
+                print_results=False,
+                print_detailed=False,
+            )
+            return int(macs), int(params)
+
+    else:
+        raise ValueError(f"unknown tool {tool!r}")
+    return run
+
+
+def _drop_thop_buffers(model: nn.Module) -> None:
+    """thop registers ``total_ops``/``total_params`` buffers on every module and
+    leaves them; drop them so the next tool sees the model as it was built."""
+    for m in model.modules():
+        for key in ("total_ops", "total_params"):
+            m._buffers.pop(key, None)
+
+
+def _quietly(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` with the peers' prints and warnings sent nowhere."""
+    import contextlib
+    import io
+    import warnings
+
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        return fn()
+
+
+def bench_peers(names: list[str], repeats: int) -> list[dict[str, Any]]:
+    """Each tool's count against the reference, and its time, interleaved."""
+    results = []
+    for name in names:
+        model, inputs, reference, ref_params, source = _peer_model(name)
+        row: dict[str, Any] = {
+            "model": name,
+            "reference": reference,
+            "reference_params": ref_params,
+            "source": source,
+        }
+        tools: dict[str, Callable[[], object]] = {}
+        for tool in PEER_TOOLS:
+            try:
+                run = _peer_call(tool, model, inputs)
+                macs, params = _quietly(run)
+            except Exception as exc:  # a peer's crash is a result
+                row[tool] = {"error": type(exc).__name__, "message": str(exc)[:200]}
+                continue
+            row[tool] = {"mult_adds": macs, "params": params}
+            tools[tool] = lambda run=run: _quietly(run)
+        tools["bare"] = _bare(model, inputs[0])
+        row["times"] = _interleaved(tools, repeats)
+        results.append(row)
+        print(f"  {name}: done", file=sys.stderr, flush=True)
+    return results
+
+
+def print_peers(results: list[dict[str, Any]]) -> None:
+    def accuracy(r: dict[str, Any], tool: str) -> str:
+        got = r[tool]
+        if "error" in got:
+            return f"crash ({got['error']})"
+        return f"{got['mult_adds'] / r['reference']:.3f}"
+
+    def params(r: dict[str, Any], tool: str) -> str:
+        got = r[tool]
+        if "error" in got or got["params"] is None:
+            return "-"
+        return f"{got['params'] / r['reference_params']:.3f}"
+
+    headers = ["model (reference)"] + [f"{t}" for t in PEER_TOOLS]
+    print("Mult-adds, tool / reference:\n")
+    print(
+        _common.table(
+            headers,
+            [
+                [f"{r['model']} ({r['source']} {r['reference'] / 1e9:.3f} G)"]
+                + [accuracy(r, t) for t in PEER_TOOLS]
+                for r in results
+            ],
+        )
+    )
+    print("\nParameters, tool / reference ('-': the tool does not count them):\n")
+    print(
+        _common.table(
+            headers,
+            [
+                [f"{r['model']} ({r['reference_params'] / 1e6:.2f} M)"]
+                + [params(r, t) for t in PEER_TOOLS]
+                for r in results
+            ],
+        )
+    )
+    print("\nTime, median, as a ratio to netsight's (bare: the forward alone):\n")
+    timed = ["bare", *PEER_TOOLS[1:]]
+    rows = []
+    for r in results:
+        t = r["times"]
+        rows.append(
+            [r["model"], _common.ms(t.get("netsight"))]
+            + [_ratio(t.get(tool), t.get("netsight")) for tool in timed]
+        )
+    print(_common.table(["model", "netsight ms", *timed], rows))
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -458,6 +675,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also compare counts and time with torchinfo, fvcore, ptflops, thop and calflops "
+        "(pip install -e '.[bench]'); alone: --only peers",
+    )
+    parser.add_argument(
         "--models",
         nargs="+",
         default=list(MODELS),
@@ -466,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["models", "scaling", "nesting", "llama"],
+        choices=["models", "scaling", "nesting", "llama", "peers"],
         action="append",
         help="run only these parts (repeatable)",
     )
@@ -476,10 +699,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the subprocesses
     parts = set(args.only or ["models", "scaling", "nesting", "llama"])
+    if args.peers:
+        parts.add("peers")
     scaling_sizes = [1000, 2000] if args.quick else [1000, 2000, 4000, 8000]
     nesting_depths = [10, 20] if args.quick else [10, 20, 22, 50]
 
-    run = _common.conditions(["torchinfo"])
+    peers = ["torchinfo"]
+    if "peers" in parts:
+        peers += ["fvcore", "ptflops", "thop", "calflops", "transformers"]
+    run = _common.conditions(peers)
     print(f"medians of {repeats} runs")
     report: dict[str, Any] = {"repeats": repeats}
     if "models" in parts:
@@ -505,6 +733,14 @@ def main(argv: list[str] | None = None) -> int:
         report["llama"] = bench_llama()
         print("\n## LLaMA-7B shape on the meta device, 2,048 tokens, fresh process\n")
         print_llama(report["llama"])
+    if "peers" in parts:
+        print("\nPeers", file=sys.stderr)
+        report["peers"] = bench_peers(list(PEER_MODELS), repeats)
+        print(
+            f"\n## Peers: resnet50, vit_b_16, swin_t (224 x 224), BERT-base and GPT-2 "
+            f"({PEER_TOKENS} tokens), batch 1, random weights\n"
+        )
+        print_peers(report["peers"])
     run.finish()
     report["conditions"] = run.as_dict()
     if args.json:
