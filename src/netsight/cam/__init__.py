@@ -23,6 +23,7 @@ from netsight.cam.gradient import (
     Saliency,
     XGradCAM,
 )
+from netsight.cam.layout import LayerLayout, Layout, LayoutError, layer_layout
 from netsight.cam.metrics import CAMEvaluation, MethodScores, evaluate
 from netsight.cam.other import CAM, EigenCAM
 from netsight.cam.overlay import overlay
@@ -42,12 +43,16 @@ __all__ = [
     "GradientCAM",
     "HiResCAM",
     "LayerCAM",
+    "LayerLayout",
+    "Layout",
+    "LayoutError",
     "MethodScores",
     "Saliency",
     "ScoreCAM",
     "Targets",
     "XGradCAM",
     "evaluate",
+    "layer_layout",
     "overlay",
 ]
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netsight.cam.layout import LayerLayout, Layout, LayoutError, layer_layout
 from netsight.capture import LayerSpec, resolve_layers
 from netsight.hooks import HookSet, preserve_state
 from netsight.images import expected_channels
@@ -302,26 +303,33 @@ def _is_token_grid(out: Any) -> bool:
 
 
 def _is_attention(module: nn.Module) -> bool:
-    return isinstance(module, nn.MultiheadAttention) or type(module).__name__.endswith(
-        ("Attention", "SelfAttention")
-    )
+    """An attention module, by type or class name (``Attention``, ``WindowAttention``,
+    CoaT's ``FactorAttnConvRelPosEnc``)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return True
+    name = type(module).__name__
+    return name.endswith("Attention") or "Attn" in name
 
 
 def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
     """Name of the layer a CAM explains when none is given.
 
     For a convolutional network: the last layer (in forward order) whose output is
-    a spatial map, a 4-D tensor with more than one position, adaptive pooling
-    excluded. When token layers (``(B, N, C)`` with a square patch grid, a class
-    token allowed) come after the last spatial map, as in a vision transformer:
-    the last token layer that finished before the last attention module started,
-    i.e. the input of the last attention block (the norm before it). Later token
-    outputs feed the head only through the class token, so their patch tokens get
-    no gradient and their maps are blank.
+    a spatial map (channels first or last, as :func:`~netsight.cam.layout.layer_layout`
+    reads it from the model) with more than one position, adaptive pooling
+    excluded. When token layers (``(B, N, C)`` whose patch tokens, after the
+    model's prefix tokens, make a grid) come after the last spatial map, as in a
+    vision transformer: the last token layer that finished before the last
+    attention module started, i.e. the input of the last attention block (the
+    norm before it). Later token outputs feed the head only through the class
+    token, so their patch tokens get no gradient and their maps are blank.
+    Outputs whose layout cannot be told (attention heads, windows) are skipped.
 
     Runs one probe forward on the first image under ``no_grad``.
     """
-    names = {id(module): name for name, module in model.named_modules()}
+    order = list(model.named_modules())
+    names = {id(module): name for name, module in order}
+    hw = (x.shape[-2], x.shape[-1])
     # (kind, name, module) in the order the events happened
     events: list[tuple[str, str, nn.Module]] = []
 
@@ -330,11 +338,19 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
             events.append(("attention", names[id(module)], module))
 
     def post(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-        if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[2:].numel() > 1:
-            if not isinstance(module, _ADAPTIVE_POOLS):
-                events.append(("spatial", names[id(module)], module))
-        elif _is_token_grid(out):
-            events.append(("tokens", names[id(module)], module))
+        if not isinstance(out, torch.Tensor) or out.shape[0] != 1 or out.dim() not in (3, 4):
+            return  # not one image's map (e.g. attention windows batched together)
+        if isinstance(module, _ADAPTIVE_POOLS):
+            return
+        name = names[id(module)]
+        try:
+            layout = layer_layout(model, module, name, out, hw, order=order)
+        except LayoutError:
+            return
+        if layout.layout is Layout.TOKENS:
+            events.append(("tokens", name, module))
+        elif layout.to_nchw(out).shape[2:].numel() > 1:
+            events.append(("spatial", name, module))
 
     modules = [m for m in model.modules() if m is not model]
     with HookSet() as hooks, torch.no_grad():
@@ -525,9 +541,11 @@ class BaseCAM:
             fused by averaging their normalised maps at input resolution). Default:
             the last layer with a spatial map, found with one probe forward of a
             single image per input shape.
-        reshape: turns a layer's output into ``(B, C, H, W)``; ``(B, N, C)`` token
-            layers whose ``N`` or ``N - 1`` is a perfect square are handled
-            without it (the class token is dropped).
+        reshape: turns a layer's output into ``(B, C, H, W)``. Without it the
+            layout of each layer's output (channels first, channels last as in
+            Swin, or ``(B, N, C)`` tokens after the model's prefix tokens) is read
+            from the model (see :mod:`netsight.cam.layout`), and a layer whose
+            layout cannot be told is refused with a :class:`LayoutError`.
         relu: keep only positive evidence (before resizing and normalising).
         normalize: per-image min-max to ``[0, 1]``; a constant map is returned as
             zeros with a :class:`CAMWarning`, never NaN.
@@ -575,6 +593,7 @@ class BaseCAM:
         self.aug_smooth = aug_smooth
         self.mode = mode
         self._spec = target_layers
+        self._layouts: dict[str, LayerLayout] = {}
         if target_layers is not None:
             if not self.uses_layers:
                 raise ValueError(f"{self.method}: works on the input; target_layers must be None")
@@ -642,6 +661,8 @@ class BaseCAM:
         """
         if self.reshape is not None:
             tensor = self.reshape(tensor)
+        elif name in self._layouts:
+            tensor = self._layouts[name].to_nchw(tensor)
         elif tensor.dim() == 3:
             tensor = tokens_to_grid(tensor, name)
         if tensor.dim() != 4:
@@ -654,6 +675,19 @@ class BaseCAM:
 
     def _forward(self, x: torch.Tensor, layers: dict[str, nn.Module], grad: bool) -> ForwardRecord:
         record = run_forward(self.model, x, layers, grad=grad)
+        if self.reshape is None:
+            for name, tensor in record.activations.items():
+                if tensor.dim() not in (3, 4):
+                    continue  # spatial() says why it is not a map
+                if tensor.shape[0] != x.shape[0]:
+                    raise LayoutError(
+                        f"layer {name!r} has output shape {list(tensor.shape)} for a batch of "
+                        f"{x.shape[0]}: not one map per image (e.g. attention windows batched "
+                        f"together); choose another target_layers= or pass reshape="
+                    )
+                self._layouts[name] = layer_layout(
+                    self.model, layers[name], name, tensor, (x.shape[-2], x.shape[-1])
+                )
         for name, tensor in record.activations.items():
             self.spatial(name, tensor.detach())  # shape check before any further work
         return record
