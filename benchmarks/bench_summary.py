@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_summary.py                 # full run (~4 minutes on 2 cores)
     python benchmarks/bench_summary.py --quick         # smaller sizes, 5 repeats (~1 minute)
     python benchmarks/bench_summary.py --json out.json
-    python benchmarks/bench_summary.py --only peers   # counts and time against torchinfo, fvcore, ptflops, thop, calflops
+    python benchmarks/bench_summary.py --only peers   # counts and time against the peers
 
 Four parts, each printed as a table:
 

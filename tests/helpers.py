@@ -25,20 +25,31 @@ class ModelState:
     rng: torch.Tensor
 
 
+def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor of the state dict, also those a quantized module packs in a tuple
+    (its ``_packed_params``), quantized ones as their integer representation."""
+    found: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict(keep_vars=True).items():
+        items = [(name, value)]
+        if isinstance(value, tuple):
+            items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        for key, t in items:
+            if isinstance(t, torch.Tensor):
+                found[key] = t.int_repr() if t.is_quantized else t
+    return found
+
+
 def snapshot(model: nn.Module) -> ModelState:
+    state = _state_tensors(model)
     return ModelState(
         training={n: m.training for n, m in model.named_modules(remove_duplicate=False)},
         requires_grad={n: p.requires_grad for n, p in model.named_parameters()},
-        tensors={
-            n: t.detach().clone()
-            for n, t in model.state_dict(keep_vars=True).items()
-            if t.device.type != "meta"
-        },
+        tensors={n: t.detach().clone() for n, t in state.items() if t.device.type != "meta"},
         grads={
             n: (p.grad.detach().clone() if p.grad is not None else None)
             for n, p in model.named_parameters()
         },
-        devices={n: t.device for n, t in model.state_dict(keep_vars=True).items()},
+        devices={n: t.device for n, t in state.items()},
         hooks=netsight.count_hooks(model),
         rng=torch.get_rng_state(),
     )

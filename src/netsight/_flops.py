@@ -72,6 +72,47 @@ def _dot(*args: Any, **kwargs: Any) -> int:
     return int(2 * args[0].numel())
 
 
+def _quantized_linear(*args: Any, out_val: Any = None, **kwargs: Any) -> int:
+    # quantized::linear(X, packed W, scale, zero_point), linear_dynamic(X, packed W, ...)
+    # and their _relu forms: X (..., in) @ W.T (in, out), one multiply-add per pair.
+    return int(2 * args[0].numel() * out_val.shape[-1])
+
+
+def _quantized_conv(*args: Any, out_val: Any = None, **kwargs: Any) -> int:
+    # quantized::conv{1,2,3}d(X, packed W, scale, zero_point) and the _relu forms:
+    # every output element is a dot product over (in / groups) x kernel.
+    weight = args[1].unpack()[0]
+    return int(2 * out_val.numel() * weight[0].numel())
+
+
+def _quantized_formulas() -> dict[Any, _Formula]:
+    """Formulas for the quantized ops of ``torch.ao.nn.quantized`` (static and
+    dynamic Linear and Conv), which FlopCounterMode does not know."""
+    table: dict[Any, _Formula] = {}
+    ops = getattr(torch.ops, "quantized", None)
+    if ops is None:
+        return table
+    for name, fn in (
+        ("linear", _quantized_linear),
+        ("linear_relu", _quantized_linear),
+        ("linear_dynamic", _quantized_linear),
+        ("linear_relu_dynamic", _quantized_linear),
+        ("linear_dynamic_fp16", _quantized_linear),
+        ("conv1d", _quantized_conv),
+        ("conv2d", _quantized_conv),
+        ("conv3d", _quantized_conv),
+        ("conv1d_relu", _quantized_conv),
+        ("conv2d_relu", _quantized_conv),
+        ("conv3d_relu", _quantized_conv),
+    ):
+        try:
+            packet = getattr(ops, name)
+        except (AttributeError, RuntimeError):
+            continue
+        table[packet] = fn
+    return table
+
+
 def _extra_formulas() -> dict[Any, _Formula]:
     table: dict[Any, _Formula] = {}
     aten = torch.ops.aten
@@ -87,6 +128,7 @@ def _extra_formulas() -> dict[Any, _Formula]:
         packet = getattr(aten, name, None)
         if packet is not None and packet not in flop_registry:
             table[packet] = fn
+    table.update(_quantized_formulas())
     return table
 
 
@@ -95,7 +137,7 @@ _EXTRA = _extra_formulas()
 # Ops that do real arithmetic on large operands. When one of these has no
 # formula, the count would be wrong, so we say so.
 _HEAVY = re.compile(
-    r"(^|_)(mm|mv|addmv|dot|bmm|addmm|baddbmm|addbmm|matmul|conv|convolution|linear|einsum|"
+    r"(^|[_.])(mm|mv|addmv|dot|bmm|addmm|baddbmm|addbmm|matmul|conv|convolution|linear|einsum|"
     r"attention|rnn|lstm|gru|transformer|mkldnn)"
 )
 
@@ -206,7 +248,7 @@ def _resolve(packet: Any) -> _Formula | None:
         return lambda *args, out_val=None, **kwargs: int(formula(*args, **kwargs, out_val=out_val))
     extra = _EXTRA.get(packet)
     if extra is not None:
-        return lambda *args, out_val=None, **kwargs: int(extra(*args, **kwargs))
+        return lambda *args, out_val=None, **kwargs: int(extra(*args, out_val=out_val, **kwargs))
     return None
 
 

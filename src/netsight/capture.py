@@ -43,7 +43,7 @@ from typing import Any, TypeAlias
 import torch
 from torch import nn
 
-from netsight.hooks import HookSet
+from netsight.hooks import COMPILED_PREFIX, HookSet, unwrap_compiled
 
 # torch._lazy_clone: a copy-on-write clone (private; missing from older torch versions).
 _LAZY_CLONE: Callable[[torch.Tensor], torch.Tensor] | None = getattr(torch, "_lazy_clone", None)
@@ -100,9 +100,12 @@ def resolve_layers(
         KeyError: a name matches nothing; the message lists close matches.
         TypeError: a spec of another kind.
     """
+    model = unwrap_compiled(model)
     specs: list[LayerSpec] = (
         [layers] if isinstance(layers, (str, nn.Module, type)) else list(layers)
     )
+    # names copied from a torch.compile'd model's state_dict or named_modules
+    specs = [s.removeprefix(COMPILED_PREFIX) if isinstance(s, str) else s for s in specs]
     if not specs:
         raise ValueError("layers: expected at least one layer, got an empty list")
     canonical: dict[int, str] = {}
@@ -379,6 +382,7 @@ def capture(
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if max_bytes is not None and max_bytes < 0:
         raise ValueError(f"max_bytes: expected >= 0, got {max_bytes}")
+    model = unwrap_compiled(model)
     resolved = resolve_layers(model, layers)
     return Capture(
         model,

@@ -27,7 +27,7 @@ from torch import nn
 
 from netsight._progress import ProgressBar
 from netsight.capture import Capture, LayerSpec, resolve_layers
-from netsight.hooks import HookSet, StopForward, preserve_state
+from netsight.hooks import HookSet, StopForward, preserve_state, unwrap_compiled
 from netsight.images import MapGrid, map_grid
 
 if TYPE_CHECKING:
@@ -575,6 +575,7 @@ def run_forward(model: nn.Module, x: Any) -> Any:
     """
     from netsight.trace import trace
 
+    model = unwrap_compiled(model)
     try:
         with torch.no_grad():
             return model(x)

@@ -17,7 +17,68 @@ from torch import nn
 from torch.nn.modules import module as module_module
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["HookSet", "StopForward", "count_hooks", "preserve_attributes", "preserve_state"]
+__all__ = [
+    "COMPILED_PREFIX",
+    "HookSet",
+    "LazyModuleError",
+    "StopForward",
+    "check_not_lazy",
+    "count_hooks",
+    "preserve_attributes",
+    "preserve_state",
+    "unwrap_compiled",
+]
+
+#: What ``torch.compile`` puts before every name of the model it wraps.
+COMPILED_PREFIX = "_orig_mod."
+
+
+class LazyModuleError(ValueError):
+    """The model still has lazy modules (``nn.LazyLinear`` ...) that no forward has
+    initialised: running it would change it for good."""
+
+
+def check_not_lazy(model: nn.Module) -> None:
+    """Refuse a model with uninitialised lazy parameters or buffers.
+
+    A lazy module (``nn.LazyLinear``, ``nn.LazyConv2d`` ...) becomes its ordinary
+    counterpart on its first forward, with new weights: a netsight pass would be
+    that first forward and change the user's model. The user's own first forward
+    (or ``torch.nn.modules.lazy.LazyModuleMixin.initialize_parameters``) should.
+
+    Raises:
+        LazyModuleError: naming the uninitialised modules and what to do.
+    """
+    lazy = []
+    for name, module in model.named_modules():
+        tensors = [*module._parameters.values(), *module._buffers.values()]
+        if any(t is not None and nn.parameter.is_lazy(t) for t in tensors):
+            lazy.append(f"{name or '(model)'} ({type(module).__name__})")
+    if lazy:
+        shown = ", ".join(lazy[:5]) + (f" and {len(lazy) - 5} more" if len(lazy) > 5 else "")
+        raise LazyModuleError(
+            f"the model has lazy modules whose parameters are not initialised yet: {shown}. "
+            f"Their first forward creates the weights and turns them into ordinary modules, "
+            f"and netsight does not change your model: run one forward pass first "
+            f"(model(example_input)), then call netsight again"
+        )
+
+
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The model a ``torch.compile``'d module wraps (``OptimizedModule._orig_mod``),
+    through any number of wrappings; any other module as it is.
+
+    netsight runs and names the original module: the compiled wrapper shares its
+    parameters, and its own names all start with ``_orig_mod.``; dynamo's graph
+    would hide the module calls that hooks watch.
+    """
+    while type(model).__name__ == "OptimizedModule":
+        inner = model.__dict__.get("_orig_mod", None) or model._modules.get("_orig_mod")
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
+    return model
+
 
 PreHook = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]
 PostHook = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None]

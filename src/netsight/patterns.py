@@ -36,7 +36,7 @@ from torch import nn
 from netsight._progress import ProgressBar
 from netsight.capture import resolve_layers
 from netsight.features import run_forward
-from netsight.hooks import HookSet, StopForward, preserve_state
+from netsight.hooks import HookSet, StopForward, check_not_lazy, preserve_state, unwrap_compiled
 from netsight.images import expected_channels
 
 __all__ = ["Patterns", "maximize"]
@@ -225,6 +225,8 @@ def maximize(
             "maximize needs gradients with respect to the input, but it was called inside "
             "torch.inference_mode(); call it outside (inside torch.no_grad() is fine)"
         )
+    model = unwrap_compiled(model)
+    check_not_lazy(model)
     found = resolve_layers(model, layer)
     if len(found) != 1:
         raise ValueError(f"layer: expected one layer, {layer!r} matches {len(found)}")

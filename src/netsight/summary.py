@@ -137,6 +137,12 @@ def _scaled(n: int) -> str:
     return f"{n:,}"
 
 
+#: Class names of TorchScript modules (``torch.jit.script`` and ``torch.jit.trace``).
+_SCRIPT_TYPES = frozenset(
+    {"RecursiveScriptModule", "ScriptModule", "TopLevelTracedModule", "TracedModule"}
+)
+
+
 class Summary:
     """The result of :func:`summary`: numbers, records and renderers.
 
@@ -321,8 +327,28 @@ class Summary:
                 "called more than once (each call shown; parameters counted once): "
                 + ", ".join(repeats)
             )
+        used = [u for u in self.trace.uncalled if u.params and u.used_by is not None]
+        if used:
+            users = sorted({u.used_by or "" for u in used})
+            names = ", ".join(u.name for u in used[:8])
+            more = f" and {len(used) - 8} more" if len(used) > 8 else ""
+            used_params = _count(sum(u.params for u in used))
+            parents = ", ".join(users[:3]) + (" …" if len(users) > 3 else "")
+            notes.append(
+                f"read as weights by their parent's forward, never called as modules "
+                f"({used_params} params, in the totals; their mult-adds are in the rows of "
+                f"{parents}): {names}{more}"
+            )
+        scripted = [r for r in self.trace.records if r.type_name in _SCRIPT_TYPES]
+        if scripted:
+            what = ", ".join(repr(r.name) if r.name else "the model" for r in scripted[:3])
+            notes.append(
+                f"{what}: a TorchScript module (torch.jit.script/trace), whose submodules run "
+                f"where hooks cannot see them, so its parameters and mult-adds are counted on "
+                f"its own row (summarise the model before scripting it for a row per layer)"
+            )
         if self.trace.uncalled:
-            with_params = [u for u in self.trace.uncalled if u.params]
+            with_params = [u for u in self.trace.uncalled if u.params and u.used_by is None]
             if with_params:
                 total = sum(u.params for u in with_params)
                 names = ", ".join(u.name or u.type_name for u in with_params[:8])
@@ -506,7 +532,8 @@ class Summary:
             },
             "aliases": {k: list(v) for k, v in t.aliases.items()},
             "uncalled": [
-                {"name": u.name, "type": u.type_name, "params": u.params} for u in t.uncalled
+                {"name": u.name, "type": u.type_name, "params": u.params, "used_by": u.used_by}
+                for u in t.uncalled
             ],
             "uncounted_ops": list(t.uncounted_ops),
             "layers": layers,

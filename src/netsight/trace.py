@@ -44,6 +44,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import inspect
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, make_dataclass
@@ -60,8 +62,10 @@ from netsight.hooks import (
     CallRunner,
     HookSet,
     StopForward,
+    check_not_lazy,
     preserve_attributes,
     preserve_state,
+    unwrap_compiled,
 )
 
 __all__ = [
@@ -147,12 +151,24 @@ class LayerRecord:
 
 @dataclass(frozen=True, slots=True)
 class UncalledModule:
-    """A module of the model that did not run in the traced forward."""
+    """A module of the model that did not run in the traced forward.
+
+    Attributes:
+        name: qualified name.
+        type_name: class name.
+        params: its parameters (counted in the totals).
+        trainable_params: of which trainable.
+        used_by: the called module whose ``forward`` reads this module's parameters
+            directly (``self.out_proj.weight`` in ``nn.MultiheadAttention``), so
+            they are used, and their mult-adds are counted in that module's row;
+            None when nothing reads them.
+    """
 
     name: str
     type_name: str
     params: int
     trainable_params: int
+    used_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -1750,6 +1766,76 @@ class _Totals:
     buffers_bytes: int = 0
 
 
+def _packed_weights(module: nn.Module) -> tuple[int, list[torch.Tensor]] | None:
+    """(identity, tensors) of a quantized module's packed weight and bias, which
+    are not parameters (``torch.ao.nn.quantized`` Linear and Conv, static and
+    dynamic, keep them in ``_packed_params`` and give them through ``weight()`` and
+    ``bias()``); None for every other module."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return None
+    packed = module.__dict__.get("_packed_params")
+    if packed is None:
+        packed = module._modules.get("_packed_params")
+        if packed is None:
+            return None
+    weight = getattr(module, "weight", None)
+    if not callable(weight) or isinstance(weight, torch.Tensor):
+        return None
+    try:
+        tensors = [weight()]
+        bias = getattr(module, "bias", None)
+        value = bias() if callable(bias) and not isinstance(bias, torch.Tensor) else None
+    except Exception:  # an unusual packed format: not counted rather than wrong
+        return None
+    if isinstance(value, torch.Tensor):
+        tensors.append(value)
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return None
+    return id(packed), tensors
+
+
+@functools.cache
+def _forward_reads(forward: Callable[..., Any]) -> frozenset[tuple[str, str]]:
+    """``(child, attribute)`` pairs that a ``forward`` method's source reads as
+    ``self.child.attribute`` without calling ``self.child``: parameters of a
+    submodule used functionally (``F.multi_head_attention_forward(...,
+    self.out_proj.weight, ...)``). Empty when the source is not available."""
+    try:
+        source = inspect.getsource(forward)
+    except (OSError, TypeError):
+        return frozenset()
+    return frozenset(re.findall(r"\bself\.(\w+)\.(\w+)\b", source))
+
+
+def _functional_user(name: str, module: nn.Module, called: dict[str, nn.Module]) -> str | None:
+    """The called ancestor whose ``forward`` reads ``module``'s parameters (see
+    :func:`_forward_reads`), or None."""
+    own = set(module._parameters)
+    if not own or not name:
+        return None
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, -1, -1):
+        ancestor_name = ".".join(parts[:cut])
+        ancestor = called.get(ancestor_name)
+        if ancestor is None:
+            continue
+        child = parts[cut]
+        path_rest = parts[cut + 1 :]
+        reads = _forward_reads(type(ancestor).forward)
+        if not path_rest and any(c == child and a in own for c, a in reads):
+            return ancestor_name or "(model)"
+        return None  # only the nearest called ancestor can read it directly
+    return None
+
+
+def _scripted_owner(name: str, scripted: dict[str, int]) -> int | None:
+    """The frame of the called TorchScript module that ``name`` is inside, or None."""
+    for prefix, frame in scripted.items():
+        if prefix == "" or name.startswith(prefix + "."):
+            return frame
+    return None
+
+
 def _assemble(
     modules: list[nn.Module],
     recorder: _Recorder,
@@ -1810,6 +1896,15 @@ def _assemble(
                 totals.params_bytes += numel * p.element_size()
                 if p.requires_grad:
                     own_trainable[i] += numel
+        elif "_packed_params" in module.__dict__ or (
+            type(module._modules) is dict and "_packed_params" in module._modules
+        ):
+            packed = _packed_weights(module)
+            if packed is not None and packed[0] not in seen_params:
+                seen_params.add(packed[0])
+                for t in packed[1]:
+                    own_params[i] += t.numel()
+                    totals.params_bytes += t.numel() * t.element_size()
         module_buffers = module._buffers
         if module_buffers:
             for b in module_buffers.values():
@@ -1818,6 +1913,58 @@ def _assemble(
                     numel = b.numel()
                     buffers[i] += numel
                     totals.buffers_bytes += numel * b.element_size()
+
+    # modules that did not run: inside a called TorchScript module (hooks cannot see
+    # its calls; its parameters belong to its row), used functionally by a called
+    # ancestor, or not used at all
+    uncalled = []
+    scripted: dict[str, int] = {}
+    called_by_name: dict[str, nn.Module] | None = None
+    for module in modules:
+        key = id(module)
+        if key in facts:
+            if isinstance(module, torch.jit.ScriptModule) and facts[key][1] not in scripted:
+                scripted[facts[key][1]] = facts[key][0]
+            continue
+        count = trainable = 0
+        for p in module._parameters.values():
+            if p is not None and id(p) not in seen_params:
+                seen_params.add(id(p))
+                numel = p.numel()
+                count += numel
+                trainable += numel if p.requires_grad else 0
+                totals.params_bytes += numel * p.element_size()
+        packed = _packed_weights(module) if not module._parameters else None
+        if packed is not None and packed[0] not in seen_params:
+            seen_params.add(packed[0])
+            for t in packed[1]:
+                count += t.numel()
+                totals.params_bytes += t.numel() * t.element_size()
+        name = names.get(key, [""])[0]
+        owner = _scripted_owner(name, scripted) if scripted else None
+        if owner is not None:
+            own_params[owner] += count
+            own_trainable[owner] += trainable
+            module_buffers = module._buffers
+            for b in module_buffers.values():
+                if b is not None and id(b) not in seen_buffers:
+                    seen_buffers.add(id(b))
+                    buffers[owner] += b.numel()
+                    totals.buffers_bytes += b.numel() * b.element_size()
+            continue
+        for b in module._buffers.values():
+            if b is not None and id(b) not in seen_buffers:
+                seen_buffers.add(id(b))
+                totals.buffers += b.numel()
+                totals.buffers_bytes += b.numel() * b.element_size()
+        totals.params += count
+        totals.trainable += trainable
+        used_by = None
+        if count:
+            if called_by_name is None:
+                called_by_name = {names.get(id(m), [""])[0]: m for m in modules if id(m) in facts}
+            used_by = _functional_user(name, module, called_by_name)
+        uncalled.append(UncalledModule(name, type(module).__name__, count, trainable, used_by))
 
     total_params = list(own_params)
     total_trainable = list(own_trainable)
@@ -1860,33 +2007,10 @@ def _assemble(
                 tuple(sorted(set(uncounted))) if uncounted else (),
             )
         )
-    totals.params = sum(own_params)
-    totals.trainable = sum(own_trainable)
-    totals.buffers = sum(buffers)
+    totals.params += sum(own_params)
+    totals.trainable += sum(own_trainable)
+    totals.buffers += sum(buffers)
 
-    uncalled = []
-    for module in modules:
-        key = id(module)
-        if key in facts:
-            continue
-        count = trainable = 0
-        for p in module._parameters.values():
-            if p is not None and id(p) not in seen_params:
-                seen_params.add(id(p))
-                numel = p.numel()
-                count += numel
-                trainable += numel if p.requires_grad else 0
-                totals.params_bytes += numel * p.element_size()
-        for b in module._buffers.values():
-            if b is not None and id(b) not in seen_buffers:
-                seen_buffers.add(id(b))
-                totals.buffers += b.numel()
-                totals.buffers_bytes += b.numel() * b.element_size()
-        totals.params += count
-        totals.trainable += trainable
-        uncalled.append(
-            UncalledModule(names.get(key, [""])[0], type(module).__name__, count, trainable)
-        )
     return records, uncalled, sum(f[_FLOPS] for f in frames) // 2, totals
 
 
@@ -2068,6 +2192,8 @@ def trace(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap_compiled(model)
+    check_not_lazy(model)
     model_device = _model_device(model)
     target_device = torch.device(device) if device is not None else model_device
     if device is not None and model_device.type != "meta" and target_device != model_device:
@@ -2091,8 +2217,13 @@ def trace(
     fallback_reason: str | None = None
     recorder: _Recorder | None = None
 
+    mismatch = None
+    if execution == "auto" and not on_meta_already:
+        mismatch = _dtype_mismatch(model, inputs_on)
+        fallback_reason = mismatch
+
     with preserve_state(model, mode, modules=modules):
-        if execution in ("auto", "meta") or on_meta_already:
+        if (execution in ("auto", "meta") and mismatch is None) or on_meta_already:
             try:
                 recorder = _run_meta(model, modules, inputs_on, names, on_meta=on_meta_already)
                 ran = "meta"
@@ -2142,6 +2273,29 @@ def trace(
         fallback_reason=fallback_reason,
         mode=mode,
         aliases=aliases,
+    )
+
+
+def _dtype_mismatch(
+    model: nn.Module, inputs_on: Callable[[torch.device | None], Any]
+) -> str | None:
+    """Why the meta pass cannot be trusted with these inputs, or None: floating-point
+    inputs of a dtype no floating-point parameter has (a bfloat16 model given
+    float32). Meta kernels do not check that dtypes agree, where real ones refuse
+    (or the model casts on purpose): only the real forward says which."""
+    params = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(params) != 1:
+        return None
+    inputs = {
+        t.dtype for t in _tensors_in(inputs_on(torch.device("meta"))) if t.is_floating_point()
+    }
+    if not inputs or inputs <= params:
+        return None
+    got = ", ".join(sorted(str(d).removeprefix("torch.") for d in inputs))
+    want = str(next(iter(params))).removeprefix("torch.")
+    return (
+        f"not tried: the input is {got} and the parameters are {want}; the meta device does not "
+        f"check that dtypes agree, so the real forward decides"
     )
 
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from netsight.cam.layout import LayerLayout, Layout, LayoutError, layer_layout
 from netsight.capture import LayerSpec, resolve_layers
-from netsight.hooks import HookSet, preserve_state
+from netsight.hooks import HookSet, check_not_lazy, preserve_state, unwrap_compiled
 from netsight.images import expected_channels
 
 __all__ = [
@@ -581,6 +581,8 @@ class BaseCAM:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        model = unwrap_compiled(model)
+        check_not_lazy(model)
         if mode not in ("eval", "train", "same"):
             raise ValueError(f"mode: expected 'eval', 'train' or 'same', got {mode!r}")
         if reshape is not None and not callable(reshape):

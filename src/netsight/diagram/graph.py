@@ -37,7 +37,13 @@ from torch import nn
 from torch.nn.modules import module as module_module
 from torch.overrides import TorchFunctionMode
 
-from netsight.hooks import HookSet, preserve_attributes, preserve_state
+from netsight.hooks import (
+    HookSet,
+    check_not_lazy,
+    preserve_attributes,
+    preserve_state,
+    unwrap_compiled,
+)
 from netsight.trace import (
     TraceError,
     _gc_paused,
@@ -462,6 +468,8 @@ def record_dataflow(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap_compiled(model)
+    check_not_lazy(model)
     model_device = _model_device(model)
     inputs_on = _input_maker(
         input_size,
