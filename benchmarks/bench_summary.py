@@ -658,6 +658,84 @@ def print_peers(results: list[dict[str, Any]]) -> None:
     print(_common.table(["model", "netsight ms", *timed], rows))
 
 
+# --------------------------------------------------------------------------- 6. first call
+
+_FIRST_SECOND = textwrap.dedent(
+    """
+    import sys, time
+    import torch
+    from torch import nn
+    kind, tool = sys.argv[1], sys.argv[2]
+    torch.manual_seed(0)
+    if kind == "mlp":
+        model, size = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)), (1, 64)
+    elif kind == "lstm":
+        model, size = nn.LSTM(64, 128, num_layers=2, batch_first=True), (1, 20, 64)
+    else:
+        import torchvision
+        model, size = torchvision.models.resnet18().eval(), (1, 3, 224, 224)
+    if tool == "netsight":
+        import netsight
+        run = lambda: netsight.summary(model, input_size=size)
+    else:
+        import torchinfo
+        run = lambda: torchinfo.summary(model, input_size=size, verbose=0)
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    print(times[0], times[1])
+    """
+)
+FIRST_MODELS = ("mlp", "lstm", "resnet18")
+
+
+def bench_first(processes: int) -> list[dict[str, Any]]:
+    """First and second call of each tool in ``processes`` fresh processes (medians)."""
+    results = []
+    for kind in FIRST_MODELS:
+        row: dict[str, Any] = {"model": kind}
+        for tool in ("netsight", "torchinfo"):
+            firsts, seconds = [], []
+            for _ in range(processes):
+                proc = subprocess.run(
+                    [sys.executable, "-c", _FIRST_SECOND, kind, tool],
+                    capture_output=True,
+                    text=True,
+                    timeout=FIRST_CALL_TIMEOUT_S,
+                    check=False,
+                )
+                if proc.returncode != 0:
+                    continue
+                first, second = (float(v) for v in proc.stdout.split()[-2:])
+                firsts.append(first)
+                seconds.append(second)
+            row[tool] = (statistics.median(firsts), statistics.median(seconds)) if firsts else None
+        results.append(row)
+        print(f"  {kind}: done", file=sys.stderr, flush=True)
+    return results
+
+
+def print_first(results: list[dict[str, Any]]) -> None:
+    rows = []
+    for r in results:
+        ns, ti = r["netsight"], r["torchinfo"]
+        rows.append(
+            [
+                r["model"],
+                _common.ms(ns[0] if ns else None),
+                _common.ms(ns[1] if ns else None),
+                _common.ms(ns[0] - ns[1] if ns else None),
+                _common.ms(ti[0] if ti else None),
+                _common.ms(ti[1] if ti else None),
+            ]
+        )
+    headers = ["model", "netsight 1st ms", "netsight 2nd ms", "1st - 2nd ms"]
+    headers += ["torchinfo 1st ms", "torchinfo 2nd ms"]
+    print(_common.table(headers, rows))
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -689,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["models", "scaling", "nesting", "llama", "peers"],
+        choices=["models", "scaling", "nesting", "llama", "peers", "first"],
         action="append",
         help="run only these parts (repeatable)",
     )
@@ -733,6 +811,14 @@ def main(argv: list[str] | None = None) -> int:
         report["llama"] = bench_llama()
         print("\n## LLaMA-7B shape on the meta device, 2,048 tokens, fresh process\n")
         print_llama(report["llama"])
+    if "first" in parts:
+        print("\nFirst call", file=sys.stderr)
+        report["first"] = bench_first(repeats)
+        print(
+            "\n## First and second call in a fresh process (after imports and building the "
+            f"model; medians of {repeats} processes)\n"
+        )
+        print_first(report["first"])
     if "peers" in parts:
         print("\nPeers", file=sys.stderr)
         report["peers"] = bench_peers(list(PEER_MODELS), repeats)

@@ -227,7 +227,10 @@ def _direct(packet: Any, registered: _Formula) -> _Formula | None:
     if entry is None:
         return None
     direct, shapes = entry
-    probe = [torch.empty(shape, device="meta") for shape in shapes]
+    # tiny CPU tensors, not meta ones: several meta kernels (addmm's) are Python
+    # decompositions whose first call imports torch._dynamo (~0.7 s); C++ CPU
+    # kernels on 3 x 5 matrices cost microseconds
+    probe = [torch.zeros(shape) for shape in shapes]
     out = packet(*probe)
     try:
         agrees = int(direct(*probe, out_val=out)) == int(registered(*probe, out_val=out))
