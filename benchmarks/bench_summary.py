@@ -623,29 +623,25 @@ def print_peers(results: list[dict[str, Any]]) -> None:
             return "-"
         return f"{got['params'] / r['reference_params']:.3f}"
 
-    headers = ["model (reference)"] + [f"{t}" for t in PEER_TOOLS]
-    print("Mult-adds, tool / reference:\n")
-    print(
-        _common.table(
-            headers,
-            [
-                [f"{r['model']} ({r['source']} {r['reference'] / 1e9:.3f} G)"]
-                + [accuracy(r, t) for t in PEER_TOOLS]
-                for r in results
-            ],
-        )
+    headers = ["model (reference)", *PEER_TOOLS]
+    tables = (
+        (
+            "Mult-adds, tool / reference:",
+            accuracy,
+            lambda r: f"{r['source']} {r['reference'] / 1e9:.3f} G",
+        ),
+        (
+            "Parameters, tool / reference ('-': the tool does not count them):",
+            params,
+            lambda r: f"{r['reference_params'] / 1e6:.2f} M",
+        ),
     )
-    print("\nParameters, tool / reference ('-': the tool does not count them):\n")
-    print(
-        _common.table(
-            headers,
-            [
-                [f"{r['model']} ({r['reference_params'] / 1e6:.2f} M)"]
-                + [params(r, t) for t in PEER_TOOLS]
-                for r in results
-            ],
-        )
-    )
+    for title, cell, reference in tables:
+        print(f"\n{title}\n")
+        rows = [
+            [f"{r['model']} ({reference(r)})"] + [cell(r, t) for t in PEER_TOOLS] for r in results
+        ]
+        print(_common.table(headers, rows))
     print("\nTime, median, as a ratio to netsight's (bare: the forward alone):\n")
     timed = ["bare", *PEER_TOOLS[1:]]
     rows = []

@@ -373,15 +373,22 @@ def _detector_params(name: str, model: nn.Module) -> int:
     return int(_published(name)["num_params"]) + frozen
 
 
+def _detector_summary(name: str) -> tuple[nn.Module, list[torch.Tensor], netsight.Summary]:
+    """A detector, its one-image input, and its summary (and drawing, for the
+    ones in ``_DRAWN``), with the parameter count checked."""
+    model = _build_tv(name)
+    images = [torch.rand(3, 224, 224)]
+    s = summary_and_diagram(model, input_data=[images], diagram=name in _DRAWN)
+    assert s.total_params == _detector_params(name, model) == _unique_params(model)
+    assert s.uncounted_ops == ()
+    return model, images, s
+
+
 @pytest.mark.parity
 @pytest.mark.parametrize("name", DETECTION_PUBLISHED)
 def test_detection_matches_published(name: str) -> None:
-    model = _build_tv(name)
-    images = [torch.rand(3, 224, 224)]
+    model, images, s = _detector_summary(name)
     drawn = name in _DRAWN
-    s = summary_and_diagram(model, input_data=[images], diagram=drawn)
-    assert s.total_params == _detector_params(name, model) == _unique_params(model)
-    assert s.uncounted_ops == ()
     ops = _published(name)["_ops"]
     assert _close(s.total_mult_adds, ops), (s.total_mult_adds, ops)
     if drawn:
@@ -391,12 +398,8 @@ def test_detection_matches_published(name: str) -> None:
 @pytest.mark.parity
 @pytest.mark.parametrize("name", DETECTION_COUNTED)
 def test_two_stage_detection_matches_a_plain_forward(name: str) -> None:
-    model = _build_tv(name)
-    images = [torch.rand(3, 224, 224)]
+    model, images, s = _detector_summary(name)
     drawn = name in _DRAWN
-    s = summary_and_diagram(model, input_data=[images], diagram=drawn)
-    assert s.total_params == _detector_params(name, model) == _unique_params(model)
-    assert s.uncounted_ops == ()
     with torch.no_grad():
         reference = _flop_counter_mult_adds(lambda: model(images))
     assert s.total_mult_adds == reference
