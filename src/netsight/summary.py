@@ -137,12 +137,6 @@ def _scaled(n: int) -> str:
     return f"{n:,}"
 
 
-#: Class names of TorchScript modules (``torch.jit.script`` and ``torch.jit.trace``).
-_SCRIPT_TYPES = frozenset(
-    {"RecursiveScriptModule", "ScriptModule", "TopLevelTracedModule", "TracedModule"}
-)
-
-
 class Summary:
     """The result of :func:`summary`: numbers, records and renderers.
 
@@ -339,9 +333,9 @@ class Summary:
                 f"({used_params} params, in the totals; their mult-adds are in the rows of "
                 f"{parents}): {names}{more}"
             )
-        scripted = [r for r in self.trace.records if r.type_name in _SCRIPT_TYPES]
+        scripted = self.trace.scripted
         if scripted:
-            what = ", ".join(repr(r.name) if r.name else "the model" for r in scripted[:3])
+            what = ", ".join(repr(name) if name else "the model" for name in scripted[:3])
             notes.append(
                 f"{what}: a TorchScript module (torch.jit.script/trace), whose submodules run "
                 f"where hooks cannot see them, so its parameters and mult-adds are counted on "

@@ -192,6 +192,9 @@ class Trace:
     fallback_reason: str | None
     mode: str
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Names of the TorchScript modules that ran (``""``: the model): hooks cannot
+    #: see inside them, so their parameters and mult-adds are on their own rows.
+    scripted: tuple[str, ...] = ()
 
     @property
     def non_trainable_params(self) -> int:
@@ -688,6 +691,20 @@ def _plain_float(t: Any) -> bool:
     return type(t) in (_TENSOR, _PARAMETER) and t.dtype in _FLOATS
 
 
+def _strides_in_order(
+    shape: Sequence[int], stride: Sequence[int], gap: int = 0
+) -> tuple[list[int], int]:
+    """Strides laid out in ``stride``'s order (innermost first, ties by index),
+    each dimension ``gap`` elements longer than its size, and the storage extent
+    they span: dense strides with ``gap=0``."""
+    strides = [0] * len(shape)
+    extent = 1
+    for i in sorted(range(len(shape)), key=lambda i: (stride[i], i)):
+        strides[i] = extent
+        extent *= shape[i] + gap
+    return strides, extent
+
+
 def _fresh_like(x: torch.Tensor) -> torch.Tensor:
     """A new tensor laid out as an element-wise kernel lays out its output: ``x``'s
     strides when ``x`` is dense, else dense strides in ``x``'s stride order (a
@@ -695,13 +712,8 @@ def _fresh_like(x: torch.Tensor) -> torch.Tensor:
     imports sympy). Checked against the kernel like every rule."""
     if _tensor_class(x)[3]:
         return x.clone()
-    shape, stride = x.shape, x.stride()
-    strides = [0] * len(shape)
-    expected = 1
-    for i in sorted(range(len(shape)), key=lambda i: (stride[i], i)):
-        strides[i] = expected
-        expected *= shape[i]
-    return torch.empty_strided(shape, strides, dtype=x.dtype, device=_META)
+    strides, _ = _strides_in_order(x.shape, x.stride())
+    return torch.empty_strided(x.shape, strides, dtype=x.dtype, device=_META)
 
 
 def _rule_pointwise(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -815,6 +827,13 @@ def _broadcast(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...] | None:
     return tuple(shape)
 
 
+def _float_operands_shape(a: Any, b: Any) -> tuple[int, ...] | None:
+    """The broadcast shape of two float tensors of one dtype, or None."""
+    if not (_plain_float(a) and _plain_float(b)) or a.dtype != b.dtype:
+        return None
+    return _broadcast(a.shape, b.shape)
+
+
 def _rule_binary(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Two-tensor element-wise op, both of one float dtype: the broadcast shape,
     laid out like the operand that has it (or contiguous). With a Python number
@@ -824,9 +843,7 @@ def _rule_binary(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     a, b = args
     if type(b) in (int, float, bool):
         return _rule_pointwise(args, kwargs)
-    if not (_plain_float(a) and _plain_float(b)) or a.dtype != b.dtype:
-        return None
-    shape = _broadcast(a.shape, b.shape)
+    shape = _float_operands_shape(a, b)
     if shape is None:
         return None
     if shape == tuple(a.shape):
@@ -843,11 +860,7 @@ def _rule_binary_(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     a, b = args
     if type(b) in (int, float, bool):
         return _rule_pointwise_(args, kwargs)
-    if not (_plain_float(a) and _plain_float(b)) or a.dtype != b.dtype:
-        return None
-    if _broadcast(a.shape, b.shape) != tuple(a.shape):
-        return None
-    return a
+    return a if _float_operands_shape(a, b) == tuple(a.shape) else None
 
 
 def _rule_softmax(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -1230,18 +1243,12 @@ def _cpu_twin(t: Any) -> Any:
     if type(t) not in (_TENSOR, _PARAMETER):
         return None
     shape = [min(s, 2) for s in t.shape]
-    stride = t.stride()
-    order = sorted(range(len(shape)), key=lambda i: (stride[i], i))
     # a dense original gets a dense twin; one with gaps (a slice) gets gaps too
     gap = 0 if _tensor_class(t)[3] else 1
-    strides = [0] * len(shape)
-    expected = 1
-    for i in order:
-        strides[i] = expected
-        expected *= shape[i] + gap
+    strides, extent = _strides_in_order(shape, t.stride(), gap)
     offset = 0 if t.storage_offset() == 0 else 1
     if offset or t._is_view():
-        twin = torch.zeros(expected + offset, dtype=t.dtype).as_strided(shape, strides, offset)
+        twin = torch.zeros(extent + offset, dtype=t.dtype).as_strided(shape, strides, offset)
     else:
         twin = torch.empty_strided(shape, strides, dtype=t.dtype).zero_()
     return twin if _tensor_class(twin) == _tensor_class(t) else None
@@ -1953,13 +1960,13 @@ def _packed_weights(module: nn.Module) -> tuple[int, list[torch.Tensor]] | None:
     are not parameters (``torch.ao.nn.quantized`` Linear and Conv, static and
     dynamic, keep them in ``_packed_params`` and give them through ``weight()`` and
     ``bias()``); None for every other module."""
-    if isinstance(module, torch.jit.ScriptModule):
-        return None
-    packed = module.__dict__.get("_packed_params")
+    state = module.__dict__
+    packed = state.get("_packed_params")
     if packed is None:
-        packed = module._modules.get("_packed_params")
-        if packed is None:
-            return None
+        children = state.get("_modules")  # a ScriptModule's is not a dict
+        packed = children.get("_packed_params") if type(children) is dict else None
+    if packed is None or isinstance(module, torch.jit.ScriptModule):
+        return None
     weight = getattr(module, "weight", None)
     if not callable(weight) or isinstance(weight, torch.Tensor):
         return None
@@ -1990,24 +1997,18 @@ def _forward_reads(forward: Callable[..., Any]) -> frozenset[tuple[str, str]]:
 
 
 def _functional_user(name: str, module: nn.Module, called: dict[str, nn.Module]) -> str | None:
-    """The called ancestor whose ``forward`` reads ``module``'s parameters (see
+    """The called parent whose ``forward`` reads ``module``'s parameters (see
     :func:`_forward_reads`), or None."""
     own = set(module._parameters)
     if not own or not name:
         return None
-    parts = name.split(".")
-    for cut in range(len(parts) - 1, -1, -1):
-        ancestor_name = ".".join(parts[:cut])
-        ancestor = called.get(ancestor_name)
-        if ancestor is None:
-            continue
-        child = parts[cut]
-        path_rest = parts[cut + 1 :]
-        reads = _forward_reads(type(ancestor).forward)
-        if not path_rest and any(c == child and a in own for c, a in reads):
-            return ancestor_name or "(model)"
-        return None  # only the nearest called ancestor can read it directly
-    return None
+    # only the direct parent's forward can read ``self.<child>.<param>``
+    parent_name, _, child = name.rpartition(".")
+    parent = called.get(parent_name)
+    if parent is None:
+        return None
+    reads = _forward_reads(type(parent).forward)
+    return (parent_name or "(model)") if any(c == child and a in own for c, a in reads) else None
 
 
 def _scripted_owner(name: str, scripted: dict[str, int]) -> int | None:
@@ -2022,7 +2023,7 @@ def _assemble(
     modules: list[nn.Module],
     recorder: _Recorder,
     names: dict[int, list[str]],
-) -> tuple[list[LayerRecord], list[UncalledModule], int, _Totals]:
+) -> tuple[list[LayerRecord], list[UncalledModule], int, _Totals, tuple[str, ...]]:
     frames = recorder.frames
     n = len(frames)
     seen_params: set[int] = set()
@@ -2078,9 +2079,7 @@ def _assemble(
                 totals.params_bytes += numel * p.element_size()
                 if p.requires_grad:
                     own_trainable[i] += numel
-        elif "_packed_params" in module.__dict__ or (
-            type(module._modules) is dict and "_packed_params" in module._modules
-        ):
+        else:
             packed = _packed_weights(module)
             if packed is not None and packed[0] not in seen_params:
                 seen_params.add(packed[0])
@@ -2193,7 +2192,8 @@ def _assemble(
     totals.trainable += sum(own_trainable)
     totals.buffers += sum(buffers)
 
-    return records, uncalled, sum(f[_FLOPS] for f in frames) // 2, totals
+    flops = sum(f[_FLOPS] for f in frames) // 2
+    return records, uncalled, flops, totals, tuple(scripted)
 
 
 _NAMED_MODULES = nn.Module.named_modules
@@ -2431,7 +2431,7 @@ def trace(
                             b.copy_(saved)
             ran = "real"
 
-    records, uncalled, total_mult_adds, totals = _assemble(modules, recorder, names)
+    records, uncalled, total_mult_adds, totals, scripted = _assemble(modules, recorder, names)
     root_input = records[0].input if records else None
     uncounted = sorted({op for f in recorder.frames if f[_UNCOUNTED] for op in f[_UNCOUNTED]})
     aliases = {r.name: r.aliases for r in records if r.aliases and r.call == 0}
@@ -2455,6 +2455,7 @@ def trace(
         fallback_reason=fallback_reason,
         mode=mode,
         aliases=aliases,
+        scripted=scripted,
     )
 
 
