@@ -1040,6 +1040,20 @@ def _class_of(items: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def _geometry(t: torch.Tensor) -> tuple[Any, ...]:
+    """Everything about an output tensor that a rule must get right."""
+    return (
+        t.shape,
+        t.stride(),
+        t.storage_offset(),
+        t.dtype,
+        t.layout,
+        t.requires_grad,
+        t._is_view(),
+        t.untyped_storage().nbytes(),
+    )
+
+
 def _same_geometry(kernel: Any, rule: Any, args: tuple[Any, ...]) -> bool:
     """Whether a rule's output matches the kernel's in everything that matters."""
     if isinstance(kernel, torch.Tensor) or isinstance(rule, torch.Tensor):
@@ -1049,18 +1063,7 @@ def _same_geometry(kernel: Any, rule: Any, args: tuple[Any, ...]) -> bool:
             return True
         if any(a is kernel or a is rule for a in args):
             return False
-        return bool(
-            kernel.shape == rule.shape
-            and kernel.stride() == rule.stride()
-            and kernel.storage_offset() == rule.storage_offset()
-            and kernel.dtype == rule.dtype
-            and kernel.layout == rule.layout
-            and kernel.is_meta
-            and rule.is_meta
-            and kernel.requires_grad == rule.requires_grad
-            and kernel._is_view() == rule._is_view()
-            and kernel.untyped_storage().nbytes() == rule.untyped_storage().nbytes()
-        )
+        return kernel.is_meta and rule.is_meta and _geometry(kernel) == _geometry(rule)
     tp = type(kernel)
     if tp is tuple or tp is list:
         if type(rule) is not tp or len(kernel) != len(rule):
@@ -1311,16 +1314,7 @@ def _witness_verdict(
         # an output that is an argument must be the same argument on both sides
         k_arg = next((i for i, a in enumerate(cpu) if a is k), None)
         g_arg = next((i for i, a in enumerate(meta) if a is g), None)
-        if k_arg != g_arg:
-            return False
-        if not (
-            k.shape == g.shape
-            and k.stride() == g.stride()
-            and k.storage_offset() == g.storage_offset()
-            and k.dtype == g.dtype
-            and k._is_view() == g._is_view()
-            and k.untyped_storage().nbytes() == g.untyped_storage().nbytes()
-        ):
+        if k_arg != g_arg or _geometry(k) != _geometry(g):
             return False
     return True
 
