@@ -1,0 +1,32 @@
+"""netsight.options: one parse with one error wording for every option set."""
+
+from __future__ import annotations
+
+import pytest
+
+from netsight import options
+from netsight.options import Execution, Mode, Option
+
+
+def _option_sets() -> list[type[Option]]:
+    return [getattr(options, n) for n in options.__all__ if n != "Option"]
+
+
+@pytest.mark.parametrize("cls", _option_sets(), ids=lambda c: c.__name__)
+def test_every_value_parses_to_its_member_and_is_a_plain_string(cls: type[Option]) -> None:
+    for member in cls:
+        assert cls.parse(member.value, "x") is member
+        assert cls.parse(member, "x") is member
+        assert member == member.value and str(member) == member.value
+    assert cls.values() == tuple(m.value for m in cls)
+
+
+@pytest.mark.parametrize("bad", ["EVAL", "", None, 1, ["eval"]])
+def test_unknown_value_names_option_got_and_choices(bad: object) -> None:
+    with pytest.raises(ValueError) as err:
+        Mode.parse(bad, "mode")
+    assert str(err.value) == f"mode: expected one of 'eval', 'train', 'same', got {bad!r}"
+
+
+def test_choice_lists_are_in_definition_order() -> None:
+    assert Execution.values() == ("auto", "meta", "real")
