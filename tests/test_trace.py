@@ -14,6 +14,8 @@ from torch import nn
 import netsight
 from helpers import assert_unchanged, snapshot
 from netsight.trace import TensorMeta, format_structure
+from netsight.trace.keys import MISSING
+from netsight.trace.twins import MetaTwins
 from netsight.zoo import LlamaDecoder, NestedChain, Vgg16Net, wide_model
 
 # --------------------------------------------------------------------------- aliases
@@ -434,27 +436,24 @@ def test_held_leaf_tensors_used_elsewhere_stay_on_the_meta_pass(
 
 
 def test_replayed_leaves_never_get_meta_twins(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib
-
-    engine = importlib.import_module("netsight.trace")
     twinned: list[tuple[int, ...]] = []
-    original = engine._MetaTwins.twin
+    original = MetaTwins.twin
 
     def counting(self: object, tensor: torch.Tensor) -> torch.Tensor:
         twinned.append(tuple(tensor.shape))
         return original(self, tensor)  # type: ignore[arg-type]
 
     substituted: list[object] = []
-    substitute = engine._MetaTwins.substitute
+    substitute = MetaTwins.substitute
 
     def watched(self: object, obj: object) -> object:
         result = substitute(self, obj)  # type: ignore[arg-type]
-        if result is not engine._MISSING:
+        if result is not MISSING:
             substituted.append(obj)
         return result
 
-    monkeypatch.setattr(engine._MetaTwins, "twin", counting)
-    monkeypatch.setattr(engine._MetaTwins, "substitute", watched)
+    monkeypatch.setattr(MetaTwins, "twin", counting)
+    monkeypatch.setattr(MetaTwins, "substitute", watched)
     model = wide_model(200)
     s = netsight.summary(model, input_size=(3, 8))
     assert s.trace.execution == "meta" and len(s.layers) == 201

@@ -44,14 +44,10 @@ from netsight.hooks import (
     preserve_state,
     unwrap_compiled,
 )
-from netsight.trace import (
-    TraceError,
-    _gc_paused,
-    _input_maker,
-    _model_device,
-    _survey,
-    _swapped_to_meta,
-)
+from netsight.trace import TraceError
+from netsight.trace.inputs import input_maker
+from netsight.trace.runner import device_of, gc_paused, survey
+from netsight.trace.twins import swapped_to_meta
 
 __all__ = [
     "CATEGORY_COLORS",
@@ -438,7 +434,7 @@ def _run_once(
     return rec, inputs, output
 
 
-@_gc_paused
+@gc_paused
 def record_dataflow(
     model: nn.Module,
     input_size: Sequence[int] | Sequence[Sequence[int]] | None = None,
@@ -470,8 +466,8 @@ def record_dataflow(
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     model = unwrap_compiled(model)
     check_not_lazy(model)
-    model_device = _model_device(model)
-    inputs_on = _input_maker(
+    model_device = device_of(model)
+    inputs_on = input_maker(
         input_size,
         input_data,
         dtypes=dtypes,
@@ -482,7 +478,7 @@ def record_dataflow(
         default_device=model_device,
     )
 
-    names, modules = _survey(model)
+    names, modules = survey(model)
     notes: list[str] = []
     result: tuple[_Recorder, list[int], Any] | None = None
     ran = "meta"
@@ -491,7 +487,7 @@ def record_dataflow(
         if execution in ("auto", "meta") or on_meta:
             try:
                 args, kwargs = inputs_on(torch.device("meta"))
-                with preserve_attributes(modules), _swapped_to_meta(modules):
+                with preserve_attributes(modules), swapped_to_meta(modules):
                     result = _run_once(model, modules, names, args, kwargs)
             except TraceError as exc:
                 if execution == "meta" or on_meta:
