@@ -29,6 +29,8 @@ from netsight._progress import ProgressBar
 from netsight.capture import Capture, LayerSpec, resolve_layers
 from netsight.hooks import HookSet, StopForward, preserve_state, unwrap_compiled
 from netsight.images import MapGrid, map_grid
+from netsight.trace import runner
+from netsight.trace.recorder import FrameRecorder
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -566,15 +568,15 @@ def layer_stats(
 
 
 def run_forward(model: nn.Module, x: Any) -> Any:
-    """Run ``model(x)`` under ``no_grad``; if it fails, re-run it through the trace
-    engine so the error names the layer that failed and its input shapes.
+    """Run ``model(x)`` under ``no_grad``; if it fails, re-run it through netsight's
+    runner (:func:`netsight.trace.runner.run`, a real pass watching module calls)
+    so that the error is a :class:`~netsight.trace.TraceError` naming the layer that
+    failed, its input shapes, the call stack and the layers that ran before it.
 
     A :class:`~netsight.hooks.StopForward` raised by a hook is no failure: it
     passes through unchanged, and when the re-run ends with one, the re-run got
     as far as the hook needed, so the original error is raised.
     """
-    from netsight.trace import trace
-
     model = unwrap_compiled(model)
     try:
         with torch.no_grad():
@@ -583,8 +585,13 @@ def run_forward(model: nn.Module, x: Any) -> Any:
         raise
     except Exception:
         with contextlib.suppress(StopForward):
-            trace(model, input_data=x, execution="real", mode="same")
-        raise  # the traced pass succeeded where the plain one failed: show the original
+            runner.run(model, _calls_only, input_data=x, execution="real", mode="same")
+        raise  # the watched pass succeeded where the plain one failed: show the original
+
+
+def _calls_only() -> FrameRecorder:
+    """A recorder of module calls only: enough to name a failure."""
+    return FrameRecorder(count=False)
 
 
 def export_features(

@@ -31,6 +31,7 @@ from torch import nn
 
 from netsight.cam.layout import LayerLayout, Layout, LayoutError, layer_layout
 from netsight.capture import LayerSpec, resolve_layers
+from netsight.features import run_forward as named_forward
 from netsight.hooks import HookSet, check_not_lazy, preserve_state, unwrap_compiled
 from netsight.images import expected_channels
 
@@ -325,7 +326,13 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
     token, so their patch tokens get no gradient and their maps are blank.
     Outputs whose layout cannot be told (attention heads, windows) are skipped.
 
-    Runs one probe forward on the first image under ``no_grad``.
+    Runs one probe forward on the first image under ``no_grad``; when it fails,
+    :func:`netsight.features.run_forward` runs it again through netsight's runner
+    so that the error names the layer.
+
+    Raises:
+        TraceError: the probe forward failed; the message names the layer.
+        ValueError: no layer qualifies.
     """
     order = list(model.named_modules())
     names = {id(module): name for name, module in order}
@@ -353,9 +360,9 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
             events.append(("spatial", name, module))
 
     modules = [m for m in model.modules() if m is not model]
-    with HookSet() as hooks, torch.no_grad():
+    with HookSet() as hooks:
         hooks.add_forward_hooks(modules, pre, post)
-        model(x[:1])
+        named_forward(model, x[:1])
     maps = [i for i, (kind, _, _) in enumerate(events) if kind != "attention"]
     if maps and events[maps[-1]][0] == "spatial":
         return events[maps[-1]][1]

@@ -2,8 +2,9 @@
 
 Three steps, kept apart:
 
-1. :func:`record_dataflow` runs the model once (on the ``meta`` device when it
-   can, else on real tensors under ``torch.no_grad()``) with a wrapper around
+1. :func:`record_dataflow` runs the model once through netsight's runner
+   (:func:`netsight.trace.runner.run`: on the ``meta`` device when it can, else
+   on real tensors under ``torch.no_grad()``) with a wrapper around
    every module call and a ``TorchFunctionMode`` that sees the functional ops in
    ``forward`` methods (``out += identity``, ``torch.cat``, ``x @ w``). Every
    tensor is tagged with the step that produced it, so edges follow the real
@@ -21,14 +22,15 @@ Three steps, kept apart:
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import enum
 import html
 import itertools
 import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,25 +39,22 @@ from torch import nn
 from torch.nn.modules import module as module_module
 from torch.overrides import TorchFunctionMode
 
-from netsight.hooks import (
-    HookSet,
-    check_not_lazy,
-    preserve_attributes,
-    preserve_state,
-    unwrap_compiled,
-)
-from netsight.trace import TraceError
-from netsight.trace.inputs import input_maker
-from netsight.trace.runner import device_of, gc_paused, survey
-from netsight.trace.twins import swapped_to_meta
+from netsight.hooks import HookSet
+from netsight.options import Execution, Mode
+from netsight.trace import runner
+from netsight.trace.inputs import SEARCH_DEPTH, tensors_in
+from netsight.trace.runner import Failure, Forward, gc_paused
 
 __all__ = [
     "CATEGORY_COLORS",
+    "Call",
     "Dataflow",
     "Edge",
     "Graph",
     "GraphvizNotFoundError",
     "Node",
+    "Step",
+    "StepKind",
     "build_graph",
     "record_dataflow",
     "render",
@@ -66,38 +65,14 @@ Shape = tuple[int, ...]
 
 # --------------------------------------------------------------------------- recording
 
-_INPUT, _MODULE, _OP, _CONST = 0, 1, 2, 3
 
-#: How deep :func:`_tensors_in` looks into containers and plain objects.
-_SEARCH_DEPTH = 4
+class StepKind(enum.Enum):
+    """What produced the tensors of a :class:`Step`."""
 
-
-def _tensors_in(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
-    """Tensors in ``obj``: itself, inside tuples, lists, mappings, dataclasses and
-    plain objects' attributes (torchvision's ``ImageList`` keeps the batch in
-    ``.tensors``), a few levels deep. Modules are not searched: their tensors
-    are weights, not data flowing between calls."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-        return
-    if depth >= _SEARCH_DEPTH or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
-        return
-    if isinstance(obj, (tuple, list)):
-        for o in obj:
-            yield from _tensors_in(o, depth + 1)
-    elif isinstance(obj, Mapping):
-        for o in obj.values():
-            yield from _tensors_in(o, depth + 1)
-    elif isinstance(obj, nn.Module):
-        return
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            yield from _tensors_in(getattr(obj, f.name, None), depth + 1)
-    else:
-        state = getattr(obj, "__dict__", None)
-        if isinstance(state, dict) and not isinstance(obj, type):
-            for o in state.values():
-                yield from _tensors_in(o, depth + 1)
+    INPUT = "input"  #: a tensor the model was given
+    MODULE = "module"  #: a module call
+    OP = "op"  #: a functional op in a ``forward`` (``torch.cat``, ``+=``, ``x @ w``)
+    CONST = "constant"  #: non-tensor values a module was called with (``self.identity(5)``)
 
 
 def _constant_label(value: Any) -> str:
@@ -115,7 +90,7 @@ def _plain_holdings(
     found: dict[int, str] = {}
 
     def visit(value: Any, path: str, depth: int) -> None:
-        if depth > _SEARCH_DEPTH:
+        if depth > SEARCH_DEPTH:
             return
         if isinstance(value, nn.Module):
             if id(value) in names or id(value) in found:
@@ -145,34 +120,118 @@ def _plain_holdings(
     return found
 
 
-@dataclass
-class _Step:
-    """One producer of tensors: a model input, a module call or a functional op."""
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One producer of tensors: a model input, a module call, a functional op or
+    the constant values of a module call.
 
-    kind: int
-    name: str  # op name, or "" for modules (their name is on the call)
-    owner: int  # index of the module call running when it happened (-1: none)
-    inputs: list[int]  # producing steps of the tensors it read, in order, repeats dropped
-    in_shapes: list[Shape]
-    out_shapes: list[Shape] = field(default_factory=list)
-    call: int = -1  # for a module step: its call index
+    Attributes:
+        kind: what it is (:class:`StepKind`).
+        name: the op's name, the input's or the constants' label; ``""`` for a
+            module call (its name is on the :class:`Call`).
+        owner: index of the module call running when it happened (-1: none).
+        inputs: the steps that produced the tensors it read, in order, repeats dropped.
+        in_shapes: shapes of the tensors it read.
+        out_shapes: shapes of the tensors it produced.
+        call: for a module step, the index of its :class:`Call` (-1 otherwise).
+    """
+
+    kind: StepKind
+    name: str
+    owner: int
+    inputs: tuple[int, ...]
+    in_shapes: tuple[Shape, ...]
+    out_shapes: tuple[Shape, ...] = ()
+    call: int = -1
 
 
-@dataclass
-class _Call:
-    """One module call, a node of the call tree."""
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One module call, a node of the call tree.
+
+    Attributes:
+        module: the module.
+        name: its qualified name (``""`` for the model; a path such as
+            ``branches[1]`` for a module held outside the registered tree).
+        parent: index of the enclosing call (-1 for the model's own call).
+        depth: number of enclosing calls.
+        step: index of its :class:`Step` (kind ``MODULE``).
+        start: steps ``[start, end)`` happened during the call, its own included.
+        end: see ``start`` (-1 if the call never returned).
+        children: indices of the calls made directly inside it.
+        in_shapes: shapes of the tensors it was called with.
+        out_shapes: shapes of the tensors it returned.
+        registered: False for a module held in a plain list, dict or attribute,
+            not in the model's tree.
+    """
 
     module: nn.Module
     name: str
     parent: int
     depth: int
-    step: int  # its module step
-    start: int  # steps [start, end) happened during the call (its own step included)
+    step: int
+    start: int
+    end: int
+    children: tuple[int, ...]
+    in_shapes: tuple[Shape, ...]
+    out_shapes: tuple[Shape, ...]
+    registered: bool = True
+
+
+@dataclass
+class _StepDraft:
+    """A :class:`Step` while the pass runs."""
+
+    kind: StepKind
+    name: str
+    owner: int
+    inputs: list[int]
+    in_shapes: list[Shape]
+    out_shapes: list[Shape] = field(default_factory=list)
+    call: int = -1
+
+    def done(self) -> Step:
+        return Step(
+            self.kind,
+            self.name,
+            self.owner,
+            tuple(self.inputs),
+            tuple(self.in_shapes),
+            tuple(self.out_shapes),
+            self.call,
+        )
+
+
+@dataclass
+class _CallDraft:
+    """A :class:`Call` while the pass runs."""
+
+    module: nn.Module
+    name: str
+    parent: int
+    depth: int
+    step: int
+    start: int
     end: int = -1
     children: list[int] = field(default_factory=list)
     in_shapes: list[Shape] = field(default_factory=list)
     out_shapes: list[Shape] = field(default_factory=list)
-    registered: bool = True  # False: held in a plain list/attribute, not in the tree
+    registered: bool = True
+
+    def done(self) -> Call:
+        return Call(
+            self.module,
+            self.name,
+            self.parent,
+            self.depth,
+            self.step,
+            self.start,
+            self.end,
+            tuple(self.children),
+            tuple(self.in_shapes),
+            tuple(self.out_shapes),
+            self.registered,
+        )
 
 
 @dataclass(frozen=True)
@@ -181,7 +240,7 @@ class Dataflow:
 
     Attributes:
         model_type: class name of the model.
-        steps: producers of tensors, in execution order (private structure).
+        steps: producers of tensors, in execution order.
         calls: module calls, in call order; ``calls[0]`` is the model itself.
         inputs: step indices of the model inputs.
         outputs: (producing step, shape) for every tensor the model returned.
@@ -191,8 +250,8 @@ class Dataflow:
     """
 
     model_type: str
-    steps: tuple[_Step, ...]
-    calls: tuple[_Call, ...]
+    steps: tuple[Step, ...]
+    calls: tuple[Call, ...]
     inputs: tuple[int, ...]
     outputs: tuple[tuple[int, Shape], ...]
     execution: str
@@ -215,22 +274,22 @@ def _func_name(func: Any) -> str:
 
 
 class _Recorder(TorchFunctionMode):
-    """Watches module calls (through :class:`HookSet`) and functional ops.
+    """Watches module calls (through :class:`HookSet`) and functional ops: the
+    diagram's :class:`~netsight.trace.runner.Recorder`.
 
     Tensors are keyed by ``id``; ``self.alive`` holds every tagged tensor for the
     duration of the trace so an id is never reused by a new tensor.
     """
 
-    def __init__(
-        self, names: Mapping[int, list[str]], holdings: Mapping[int, str] | None = None
-    ) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.names = names
-        self.holdings: Mapping[int, str] = holdings or {}
+        self.names: Mapping[int, list[str]] = {}
+        self.holdings: Mapping[int, str] = {}
+        self.inputs: list[int] = []  # steps of the model's inputs
         self.unregistered: list[str] = []  # names of unregistered modules that ran
         self.thread = threading.get_ident()
-        self.steps: list[_Step] = []
-        self.calls: list[_Call] = []
+        self.steps: list[_StepDraft] = []
+        self.calls: list[_CallDraft] = []
         self.stack: list[int] = []  # open call indices
         self.producer: dict[int, int] = {}
         self.alive: list[torch.Tensor] = []
@@ -238,12 +297,52 @@ class _Recorder(TorchFunctionMode):
         self._noted: set[tuple[str, str]] = set()
         self._leaf_depth = 0  # > 0 while inside a module without submodules
 
+    # -- the runner's Recorder protocol
+
+    def watch(self, hooks: HookSet, forward: Forward) -> contextlib.AbstractContextManager[object]:
+        """Tag the inputs, hook every module call (registered modules through
+        their own hooks, modules held outside the tree through global ones) and
+        watch the functional ops: this mode is the forward's context."""
+        self.names = forward.names
+        self.holdings = _plain_holdings(forward.model, forward.names, forward.modules)
+        self.inputs = self.add_inputs(forward.args, forward.kwargs)
+        hooks.add_call_hooks(forward.modules, self.pre_hook, self.post_hook)
+        hooks.add(module_module.register_module_forward_pre_hook(self.global_pre_hook))
+        hooks.add(module_module.register_module_forward_hook(self.global_post_hook))
+        return self
+
+    def failure(self) -> Failure:
+        """The innermost open call, the open calls, and the leaf calls that returned."""
+        calls = self.calls
+
+        def label(call: _CallDraft) -> str:
+            return call.name or type(call.module).__name__
+
+        def shapes(items: list[Shape]) -> str:
+            return ", ".join(_fmt_shape(s) for s in items)
+
+        done = tuple(
+            f"{label(c)} -> {shapes(c.out_shapes)}" for c in calls if c.end >= 0 and not c.children
+        )
+        if not self.stack:
+            return Failure(ran_before=done)
+        call = calls[self.stack[-1]]
+        return Failure(
+            module_name=label(call),
+            module_type=type(call.module).__name__,
+            input_shapes=shapes(call.in_shapes) or "-",
+            call_stack=tuple(
+                f"{label(calls[i])} ({type(calls[i].module).__name__})" for i in self.stack
+            ),
+            ran_before=done,
+        )
+
     # -- tagging
 
     def _sources(self, obj: Any) -> tuple[list[int], list[Shape]]:
         steps: list[int] = []
         shapes: list[Shape] = []
-        for t in _tensors_in(obj):
+        for t in tensors_in(obj, deep=True):
             src = self.producer.get(id(t))
             if src is not None and src not in steps:
                 steps.append(src)
@@ -252,7 +351,7 @@ class _Recorder(TorchFunctionMode):
 
     def _tag(self, obj: Any, step: int) -> list[Shape]:
         shapes = []
-        for t in _tensors_in(obj):
+        for t in tensors_in(obj, deep=True):
             self.producer[id(t)] = step
             self.alive.append(t)
             shapes.append(tuple(t.shape))
@@ -263,11 +362,11 @@ class _Recorder(TorchFunctionMode):
         items = [(f"input {i}" if len(args) > 1 else "input", a) for i, a in enumerate(args)]
         items += [(str(k), v) for k, v in kwargs.items()]
         for label, value in items:
-            for t in _tensors_in(value):
+            for t in tensors_in(value, deep=True):
                 if id(t) in self.producer:
                     continue
                 index = len(self.steps)
-                self.steps.append(_Step(_INPUT, label, -1, [], [], [tuple(t.shape)]))
+                self.steps.append(_StepDraft(StepKind.INPUT, label, -1, [], [], [tuple(t.shape)]))
                 self._tag(t, index)
                 found.append(index)
         return found
@@ -286,14 +385,16 @@ class _Recorder(TorchFunctionMode):
             if len(values) > 3:
                 label += ", …"
             sources = [len(self.steps)]
-            self.steps.append(_Step(_CONST, label, parent, [], []))
+            self.steps.append(_StepDraft(StepKind.CONST, label, parent, [], []))
             step = len(self.steps)
-        self.steps.append(_Step(_MODULE, "", parent, sources, shapes, call=index))
+        self.steps.append(_StepDraft(StepKind.MODULE, "", parent, sources, shapes, call=index))
         known = self.names.get(id(module))
         name = known[0] if known is not None else self._unregistered_name(module)
         depth = self.calls[parent].depth + 1 if parent >= 0 else 0
         self.calls.append(
-            _Call(module, name, parent, depth, step, step, in_shapes=shapes, registered=bool(known))
+            _CallDraft(
+                module, name, parent, depth, step, step, in_shapes=shapes, registered=bool(known)
+            )
         )
         if parent >= 0:
             self.calls[parent].children.append(index)
@@ -331,7 +432,7 @@ class _Recorder(TorchFunctionMode):
             self._leaf_depth -= 1
         if call.children:
             # a container: its output tensors keep the producers inside it
-            call.out_shapes = [tuple(t.shape) for t in _tensors_in(output)]
+            call.out_shapes = [tuple(t.shape) for t in tensors_in(output, deep=True)]
         else:
             call.out_shapes = self._tag(output, call.step)
             self.steps[call.step].out_shapes = call.out_shapes
@@ -359,7 +460,7 @@ class _Recorder(TorchFunctionMode):
         if sources and name not in _VALUE_READS:
             owner = self.stack[-1] if self.stack else -1
             index = len(self.steps)
-            self.steps.append(_Step(_OP, name.strip("_"), owner, sources, shapes))
+            self.steps.append(_StepDraft(StepKind.OP, name.strip("_"), owner, sources, shapes))
             self.steps[index].out_shapes = self._tag(out, index)
         return out
 
@@ -378,62 +479,6 @@ class _Recorder(TorchFunctionMode):
         )
 
 
-def _trace_error(exc: Exception, rec: _Recorder) -> TraceError:
-    if rec.stack:
-        call = rec.calls[rec.stack[-1]]
-        module_name = call.name or "(model)"
-        module_type = type(call.module).__name__
-        shapes = ", ".join(_fmt_shape(s) for s in call.in_shapes) or "-"
-        path = " > ".join(
-            f"{rec.calls[i].name or '(model)'} ({type(rec.calls[i].module).__name__})"
-            for i in rec.stack
-        )
-    else:
-        module_name, module_type, shapes, path = "", "", "", ""
-    done = tuple(
-        f"{c.name} -> {', '.join(_fmt_shape(s) for s in c.out_shapes)}"
-        for c in rec.calls
-        if c.end >= 0 and not c.children
-    )
-    lines = [
-        f"cannot trace the model: the forward failed in '{module_name}' ({module_type}) "
-        f"with input {shapes}:",
-        f"  {type(exc).__name__}: {exc}",
-    ]
-    if path:
-        lines.append(f"  call stack: {path}")
-    if done:
-        lines.append(f"  last layers that ran: {'; '.join(done[-3:])}")
-    return TraceError(
-        "\n".join(lines),
-        module_name=module_name,
-        module_type=module_type,
-        input_shapes=shapes,
-        ran_before=done,
-    )
-
-
-def _run_once(
-    model: nn.Module,
-    modules: list[nn.Module],
-    names: Mapping[int, list[str]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> tuple[_Recorder, list[int], Any]:
-    rec = _Recorder(names, _plain_holdings(model, names, modules))
-    inputs = rec.add_inputs(args, kwargs)
-    with HookSet() as hooks:
-        hooks.add_call_hooks(modules, rec.pre_hook, rec.post_hook)
-        hooks.add(module_module.register_module_forward_pre_hook(rec.global_pre_hook))
-        hooks.add(module_module.register_module_forward_hook(rec.global_post_hook))
-        try:
-            with torch.no_grad(), rec:
-                output = model(*args, **kwargs)
-        except Exception as exc:
-            raise _trace_error(exc, rec) from exc
-    return rec, inputs, output
-
-
 @gc_paused
 def record_dataflow(
     model: nn.Module,
@@ -441,8 +486,8 @@ def record_dataflow(
     input_data: Any = None,
     *,
     dtypes: Sequence[torch.dtype] | None = None,
-    mode: str = "eval",
-    execution: str = "auto",
+    mode: Mode | str = "eval",
+    execution: Execution | str = "auto",
     forward_kwargs: Mapping[str, Any] | None = None,
 ) -> Dataflow:
     """Run ``model`` once and record its dataflow (see the module docstring).
@@ -459,57 +504,29 @@ def record_dataflow(
             ``"meta"`` or ``"real"``.
         forward_kwargs: extra keyword arguments for ``model.forward``.
 
+    The run follows netsight's rules (:func:`netsight.trace.runner.run`, with the
+    diagram's recorder); unlike a summary it keeps the meta pass when the
+    input's dtype differs from the parameters': the drawing needs shapes only.
+
     Raises:
-        TraceError: the forward failed; the message names the layer.
+        TraceError: the forward failed; the message names the layer, its input,
+            the call stack and the layers that ran before it.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    model = unwrap_compiled(model)
-    check_not_lazy(model)
-    model_device = device_of(model)
-    inputs_on = input_maker(
+    result = runner.run(
+        model,
+        _Recorder,
         input_size,
         input_data,
         dtypes=dtypes,
         mode=mode,
         execution=execution,
         forward_kwargs=forward_kwargs,
-        model_device=model_device,
-        default_device=model_device,
+        dtype_check=False,
     )
-
-    names, modules = survey(model)
+    rec = result.recorder
     notes: list[str] = []
-    result: tuple[_Recorder, list[int], Any] | None = None
-    ran = "meta"
-    on_meta = model_device.type == "meta"
-    with preserve_state(model, mode, modules=modules):
-        if execution in ("auto", "meta") or on_meta:
-            try:
-                args, kwargs = inputs_on(torch.device("meta"))
-                with preserve_attributes(modules), swapped_to_meta(modules):
-                    result = _run_once(model, modules, names, args, kwargs)
-            except TraceError as exc:
-                if execution == "meta" or on_meta:
-                    raise
-                reason = str(exc).splitlines()[1].strip()
-                notes.append(f"traced on real tensors (the meta pass failed: {reason})")
-        if result is None:
-            args, kwargs = inputs_on(None)
-            buffers = [(b, b.detach().clone()) for b in model.buffers()]
-            try:
-                with torch.random.fork_rng(devices=[]), preserve_attributes(modules):
-                    result = _run_once(model, modules, names, args, kwargs)
-            finally:
-                with torch.no_grad():
-                    # restore what the forward changed (BatchNorm's running stats
-                    # in train mode; its kernel does not bump _version): an
-                    # untouched buffer is not written, so its _version stays too
-                    for b, saved in buffers:
-                        if not torch.equal(b, saved):
-                            b.copy_(saved)
-            ran = "real"
-    rec, inputs, output = result
+    if result.fallback_reason is not None:
+        notes.append(f"traced on real tensors (the meta pass failed: {result.fallback_reason})")
     if rec.unregistered:
         shown = ", ".join(dict.fromkeys(rec.unregistered))
         if len(shown) > 120:
@@ -519,15 +536,17 @@ def record_dataflow(
             f"attributes; not in model.parameters(), not moved by .to()): {shown}; "
             f"drawn as 'unregistered'"
         )
-    outputs = tuple((rec.producer.get(id(t), -1), tuple(t.shape)) for t in _tensors_in(output))
+    outputs = tuple(
+        (rec.producer.get(id(t), -1), tuple(t.shape)) for t in tensors_in(result.output, deep=True)
+    )
     rec.alive.clear()
     return Dataflow(
-        model_type=type(model).__name__,
-        steps=tuple(rec.steps),
-        calls=tuple(rec.calls),
-        inputs=tuple(inputs),
+        model_type=type(result.model).__name__,
+        steps=tuple(step.done() for step in rec.steps),
+        calls=tuple(call.done() for call in rec.calls),
+        inputs=tuple(rec.inputs),
         outputs=outputs,
-        execution=ran,
+        execution=result.execution.value,
         notes=tuple(notes + rec.notes),
     )
 
@@ -655,7 +674,7 @@ def _signature(flow: Dataflow, index: int) -> tuple[Any, ...]:
     call = flow.calls[index]
     inner: list[Any] = []
     for step in flow.steps[call.start + 1 : call.end]:
-        if step.kind == _MODULE:
+        if step.kind is StepKind.MODULE:
             sub = flow.calls[step.call]
             inner.append((type(sub.module), sub.depth - call.depth, tuple(sub.out_shapes)))
         else:
@@ -681,7 +700,7 @@ def _runs(flow: Dataflow, depth: int) -> list[list[int]]:
     for src, _shape in flow.outputs:
         readers.setdefault(src, []).append(len(steps))
 
-    def chained(a: _Call, b: _Call) -> bool:
+    def chained(a: Call, b: Call) -> bool:
         first = steps[b.step]
         if not any(a.start <= s < a.end for s in first.inputs):
             return False
@@ -821,12 +840,12 @@ def build_graph(flow: Dataflow, *, depth: int = 3, roll: bool = True) -> Graph:
         if i in same_as:
             resolved[i] = resolved.get(same_as[i], ())
             continue
-        if step.kind == _INPUT:
+        if step.kind is StepKind.INPUT:
             node = Node(new_id(), "input", step.name, "input", "io", tuple(step.out_shapes))
             nodes.append(node)
             resolved[i] = (node.id,)
             continue
-        if step.kind == _CONST:
+        if step.kind is StepKind.CONST:
             # values passed to a module call instead of tensors: a source of their own,
             # unless the call is inside a node drawn as one box
             if step.owner >= 0 and shown_call(step.owner) is not None:
@@ -836,9 +855,9 @@ def build_graph(flow: Dataflow, *, depth: int = 3, roll: bool = True) -> Graph:
             nodes.append(node)
             resolved[i] = (node.id,)
             continue
-        owner = step.call if step.kind == _MODULE else step.owner
+        owner = step.call if step.kind is StepKind.MODULE else step.owner
         shown = None if owner < 0 else shown_call(owner)
-        if step.kind == _MODULE and shown is None:
+        if step.kind is StepKind.MODULE and shown is None:
             continue  # an expanded container: its insides are drawn
         if shown is not None:
             nid = module_node(shown)

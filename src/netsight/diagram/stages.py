@@ -39,7 +39,7 @@ from typing import Any
 
 from torch import nn
 
-from netsight.diagram.graph import _MODULE, _OP, Dataflow, record_dataflow
+from netsight.diagram.graph import Dataflow, StepKind, record_dataflow
 
 __all__ = [
     "COLORS",
@@ -269,7 +269,7 @@ def _describe_shortcut(flow: Dataflow, side: Sequence[int]) -> str | None:
     parts: list[str] = []
     for step in side:
         s = flow.steps[step]
-        if s.kind == _MODULE:
+        if s.kind is StepKind.MODULE:
             module = flow.calls[s.call].module
             if isinstance(module, nn.modules.conv._ConvNd):
                 k = fmt_size(module.kernel_size)
@@ -277,7 +277,7 @@ def _describe_shortcut(flow: Dataflow, side: Sequence[int]) -> str | None:
                 parts.append(f"{k} conv" + (f", /{stride}" if stride > 1 else ""))
             elif _module_kind(module) not in ("norm", "act", "dropout", "pass"):
                 parts.append(type(module).__name__)
-        elif s.kind == _OP and _op_kind(s.name) == "pool":
+        elif s.kind is StepKind.OP and _op_kind(s.name) == "pool":
             parts.append(s.name)
     if side and not parts:
         parts.append("projection")
@@ -288,7 +288,7 @@ def _find_skips(flow: Dataflow) -> list[tuple[int, int, list[int], int]]:
     """(fork step, main operand step, shortcut steps, owner call) per residual add."""
     found = []
     for step in flow.steps:
-        if step.kind != _OP or step.name not in _ADD_OPS or len(step.inputs) != 2:
+        if step.kind is not StepKind.OP or step.name not in _ADD_OPS or len(step.inputs) != 2:
             continue
         a, b = step.inputs
         chain_a, chain_b = _chain(flow, a), _chain(flow, b)
@@ -358,13 +358,13 @@ def _stages_of(flow: Dataflow) -> Network:
             stage_of[i] = stage_of[ins[0]]
 
     for i, step in enumerate(steps):
-        if step.kind == _MODULE:
+        if step.kind is StepKind.MODULE:
             call = calls[step.call]
             if call.children:
                 continue  # a container: its leaves are drawn
             kind = _module_kind(call.module)
             name, type_name, parent = call.name, type(call.module).__name__, call.parent
-        elif step.kind == _OP:
+        elif step.kind is StepKind.OP:
             op_kind = _op_kind(step.name)
             if op_kind is None:
                 passthrough(i)

@@ -38,14 +38,17 @@ attributed to the innermost module call that ran them, so functional ops in a
 ``forward`` (``F.conv2d``, ``x @ w``, attention matmuls) are counted where they
 happen.
 
-The package's modules, in import order: :mod:`~netsight.trace.records` (the
-public record types), :mod:`~netsight.trace.frames` (one module call while the
-pass runs), :mod:`~netsight.trace.inputs`, :mod:`~netsight.trace.keys` (the meta
-caches' keys), :mod:`~netsight.trace.rules` (shape rules),
-:mod:`~netsight.trace.twins` (meta twins), :mod:`~netsight.trace.recorder`,
+The package's modules, lowest first (each imports only modules above it):
+:mod:`~netsight.trace.records` (the public record types and structures),
+:mod:`~netsight.trace.frames` (one module call while a pass runs),
+:mod:`~netsight.trace.inputs` (example inputs and their checks),
+:mod:`~netsight.trace.keys` (the meta caches' keys and output specs),
+:mod:`~netsight.trace.rules` (checked shape rules), :mod:`~netsight.trace.twins`
+(meta twins), :mod:`~netsight.trace.runner` (the one runner: the rules every
+netsight pass over a user's model follows, for any recorder),
 :mod:`~netsight.trace.counter` (the op counter), :mod:`~netsight.trace.replay`
-(the leaf-call cache), :mod:`~netsight.trace.assembly` (frames to records) and
-:mod:`~netsight.trace.runner` (running the passes).
+(the leaf-call cache), :mod:`~netsight.trace.recorder` (the summary's recorder)
+and :mod:`~netsight.trace.assembly` (frames to a :class:`Trace`).
 """
 
 from __future__ import annotations
@@ -56,16 +59,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from netsight.hooks import (
-    check_not_lazy,
-    preserve_attributes,
-    preserve_state,
-    unwrap_compiled,
-)
-from netsight.trace.assembly import DTYPE_BYTES, assemble
-from netsight.trace.frames import UNCOUNTED
+from netsight.options import Execution, Mode
+from netsight.trace.assembly import assemble
 from netsight.trace.inputs import InputMaker as InputMaker
-from netsight.trace.inputs import Shape, input_maker
+from netsight.trace.inputs import Shape
 from netsight.trace.recorder import FrameRecorder
 from netsight.trace.records import (
     LayerRecord,
@@ -77,14 +74,7 @@ from netsight.trace.records import (
     format_structure,
     iter_tensor_meta,
 )
-from netsight.trace.runner import (
-    device_of,
-    dtype_mismatch,
-    gc_paused,
-    run_meta,
-    run_pass,
-    survey,
-)
+from netsight.trace.runner import gc_paused, run
 
 __all__ = [
     "LayerRecord",
@@ -107,8 +97,8 @@ def trace(
     *,
     dtypes: Sequence[torch.dtype] | None = None,
     device: torch.device | str | None = None,
-    mode: str = "eval",
-    execution: str = "auto",
+    mode: Mode | str = "eval",
+    execution: Execution | str = "auto",
     forward_kwargs: Mapping[str, Any] | None = None,
 ) -> Trace:
     """Run ``model`` once on an example input and record every module call.
@@ -131,97 +121,28 @@ def trace(
         forward_kwargs: extra keyword arguments for ``model.forward``.
 
     Returns:
-        A :class:`Trace`.
+        A :class:`Trace`: :func:`netsight.trace.runner.run` with a
+        :class:`~netsight.trace.recorder.FrameRecorder`, assembled.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or the input is malformed.
+        ValueError: a bad ``mode`` or ``execution``, or inputs or ``device`` other
+            than the model's.
         TraceError: the forward failed; the message names the module that failed,
             its input shapes and the layers that ran before it.
         StopForward: a netsight hook ended the forward on purpose; passed through
             unchanged (:class:`netsight.hooks.StopForward`).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    model = unwrap_compiled(model)
-    check_not_lazy(model)
-    model_device = device_of(model)
-    target_device = torch.device(device) if device is not None else model_device
-    if device is not None and model_device.type != "meta" and target_device != model_device:
-        raise ValueError(
-            f"device={str(target_device)!r}, but the model's parameters are on {model_device}; "
-            f"netsight never moves your model: call model.to({str(target_device)!r}) first"
+    return assemble(
+        run(
+            model,
+            FrameRecorder,
+            input_size,
+            input_data,
+            dtypes=dtypes,
+            device=device,
+            mode=mode,
+            execution=execution,
+            forward_kwargs=forward_kwargs,
         )
-    inputs_on = input_maker(
-        input_size,
-        input_data,
-        dtypes=dtypes,
-        mode=mode,
-        execution=execution,
-        forward_kwargs=forward_kwargs,
-        model_device=model_device,
-        default_device=target_device,
-    )
-
-    names, modules = survey(model)
-    on_meta_already = model_device.type == "meta"
-    fallback_reason: str | None = None
-    recorder: FrameRecorder | None = None
-
-    mismatch = None
-    if execution == "auto" and not on_meta_already:
-        mismatch = dtype_mismatch(model, inputs_on)
-        fallback_reason = mismatch
-
-    with preserve_state(model, mode, modules=modules):
-        if (execution in ("auto", "meta") and mismatch is None) or on_meta_already:
-            try:
-                recorder = run_meta(model, modules, inputs_on, names, on_meta=on_meta_already)
-                ran = "meta"
-            except TraceError as exc:
-                if execution == "meta" or on_meta_already:
-                    raise
-                fallback_reason = str(exc).splitlines()[1].strip()
-        if recorder is None:
-            args, kwargs = inputs_on(None)
-            buffers = [(b, b.detach().clone()) for b in model.buffers()]
-            try:
-                # the real pass leaves the model as it came too: RNG, buffers and
-                # the tensors in plain attributes (caches, moved anchors)
-                with torch.random.fork_rng(devices=[]), preserve_attributes(modules):
-                    recorder = run_pass(model, modules, args, kwargs, names, real=True)
-            finally:
-                with torch.no_grad():
-                    # restore what the forward changed (BatchNorm's running stats
-                    # in train mode; its kernel does not bump _version): an
-                    # untouched buffer is not written, so its _version stays too
-                    for b, saved in buffers:
-                        if not torch.equal(b, saved):
-                            b.copy_(saved)
-            ran = "real"
-
-    records, uncalled, total_mult_adds, totals, scripted = assemble(modules, recorder, names)
-    root_input = records[0].input if records else None
-    uncounted = sorted({op for f in recorder.frames if f[UNCOUNTED] for op in f[UNCOUNTED]})
-    aliases = {r.name: r.aliases for r in records if r.aliases and r.call == 0}
-    return Trace(
-        model_type=type(model).__name__,
-        records=tuple(records),
-        uncalled=tuple(uncalled),
-        input=root_input,
-        output=records[0].output if records else None,
-        total_params=totals.params,
-        trainable_params=totals.trainable,
-        total_buffers=totals.buffers,
-        params_bytes=totals.params_bytes,
-        buffers_bytes=totals.buffers_bytes,
-        input_bytes=sum(
-            t.numel * DTYPE_BYTES.get(t.dtype, 4) for t in iter_tensor_meta(root_input)
-        ),
-        total_mult_adds=total_mult_adds,
-        uncounted_ops=tuple(uncounted),
-        execution=ran,
-        fallback_reason=fallback_reason,
-        mode=mode,
-        aliases=aliases,
-        scripted=scripted,
     )

@@ -1,9 +1,9 @@
-"""Assembling: the frames of a finished pass become layer records and totals.
+"""Assembling: the frames of a finished pass become a :class:`~netsight.trace.Trace`.
 
 Owns :func:`assemble` (one :class:`~netsight.trace.records.LayerRecord` per
-frame, parameters counted once, uncalled modules, TorchScript owners) and the
-per-module facts it reads (kernel sizes, packed quantized weights, functional
-users of a child's parameters).
+frame, parameters counted once, uncalled modules, TorchScript owners, the
+totals) and the per-module facts it reads (kernel sizes, packed quantized
+weights, functional users of a child's parameters).
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ from netsight.trace.frames import (
     OUTPUT_BYTES,
     PARENT,
     UNCOUNTED,
+    Frame,
 )
 from netsight.trace.recorder import FrameRecorder
-from netsight.trace.records import LayerRecord, UncalledModule
+from netsight.trace.records import LayerRecord, Trace, UncalledModule, iter_tensor_meta
+from netsight.trace.runner import Run
 
-__all__ = ["DTYPE_BYTES", "Totals", "assemble"]
+__all__ = ["assemble"]
 
 _MODULE_GETATTR = nn.Module.__getattr__
 _OBJECT_GETATTRIBUTE = object.__getattribute__
@@ -139,7 +141,7 @@ _new_record = _record_factory()
 
 
 @dataclass
-class Totals:
+class _Totals:
     """Sums over the model's unique parameters and buffers."""
 
     params: int = 0
@@ -213,16 +215,15 @@ def _scripted_owner(name: str, scripted: dict[str, int]) -> int | None:
     return None
 
 
-def assemble(
+def _records(
     modules: list[nn.Module],
-    recorder: FrameRecorder,
+    frames: list[Frame],
     names: dict[int, list[str]],
-) -> tuple[list[LayerRecord], list[UncalledModule], int, Totals, tuple[str, ...]]:
-    frames = recorder.frames
+) -> tuple[list[LayerRecord], list[UncalledModule], int, _Totals, tuple[str, ...]]:
     n = len(frames)
     seen_params: set[int] = set()
     seen_buffers: set[int] = set()
-    totals = Totals()
+    totals = _Totals()
     # id(module) -> (first frame index, name, aliases, type name, kernel size)
     facts: dict[int, tuple[int, str, tuple[str, ...], str, tuple[int, ...] | None]] = {}
     frame_facts: list[tuple[int, str, tuple[str, ...], str, tuple[int, ...] | None]] = []
@@ -390,7 +391,7 @@ def assemble(
     return records, uncalled, flops, totals, tuple(scripted)
 
 
-DTYPE_BYTES = {
+_DTYPE_BYTES = {
     str(dt).removeprefix("torch."): torch.empty((), dtype=dt).element_size()
     for dt in (
         torch.float64,
@@ -407,3 +408,35 @@ DTYPE_BYTES = {
         torch.complex128,
     )
 }
+
+
+def assemble(run: Run[FrameRecorder]) -> Trace:
+    """The :class:`~netsight.trace.Trace` of a run recorded by a
+    :class:`~netsight.trace.recorder.FrameRecorder`."""
+    frames = run.recorder.frames
+    records, uncalled, total_mult_adds, totals, scripted = _records(run.modules, frames, run.names)
+    root_input = records[0].input if records else None
+    uncounted = sorted({op for f in frames if f[UNCOUNTED] for op in f[UNCOUNTED]})
+    aliases = {r.name: r.aliases for r in records if r.aliases and r.call == 0}
+    return Trace(
+        model_type=type(run.model).__name__,
+        records=tuple(records),
+        uncalled=tuple(uncalled),
+        input=root_input,
+        output=records[0].output if records else None,
+        total_params=totals.params,
+        trainable_params=totals.trainable,
+        total_buffers=totals.buffers,
+        params_bytes=totals.params_bytes,
+        buffers_bytes=totals.buffers_bytes,
+        input_bytes=sum(
+            t.numel * _DTYPE_BYTES.get(t.dtype, 4) for t in iter_tensor_meta(root_input)
+        ),
+        total_mult_adds=total_mult_adds,
+        uncounted_ops=tuple(uncounted),
+        execution=run.execution.value,
+        fallback_reason=run.fallback_reason,
+        mode=run.mode.value,
+        aliases=aliases,
+        scripted=scripted,
+    )

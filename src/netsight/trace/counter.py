@@ -17,7 +17,7 @@ from torch._compile import _disable_dynamo
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from netsight._flops import formula_for, is_heavy_uncounted
-from netsight.trace.frames import FLOPS, add_uncounted
+from netsight.trace.frames import FLOPS, Frame, add_uncounted
 from netsight.trace.keys import (
     MISSING,
     OutSpec,
@@ -27,7 +27,6 @@ from netsight.trace.keys import (
     out_spec,
     rebuild,
 )
-from netsight.trace.recorder import FrameRecorder
 from netsight.trace.rules import RULES, VERDICTS, Rule, class_of, rule_agrees, witness_verdict
 from netsight.trace.twins import MetaTwins
 
@@ -82,10 +81,10 @@ class OpCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
         return _DYNAMO_CALLBACK is None
 
     def __init__(
-        self, recorder: FrameRecorder, *, cache: bool = False, twins: MetaTwins | None = None
+        self, stack: list[Frame], *, cache: bool = False, twins: MetaTwins | None = None
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self._stack = recorder.stack
+        self._stack = stack
         self._twins = twins
         self._cache: dict[Any, _Entry | None] | None = {} if cache else None
         # id(func) -> (func, formula, name if heavy and uncounted): OpOverload's

@@ -7,12 +7,14 @@ container walks over inputs and outputs (:func:`tree_map`, :func:`tensors_in`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import torch
+from torch import nn
 
-__all__ = ["InputMaker", "Shape", "input_maker", "tensors_in", "tree_map"]
+__all__ = ["SEARCH_DEPTH", "InputMaker", "Shape", "input_maker", "tensors_in", "tree_map"]
 
 Shape = Sequence[int]
 
@@ -83,15 +85,54 @@ def tree_map(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
     return obj
 
 
-def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
+#: How many levels of containers and objects :func:`tensors_in` looks into with ``deep``.
+SEARCH_DEPTH = 4
+
+
+def tensors_in(obj: Any, *, deep: bool = False) -> Iterator[torch.Tensor]:
+    """Every tensor in ``obj``, depth first: itself, or inside tuples, lists and
+    mappings, at any depth.
+
+    With ``deep`` also inside dataclasses' fields and plain objects' attributes
+    (torchvision's ``ImageList`` keeps the batch in ``.tensors``), at most
+    :data:`SEARCH_DEPTH` levels down; modules are not searched: their tensors are
+    weights, not data flowing between calls."""
+    return _tensors_deep(obj, 0) if deep else _tensors(obj)
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, (tuple, list)):
         for o in obj:
-            yield from tensors_in(o)
+            yield from _tensors(o)
     elif isinstance(obj, Mapping):
         for o in obj.values():
-            yield from tensors_in(o)
+            yield from _tensors(o)
+
+
+def _tensors_deep(obj: Any, depth: int) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+        return
+    if depth >= SEARCH_DEPTH or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
+        return
+    if isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from _tensors_deep(o, depth + 1)
+    elif isinstance(obj, Mapping):
+        for o in obj.values():
+            yield from _tensors_deep(o, depth + 1)
+    elif isinstance(obj, nn.Module):
+        return
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _tensors_deep(getattr(obj, f.name, None), depth + 1)
+    else:
+        state = getattr(obj, "__dict__", None)
+        if isinstance(state, dict) and not isinstance(obj, type):
+            for o in state.values():
+                yield from _tensors_deep(o, depth + 1)
 
 
 def _check_inputs(model_device: torch.device, tensors: list[torch.Tensor]) -> None:
@@ -114,20 +155,14 @@ def input_maker(
     input_data: Any,
     *,
     dtypes: Sequence[torch.dtype] | None,
-    mode: str,
-    execution: str,
     forward_kwargs: Mapping[str, Any] | None,
     model_device: torch.device,
     default_device: torch.device,
 ) -> InputMaker:
-    """Check the options of a traced run and return ``inputs_on(device)``, which
+    """Check the inputs of a traced run and return ``inputs_on(device)``, which
     builds ``(args, kwargs)`` for the forward: from ``input_size`` on ``device`` (or
     ``default_device``), or ``input_data`` as given (``device=None``) or as empty
     tensors of the same metadata on ``device`` (the meta pass)."""
-    if mode not in ("eval", "train", "same"):
-        raise ValueError(f"mode: expected 'eval', 'train' or 'same', got {mode!r}")
-    if execution not in ("auto", "meta", "real"):
-        raise ValueError(f"execution: expected 'auto', 'meta' or 'real', got {execution!r}")
     if (input_size is None) == (input_data is None):
         raise TypeError("pass exactly one of input_size or input_data")
     extra_kwargs = dict(forward_kwargs or {})

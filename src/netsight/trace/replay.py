@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 from torch import nn
 
 from netsight.hooks import CallRunner
-from netsight.trace.frames import FLOPS, UNCOUNTED, add_uncounted
+from netsight.trace.frames import FLOPS, UNCOUNTED, Frame, add_uncounted
 from netsight.trace.keys import (
     ATOMS,
     COMPLEX,
@@ -30,7 +30,6 @@ from netsight.trace.keys import (
     out_spec,
     rebuild,
 )
-from netsight.trace.recorder import FrameRecorder
 from netsight.trace.twins import MetaTwins
 
 __all__ = ["global_module_hooks", "leaf_runner", "replayable_leaf"]
@@ -155,13 +154,15 @@ def _add_state_keys(key: list[Any], tensors: Iterable[Any]) -> None:
 _LeafEntry: TypeAlias = tuple[int, tuple[str, ...], OutSpec]
 
 
-def leaf_runner(recorder: FrameRecorder, twins: MetaTwins | None = None) -> CallRunner:
+def leaf_runner(
+    frames: list[Frame], stack: list[Frame], twins: MetaTwins | None = None
+) -> CallRunner:
     """``run`` for HookSet.add_call_hooks: replays repeated leaf-module calls.
 
-    ``twins``: the modules it holds get their meta twins just before a call of
-    theirs really runs; a replayed call needs none."""
+    ``frames`` and ``stack``: the recorder's (its pre-hook has pushed the call's
+    frame when ``run`` starts). ``twins``: the modules it holds get their meta
+    twins just before a call of theirs really runs; a replayed call needs none."""
     cache: dict[tuple[Any, ...], _LeafEntry | None] = {}
-    frames, stack = recorder.frames, recorder.stack
     below_modes = below_dispatch_modes
     held: set[int] = twins.held if twins is not None else set()
     swap: Callable[[nn.Module], None] = twins.swap if twins is not None else lambda module: None
