@@ -32,8 +32,8 @@ process on the whole dataset (see :func:`evaluate` for how the data is split).
 
 from __future__ import annotations
 
-from netsight.cam.metrics.evaluation import evaluate
-from netsight.cam.metrics.results import BASELINES, CAMEvaluation, MethodScores
+from netsight.cam.metrics.evaluation import BASELINES, evaluate
+from netsight.cam.metrics.results import CAMEvaluation, MethodScores
 from netsight.cam.metrics.results import render_table as render_table
 
 __all__ = ["BASELINES", "CAMEvaluation", "MethodScores", "evaluate"]

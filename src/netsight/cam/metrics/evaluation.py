@@ -14,13 +14,15 @@ from netsight._progress import ProgressBar
 from netsight.cam.base import BaseCAM
 from netsight.cam.metrics.data import _Stream, _world
 from netsight.cam.metrics.reduction import _Totals
-from netsight.cam.metrics.results import BASELINES, CAMEvaluation
+from netsight.cam.metrics.results import CAMEvaluation
 from netsight.cam.metrics.scoring import _Scorer
+from netsight.options import Baseline, RemovalBaseline, TargetMode
 
-__all__ = ["evaluate"]
+__all__ = ["BASELINES", "evaluate"]
 
-_DELETION_BASELINES = ("zero", "blur")
-_TARGET_MODES = ("labels", "predicted")
+#: Maps that know nothing about the image, scored next to the methods
+#: (:class:`~netsight.options.Baseline`'s values).
+BASELINES = Baseline.values()
 
 
 def evaluate(
@@ -117,22 +119,17 @@ def evaluate(
     model, mode = _shared_model(named)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
-    if targets not in _TARGET_MODES:
-        raise ValueError(f"targets: expected 'labels' or 'predicted', got {targets!r}")
-    for what, value in (
-        ("deletion_baseline", deletion_baseline),
-        ("insertion_baseline", insertion_baseline),
-    ):
-        if value not in _DELETION_BASELINES:
-            raise ValueError(f"{what}: expected 'zero' or 'blur', got {value!r}")
+    target_mode = TargetMode.parse(targets, "targets")
+    deletion = RemovalBaseline.parse(deletion_baseline, "deletion_baseline")
+    insertion = RemovalBaseline.parse(insertion_baseline, "insertion_baseline")
     if blur_sigma is not None and not blur_sigma > 0:
         raise ValueError(f"blur_sigma: expected a positive number, got {blur_sigma!r}")
     if not tolerance >= 0 or not math.isfinite(tolerance):
         raise ValueError(f"tolerance: expected a finite number >= 0, got {tolerance!r}")
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown or isinstance(baselines, str):
+    if isinstance(baselines, str):
         raise ValueError(f"baselines: expected a subset of {list(BASELINES)}, got {baselines!r}")
-    clash = [name for name in named if name in baselines]
+    chosen = [Baseline.parse(b, "baselines") for b in baselines]
+    clash = [name for name in named if name in chosen]
     if clash:
         raise ValueError(f"cams: the name(s) {clash} are taken by the baselines; rename them")
     for what, count in (("batch_size", batch_size), ("chunk_size", chunk_size)):
@@ -141,14 +138,14 @@ def evaluate(
 
     rank, world = _world()
     stream = _Stream.make(data, batch_size, rank, world)
-    names = [*named, *baselines]
+    names = [*named, *(b.value for b in chosen)]
     scorer = _Scorer(
         model=model,
         mode=mode,
         steps=steps,
         chunk_size=chunk_size,
-        deletion_baseline=deletion_baseline,
-        insertion_baseline=insertion_baseline,
+        deletion_baseline=deletion,
+        insertion_baseline=insertion,
         blur_sigma=blur_sigma,
         tolerance=float(tolerance),
         seed=seed,
@@ -157,7 +154,7 @@ def evaluate(
     bar = ProgressBar(progress and rank == 0, stream.total, "CAM evaluation")
     try:
         for batch, keep, indices in stream:
-            scorer.run(batch, keep, indices, named, baselines, targets, totals)
+            scorer.run(batch, keep, indices, named, chosen, target_mode, totals)
             bar.advance()
     finally:
         bar.close()
@@ -165,9 +162,9 @@ def evaluate(
         scorer.fractions(),
         world,
         settings={
-            "targets": targets,
-            "deletion_baseline": deletion_baseline,
-            "insertion_baseline": insertion_baseline,
+            "targets": target_mode.value,
+            "deletion_baseline": deletion.value,
+            "insertion_baseline": insertion.value,
             "blur_sigma": blur_sigma,
             "tolerance": float(tolerance),
             "seed": seed,

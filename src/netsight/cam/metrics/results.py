@@ -10,11 +10,9 @@ from typing import Any
 import torch
 
 from netsight._markdown import markdown_escape
+from netsight.options import Baseline, TableStyle
 
-__all__ = ["BASELINES", "CAMEvaluation", "MethodScores", "render_table"]
-
-#: Maps that know nothing about the image, scored next to the methods.
-BASELINES = ("random", "center")
+__all__ = ["CAMEvaluation", "MethodScores", "render_table"]
 
 
 @dataclass(frozen=True)
@@ -106,8 +104,7 @@ def render_table(evaluation: CAMEvaluation, style: str = "text") -> str:
     Pointing, average drop and increase are shown as percentages, the AUCs as
     fractions; the baselines' map time is ``-``.
     """
-    if style not in ("text", "markdown"):
-        raise ValueError(f"style: expected 'text' or 'markdown', got {style!r}")
+    style = TableStyle.parse(style, "style")
     rows = []
     for name, scores in evaluation.methods.items():
         pointing = "n/a" if scores.pointing is None else f"{100 * scores.pointing:.1f}%"
@@ -119,7 +116,7 @@ def render_table(evaluation: CAMEvaluation, style: str = "text") -> str:
                 f"{scores.insertion:.3f}",
                 f"{100 * scores.average_drop:.1f}%",
                 f"{100 * scores.increase:.1f}%",
-                "-" if name in BASELINES else f"{scores.seconds:.2f}",
+                "-" if name in Baseline.values() else f"{scores.seconds:.2f}",
             ]
         )
     header = [title for _, title in _COLUMNS]
@@ -127,7 +124,7 @@ def render_table(evaluation: CAMEvaluation, style: str = "text") -> str:
         f"{evaluation.images} images ({evaluation.pointing_images} with boxes), "
         f"{evaluation.steps} steps"
     )
-    if style == "markdown":
+    if style == TableStyle.MARKDOWN:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 6) + "|"]
         lines += ["| " + " | ".join(markdown_escape(cell) for cell in row) + " |" for row in rows]
         return "\n".join([*lines, "", footer]) + "\n"

@@ -26,6 +26,7 @@ from netsight.cam.metrics.data import (
 )
 from netsight.cam.metrics.reduction import _Totals
 from netsight.hooks import preserve_state
+from netsight.options import Baseline, RemovalBaseline, TargetMode
 
 
 @dataclass
@@ -52,8 +53,8 @@ class _Scorer:
         mode: str,
         steps: int,
         chunk_size: int,
-        deletion_baseline: str,
-        insertion_baseline: str,
+        deletion_baseline: RemovalBaseline,
+        insertion_baseline: RemovalBaseline,
         blur_sigma: float | None,
         tolerance: float,
         seed: int,
@@ -110,8 +111,8 @@ class _Scorer:
         keep: list[bool] | None,
         indices: list[int] | None,
         cams: dict[str, BaseCAM],
-        baselines: Sequence[str],
-        targets: str,
+        baselines: Sequence[Baseline],
+        targets: TargetMode,
         totals: _Totals,
     ) -> None:
         images, labels, regions = _split_batch(batch)
@@ -147,7 +148,7 @@ class _Scorer:
                 f"evaluate needs a model that returns (batch, classes) logits; "
                 f"{type(self.model).__name__} returned {_kind(logits)}"
             )
-        if label_tensor is not None and targets == "labels":
+        if label_tensor is not None and targets == TargetMode.LABELS:
             classes = label_tensor
             check_classes(classes.tolist(), logits.shape[1], name="data", noun="label")
         else:
@@ -155,11 +156,10 @@ class _Scorer:
         p0 = torch.softmax(logits.float(), 1).gather(1, classes[:, None])[:, 0].double()
 
         sigma = self.blur_sigma or max(1.0, max(size) / 45)
-        blurred = (
-            _blur(x, sigma) if "blur" in (self.deletion_baseline, self.insertion_baseline) else x
-        )
-        deleted = torch.zeros_like(x) if self.deletion_baseline == "zero" else blurred
-        start = torch.zeros_like(x) if self.insertion_baseline == "zero" else blurred
+        removals = (self.deletion_baseline, self.insertion_baseline)
+        blurred = _blur(x, sigma) if RemovalBaseline.BLUR in removals else x
+        deleted = torch.zeros_like(x) if self.deletion_baseline == RemovalBaseline.ZERO else blurred
+        start = torch.zeros_like(x) if self.insertion_baseline == RemovalBaseline.ZERO else blurred
         p_deleted = self.probs(deleted, classes)
         p_start = self.probs(start, classes)
 
@@ -169,7 +169,7 @@ class _Scorer:
             maps = cam.explain(x, classes).maps.detach()
             self._score(name, maps, shared, totals, time.perf_counter() - began)
         for name in baselines:
-            if name == "random":
+            if name == Baseline.RANDOM:
                 maps = _random_maps(x, self.seed).to(device)
             else:
                 maps = _center_maps(batch_len, size).to(device)
