@@ -26,6 +26,7 @@ from netsight.cam.metrics.data import (
 )
 from netsight.cam.metrics.reduction import _Totals
 from netsight.hooks import preserve_state
+from netsight.images import minmax_scale
 from netsight.options import Baseline, RemovalBaseline, TargetMode
 
 
@@ -195,7 +196,7 @@ class _Scorer:
         del_auc = _trapezoid(del_curve, fractions)
         ins_auc = _trapezoid(ins_curve, fractions)
 
-        scaled = _minmax(maps)
+        scaled, _ = minmax_scale(maps)
         p_masked = self.probs(x * scaled[:, None], classes)
         drop = torch.where(p0 > 0, (p0 - p_masked).clamp(min=0) / p0, torch.zeros_like(p0))
         increase = (p_masked > p0).double()
@@ -273,13 +274,6 @@ def _ranks(maps: torch.Tensor) -> torch.Tensor:
 def _trapezoid(curve: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
     widths = fractions.diff().to(curve.device)
     return ((curve[:, 1:] + curve[:, :-1]) / 2 * widths).sum(1)
-
-
-def _minmax(maps: torch.Tensor) -> torch.Tensor:
-    low = maps.amin(dim=(1, 2), keepdim=True)
-    span = maps.amax(dim=(1, 2), keepdim=True) - low
-    scaled = (maps - low) / torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, scaled, torch.zeros_like(scaled))
 
 
 def _pointing(maps: torch.Tensor, masks: torch.Tensor, tolerance: float) -> torch.Tensor:
