@@ -31,7 +31,13 @@ from torch import nn
 
 from netsight.cam.layout import LayerLayout, Layout, LayoutError, layer_layout
 from netsight.capture import LayerSpec, resolve_layers
-from netsight.hooks import HookSet, check_not_lazy, preserve_state, unwrap_compiled
+from netsight.hooks import (
+    HookSet,
+    check_not_lazy,
+    model_device,
+    preserve_state,
+    unwrap_compiled,
+)
 from netsight.images import expected_channels, minmax_scale
 
 __all__ = [
@@ -710,7 +716,7 @@ class BaseCAM:
                 f"(e.g. x.expand(-1, {wanted}, -1, -1) for grayscale to RGB, or "
                 f"netsight.load_image(path, model=model))"
             )
-        device = _model_device(self.model)
+        device = model_device(self.model, default=None)
         if device is not None and x.device != device:
             x = x.to(device)
         if x.is_inference() and not torch.is_inference_mode_enabled():
@@ -763,11 +769,3 @@ class BaseCAM:
 
 def _area(shape: tuple[int, ...]) -> int:
     return int(shape[0]) * int(shape[1])
-
-
-def _model_device(model: nn.Module) -> torch.device | None:
-    for param in model.parameters():
-        return param.device
-    for buffer in model.buffers():
-        return buffer.device
-    return None

@@ -25,7 +25,7 @@ from netsight.cam.metrics.data import (
     _split_batch,
 )
 from netsight.cam.metrics.reduction import _Totals
-from netsight.hooks import preserve_state
+from netsight.hooks import model_device, preserve_state
 from netsight.images import minmax_scale
 from netsight.options import Baseline, RemovalBaseline, TargetMode
 
@@ -120,7 +120,7 @@ class _Scorer:
         if isinstance(images, torch.Tensor) and images.shape[0] == 0:
             return
         x = _check_images(images)
-        device = _device(self.model, x)
+        device = model_device(self.model, default=x.device)
         if keep is not None and not all(keep):
             rows = torch.tensor(keep)
             x = x[rows]
@@ -252,14 +252,6 @@ class _Scorer:
                 probs = self._target_probs(perturbed, classes[image])
                 curve[image.to(curve.device), step.to(curve.device)] = probs.double()
         return curve
-
-
-def _device(model: nn.Module, x: torch.Tensor) -> torch.device:
-    for param in model.parameters():
-        return param.device
-    for buffer in model.buffers():
-        return buffer.device
-    return x.device
 
 
 def _ranks(maps: torch.Tensor) -> torch.Tensor:
