@@ -24,6 +24,7 @@ from netsight.images import (
     expected_channels,
     load_image,
     map_grid,
+    minmax_scale,
     normalize_maps,
     to_pil,
 )
@@ -351,6 +352,18 @@ def test_normalize_constant_nan_and_bad_input() -> None:
         normalize_maps(torch.zeros(2, 2))
     with pytest.raises(ValueError, match="mode: expected 'each', 'shared' or 'none', got 'all'"):
         normalize_maps(maps, "all")
+
+
+def test_minmax_scale_keeps_the_dtype_and_zeroes_constant_maps() -> None:
+    maps = torch.tensor([[[1.0, 3.0], [5.0, 9.0]], [[2.0, 2.0], [2.0, 2.0]]], dtype=torch.float64)
+    scaled, varies = minmax_scale(maps)
+    assert scaled.dtype == torch.float64 and varies.shape == (2, 1, 1)
+    assert torch.equal(scaled[0], torch.tensor([[0.0, 0.25], [0.5, 1.0]], dtype=torch.float64))
+    assert torch.equal(scaled[1], torch.zeros(2, 2, dtype=torch.float64))  # no 0/0
+    assert varies.flatten().tolist() == [True, False]
+    # a given range is taken as it is: neither clamped nor checked for NaN
+    ranged, ranged_varies = minmax_scale(maps[:1], torch.tensor(1.0), torch.tensor(5.0))
+    assert ranged.flatten().tolist() == [0.0, 0.5, 1.0, 2.0] and bool(ranged_varies)
 
 
 # --------------------------------------------------------------------------- colorize

@@ -15,6 +15,7 @@ import torchvision
 from torch import nn
 
 import netsight
+from netsight.hooks import model_device
 from netsight.models import (
     ModelSpecError,
     UntrustedCheckpointError,
@@ -240,6 +241,19 @@ def test_meta_model_takes_the_tensors(tmp_path: Path, source: nn.Module) -> None
     load_weights(model, path)
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert _same(_state(model), _state(source))
+
+
+def test_model_device_parameter_then_buffer_then_the_default() -> None:
+    # the one helper load_weights and the CAMs read the model's device with
+    with torch.device("meta"):
+        on_meta = _small()
+    assert model_device(on_meta) == torch.device("meta")
+    buffers_only = nn.BatchNorm1d(4, affine=False).to("meta")
+    assert model_device(buffers_only) == torch.device("meta")
+    assert model_device(nn.ReLU()) == torch.device("cpu")
+    assert model_device(nn.ReLU(), default=None) is None
+    assert model_device(nn.ReLU(), default=torch.device("meta")) == torch.device("meta")
+    assert model_device(on_meta, default=None) == torch.device("meta")
 
 
 def test_exported_from_package() -> None:

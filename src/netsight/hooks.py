@@ -2,6 +2,9 @@
 
 Every netsight feature that watches a model goes through :class:`HookSet`, so
 "no hook is left behind" is proved once, here, and tested for every public call.
+The small model helpers those features share live here too: the training flags
+and attributes restored after a pass, the lazy-module check, the compiled
+wrapper's original, and the device the model is on (:func:`model_device`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import nn
@@ -24,6 +27,7 @@ __all__ = [
     "StopForward",
     "check_not_lazy",
     "count_hooks",
+    "model_device",
     "preserve_attributes",
     "preserve_state",
     "unwrap_compiled",
@@ -78,6 +82,29 @@ def unwrap_compiled(model: nn.Module) -> nn.Module:
             break
         model = inner
     return model
+
+
+_CPU = torch.device("cpu")
+
+
+@overload
+def model_device(model: nn.Module, default: torch.device = ...) -> torch.device: ...
+
+
+@overload
+def model_device(model: nn.Module, default: None) -> torch.device | None: ...
+
+
+def model_device(model: nn.Module, default: torch.device | None = _CPU) -> torch.device | None:
+    """The device of the model's first parameter, else of its first buffer, else
+    ``default`` (the CPU; ``None`` for callers that then leave their inputs where
+    they are). A model built on the meta device answers ``meta``.
+    """
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
+    return default
 
 
 PreHook = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]

@@ -26,6 +26,7 @@ __all__ = [
     "expected_channels",
     "load_image",
     "map_grid",
+    "minmax_scale",
     "normalize_maps",
     "to_pil",
 ]
@@ -74,11 +75,41 @@ def normalize_maps(
             lows = lows.amin().expand_as(lows)
             highs = highs.amax().expand_as(highs)
         low, high = lows, highs
+    scaled, _ = minmax_scale(x, low, high)
+    return torch.where(finite, scaled.clamp(0.0, 1.0), x)  # keep NaN/Inf so colorize can flag them
+
+
+def minmax_scale(
+    maps: torch.Tensor,
+    low: torch.Tensor | None = None,
+    high: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one min-max step: ``(maps - low) / (high - low)``, and zeros where that
+    span is not positive (a constant map) instead of a division by zero.
+
+    :func:`normalize_maps` calls it with the range it chose; the CAM methods and
+    their metrics call it on finite maps with the default range. It works in the
+    maps' dtype and on their device, and neither clamps nor skips NaN/Inf (which
+    range to take around them is the caller's choice).
+
+    Args:
+        maps: ``(N, H, W)`` maps.
+        low: the bottom of each map's range, broadcast against ``maps``; default
+            each map's minimum (``(N, 1, 1)``).
+        high: the top, likewise; default each map's maximum.
+
+    Returns:
+        The scaled maps and ``varies``, the ``(N, 1, 1)`` (broadcast) mask of the
+        maps whose span ``high - low`` is positive; the others come out as zeros.
+    """
+    if low is None:
+        low = maps.amin(dim=(-2, -1), keepdim=True)
+    if high is None:
+        high = maps.amax(dim=(-2, -1), keepdim=True)
     span = high - low
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    out = ((x - low) / safe).clamp(0.0, 1.0)
-    out = torch.where(span > 0, out, torch.zeros_like(out))
-    return torch.where(finite, out, x)  # keep NaN/Inf so colorize can flag them
+    varies = span > 0
+    scaled = (maps - low) / torch.where(varies, span, torch.ones_like(span))
+    return torch.where(varies, scaled, torch.zeros_like(scaled)), varies
 
 
 @torch.no_grad()

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from netsight.hooks import model_device
+
 __all__ = [
     "ModelSpecError",
     "UntrustedCheckpointError",
@@ -456,12 +458,6 @@ def default_input_size(spec: str) -> tuple[int, ...] | None:
 # --------------------------------------------------------------------------- load_weights
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _looks_like_checkpoint(path: Path) -> bool:
     """Whether ``path`` is in a format ``torch.save`` writes (zip, legacy pickle, tar)."""
     if zipfile.is_zipfile(path):
@@ -661,7 +657,7 @@ def load_weights(
         raise IsADirectoryError(
             f"weights file {os.fspath(path)} is a directory; expected a checkpoint file"
         )
-    device = _model_device(model)
+    device = model_device(model)
     on_meta = device.type == "meta"
     loaded = _torch_load(file, torch.device("cpu") if on_meta else device, trust=trust)
     state = _unwrap(loaded, file)

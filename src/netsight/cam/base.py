@@ -32,8 +32,14 @@ from torch import nn
 from netsight.cam.layout import LayerLayout, Layout, LayoutError, layer_layout
 from netsight.capture import LayerSpec, resolve_layers
 from netsight.features import run_forward as named_forward
-from netsight.hooks import HookSet, check_not_lazy, preserve_state, unwrap_compiled
-from netsight.images import expected_channels
+from netsight.hooks import (
+    HookSet,
+    check_not_lazy,
+    model_device,
+    preserve_state,
+    unwrap_compiled,
+)
+from netsight.images import expected_channels, minmax_scale
 
 __all__ = [
     "BaseCAM",
@@ -499,18 +505,15 @@ def _images(flags: torch.Tensor) -> str:
 def _minmax(maps: torch.Tensor, *, what: str | None) -> torch.Tensor:
     """Per-image min-max to ``[0, 1]``; constant maps become zeros (warned when
     ``what`` names the maps)."""
-    low = maps.amin(dim=(1, 2), keepdim=True)
-    span = maps.amax(dim=(1, 2), keepdim=True) - low
-    constant = span <= 0
-    if what is not None and bool(constant.any()):
+    scaled, varies = minmax_scale(maps)
+    if what is not None and not bool(varies.all()):
         warnings.warn(
-            f"{what}: the map of image(s) {_images(constant.flatten())} is constant (all zero "
+            f"{what}: the map of image(s) {_images(~varies.flatten())} is constant (all zero "
             f"after ReLU: nothing in the layer raises the target score); returned as zeros",
             CAMWarning,
             stacklevel=4,
         )
-    scaled = (maps - low) / torch.where(constant, torch.ones_like(span), span)
-    return torch.where(constant, torch.zeros_like(scaled), scaled)
+    return scaled
 
 
 def _finite(name: str, maps: torch.Tensor) -> torch.Tensor:
@@ -720,7 +723,7 @@ class BaseCAM:
                 f"(e.g. x.expand(-1, {wanted}, -1, -1) for grayscale to RGB, or "
                 f"netsight.load_image(path, model=model))"
             )
-        device = _model_device(self.model)
+        device = model_device(self.model, default=None)
         if device is not None and x.device != device:
             x = x.to(device)
         if x.is_inference() and not torch.is_inference_mode_enabled():
@@ -773,11 +776,3 @@ class BaseCAM:
 
 def _area(shape: tuple[int, ...]) -> int:
     return int(shape[0]) * int(shape[1])
-
-
-def _model_device(model: nn.Module) -> torch.device | None:
-    for param in model.parameters():
-        return param.device
-    for buffer in model.buffers():
-        return buffer.device
-    return None
