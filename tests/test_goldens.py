@@ -14,11 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import netsight
+from helpers import noise_pictures
 from netsight.cli import main
 from test_cli_cam import MODELS
 from test_summary import ALL_COLUMNS, SmallNet
@@ -70,26 +69,9 @@ def normalise_html(page: str, tmp: Path) -> str:
 
 
 @pytest.fixture
-def models(tmp_path: Path) -> Path:
-    path = tmp_path / "models.py"
-    path.write_text(MODELS)
-    return path
-
-
-@pytest.fixture
 def pictures(tmp_path: Path) -> list[Path]:
     """An RGB picture (24 x 32) and a grayscale one (20 x 20), the same in every run."""
-    rng = np.random.default_rng(7)
-    rgb = tmp_path / "cat.png"
-    Image.fromarray((rng.random((24, 32, 3)) * 255).astype("uint8")).save(rgb)
-    gray = tmp_path / "gray.png"
-    Image.fromarray((rng.random((20, 20)) * 255).astype("uint8"), "L").save(gray)
-    return [rgb, gray]
-
-
-def _run(*argv: str) -> None:
-    code = main(list(argv))
-    assert code == 0, f"netsight {' '.join(argv)}: exit {code}"
+    return noise_pictures(tmp_path, seed=7)
 
 
 # --------------------------------------------------------------------------- summary
@@ -110,68 +92,53 @@ def test_summary_renderings(golden, name: str, render: Any) -> None:  # type: ig
 
 # --------------------------------------------------------------------------- commands
 
-
-def test_cam_manifest(golden, tmp_path: Path, models: Path, pictures: list[Path]) -> None:  # type: ignore[no-untyped-def]
-    out = tmp_path / "cam"
-    spec = f"{models}:TinyCNN"
-    images = [str(p) for p in pictures]
-    _run(
-        "cam",
-        spec,
-        *images,
-        "--method",
-        "gradcam,eigencam,cam",
-        "--save-maps",
-        "--evaluate",
-        "3",
-        "--out",
-        str(out),
-    )
-    golden("cam_tinycnn.json", json_golden(out / "cam.json", tmp_path))
-
-
-def test_features_manifest(golden, tmp_path: Path, models: Path, pictures: list[Path]) -> None:  # type: ignore[no-untyped-def]
-    out = tmp_path / "features"
-    _run("features", f"{models}:TinyCNN", str(pictures[0]), "--out", str(out))
-    golden("features_tinycnn.json", json_golden(out / "manifest.json", tmp_path))
+#: golden file, the command line (MODEL, IMAGES: both pictures, IMAGE: the first, and OUT,
+#: the output directory, are filled in) and the file in OUT the golden is made from.
+COMMANDS = [
+    (
+        "cam_tinycnn.json",
+        "cam MODEL IMAGES --method gradcam,eigencam,cam --save-maps --evaluate 3 --out OUT",
+        "cam.json",
+    ),
+    ("features_tinycnn.json", "features MODEL IMAGE --out OUT", "manifest.json"),
+    ("filters_tinycnn.json", "filters MODEL --layer conv1 conv2 --out OUT", "filters.json"),
+    (
+        "patterns_tinycnn.json",
+        "patterns MODEL --layer conv2 --channels 1,4 --steps 4 --size 16 --out OUT",
+        "patterns_conv2.json",
+    ),
+    (
+        "report_tinycnn.html",
+        "report MODEL IMAGES --size 16,16 --labels 1,3 --faithfulness-steps 3 "
+        "--pattern-steps 4 --out OUT/report.html",
+        "report.html",
+    ),
+]
 
 
-def test_patterns_record(golden, tmp_path: Path, models: Path) -> None:  # type: ignore[no-untyped-def]
-    out = tmp_path / "patterns"
-    _run(
-        "patterns",
-        f"{models}:TinyCNN",
-        "--layer",
-        "conv2",
-        "--channels",
-        "1,4",
-        "--steps",
-        "4",
-        "--size",
-        "16",
-        "--out",
-        str(out),
-    )
-    golden("patterns_tinycnn.json", json_golden(out / "patterns_conv2.json", tmp_path))
-
-
-def test_report_page(golden, tmp_path: Path, models: Path, pictures: list[Path]) -> None:  # type: ignore[no-untyped-def]
-    out = tmp_path / "report.html"
-    images = [str(p) for p in pictures]
-    _run(
-        "report",
-        f"{models}:TinyCNN",
-        *images,
-        "--size",
-        "16,16",
-        "--labels",
-        "1,3",
-        "--faithfulness-steps",
-        "3",
-        "--pattern-steps",
-        "4",
-        "--out",
-        str(out),
-    )
-    page = out.read_text(encoding="utf-8")
-    golden("report_tinycnn.html", normalise_html(page, tmp_path))
+@pytest.mark.parametrize(("name", "command", "written"), COMMANDS)
+def test_command_output(  # type: ignore[no-untyped-def]
+    golden,
+    tmp_path: Path,
+    pictures: list[Path],
+    name: str,
+    command: str,
+    written: str,
+) -> None:
+    out = tmp_path / "out"
+    models = tmp_path / "models.py"
+    models.write_text(MODELS)
+    fill = {
+        "MODEL": [f"{models}:TinyCNN"],
+        "IMAGES": [str(p) for p in pictures],
+        "IMAGE": [str(pictures[0])],
+        "OUT": [str(out)],
+        "OUT/report.html": [str(out / "report.html")],
+    }
+    argv = [part for word in command.split() for part in fill.get(word, [word])]
+    code = main(argv)
+    assert code == 0, f"netsight {' '.join(argv)}: exit {code}"
+    if name.endswith(".html"):
+        golden(name, normalise_html((out / written).read_text(encoding="utf-8"), tmp_path))
+    else:
+        golden(name, json_golden(out / written, tmp_path))

@@ -28,6 +28,7 @@ import torch
 from netsight._io import atomic_write_text
 from netsight._version import __version__
 from netsight.models import default_input_size, load_model, load_weights
+from netsight.options import FilterMode
 from netsight.summary import Column, Summary, summary
 from netsight.trace import TraceError
 
@@ -414,12 +415,32 @@ _floats = _comma_separated(float, "numbers such as 0.485,0.456,0.406")
 _ints = _comma_separated(int, "class indices such as 3,1,7")
 
 
-def _out_dir(path: str) -> Path:
-    out = Path(path)
+def _add_overwrite_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace netsight output of this kind already in --out (default: refuse, "
+        "naming the files)",
+    )
+
+
+def _out_dir(args: argparse.Namespace, what: str, names: Sequence[str]) -> Path:
+    """``--out`` as a directory, checked before the work: not a file, and none of
+    ``names`` (files this command writes) there unless ``--overwrite``. The library's
+    writer checks again, with every name, when it writes."""
+    from netsight._io import check_overwrite
+
+    out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {path}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+        raise UsageError(f"--out {args.out}: exists and is not a directory")
+    check_overwrite(out, names, what=what, overwrite=args.overwrite)
     return out
+
+
+def _provenance(args: argparse.Namespace) -> dict[str, Any]:
+    """What a library writer records about the model (its spec and weights), and
+    whether it may replace earlier output."""
+    return {"spec": args.model, "weights": args.weights, "overwrite": args.overwrite}
 
 
 def _report_written(paths: Sequence[Path]) -> None:
@@ -428,6 +449,16 @@ def _report_written(paths: Sequence[Path]) -> None:
 
 
 # --------------------------------------------------------------------------- features
+
+#: The files ``export_features`` writes in every run (besides one grid per layer).
+_FEATURES_FILES = (
+    "manifest.json",
+    "mean_maps.png",
+    "layer_stats.txt",
+    "layer_stats.json",
+    "layer_stats.html",
+    "layer_stats.png",
+)
 
 
 def _configure_features(p: argparse.ArgumentParser) -> None:
@@ -440,6 +471,7 @@ def _configure_features(p: argparse.ArgumentParser) -> None:
         help="layer names or globs (default: every convolution); see `netsight layers MODEL`",
     )
     p.add_argument("--out", default="out/features", metavar="DIR", help="output directory")
+    _add_overwrite_option(p)
     _add_image_options(p, "the image's own")
     p.add_argument("--max-channels", type=int, default=64, metavar="N", help="tiles per layer grid")
     p.add_argument("--cmap", default="viridis", help="matplotlib colormap (default: viridis)")
@@ -449,7 +481,10 @@ def _run_features(args: argparse.Namespace) -> int:
     from netsight.features import export_features
     from netsight.images import load_image
 
-    out = _out_dir(args.out)
+    out = Path(args.out)
+    # what export_features always writes, and the grids of an earlier run
+    names = [*_FEATURES_FILES, *(p.name for p in sorted(out.glob("features_*.png")))]
+    out = _out_dir(args, "features", names)
     model = _model_from_args(args)
     x = load_image(
         args.image,
@@ -479,10 +514,11 @@ def _configure_filters(p: argparse.ArgumentParser) -> None:
         help="convolution layer name(s) (default: the first convolution)",
     )
     p.add_argument("--out", default="out/filters", metavar="DIR", help="output directory")
+    _add_overwrite_option(p)
     p.add_argument(
         "--mode",
         default="auto",
-        choices=("auto", "rgb", "channels", "mean"),
+        choices=FilterMode.values(),
         help="rgb tiles for 3-channel inputs, one tile per (filter, input channel), "
         "or the per-filter mean (default: auto)",
     )
@@ -490,24 +526,18 @@ def _configure_filters(p: argparse.ArgumentParser) -> None:
 
 
 def _run_filters(args: argparse.Namespace) -> int:
-    from torch import nn
+    from netsight.filters import MANIFEST, save_filters
 
-    from netsight._io import safe_filename, save_figure
-    from netsight.capture import list_layers
-    from netsight.filters import plot_filters
-
-    out = _out_dir(args.out)
+    out = _out_dir(args, "filters", [MANIFEST])
     model = _model_from_args(args)
-    layers: list[str] = args.layer or []
-    if not layers:
-        convs = list_layers(model, types=[nn.Conv1d, nn.Conv2d, nn.Conv3d])
-        if not convs:
-            raise UsageError(f"{args.model} has no convolution layer to draw")
-        layers = convs[:1]
-    paths = []
-    for layer in layers:
-        fig = plot_filters(model, layer, mode=args.mode, max_tiles=args.max_tiles)
-        paths.append(save_figure(fig, out / f"filters_{safe_filename(layer)}.png"))
+    paths = save_filters(
+        model,
+        args.layer,
+        out,
+        mode=args.mode,
+        max_tiles=args.max_tiles,
+        **_provenance(args),
+    )
     _report_written(paths)
     return 0
 
@@ -531,47 +561,18 @@ def _run_layers(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- cam
 
-#: Size of one grid cell in inches (the grid PNG is ``columns * W`` by ``rows * H``
-#: inches at :data:`_CAM_DPI`).
-_CAM_CELL = (2.4, 2.9)
-_CAM_DPI = 100
 #: Exit code when some explicitly requested methods could not run but others did.
 EXIT_PARTIAL = 1
 
 
-@dataclass(frozen=True)
-class _MethodChoice:
-    """What ``--method`` asked for: registry names, and whether it said ``all``."""
+def _cam_methods(text: str) -> str | tuple[str, ...]:
+    """``gradcam,scorecam`` or ``all`` (:func:`netsight.cam.compare.parse_methods`)."""
+    from netsight.cam.compare import parse_methods
 
-    names: tuple[str, ...]
-    everything: bool
-
-
-def _cam_methods(text: str) -> _MethodChoice:
-    """``gradcam,scorecam`` or ``all`` -> registry names (from :data:`netsight.cam.METHODS`)."""
-    import difflib
-
-    from netsight.cam import METHODS
-
-    names: list[str] = []
-    for raw in text.split(","):
-        name = raw.strip().lower()
-        if not name:
-            continue
-        if name == "all":
-            return _MethodChoice(tuple(METHODS), everything=True)
-        if name not in METHODS:
-            close = difflib.get_close_matches(name, list(METHODS), n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise argparse.ArgumentTypeError(
-                f"unknown method {raw.strip()!r}{hint} (expected names from: "
-                f"{', '.join(METHODS)}, or all)"
-            )
-        if name not in names:
-            names.append(name)
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected method names such as gradcam, got {text!r}")
-    return _MethodChoice(tuple(names), everything=False)
+    try:
+        return parse_methods(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _unit_float(text: str) -> float:
@@ -604,7 +605,7 @@ def _configure_cam(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
         type=_cam_methods,
-        default=_MethodChoice(("gradcam",), everything=False),
+        default=("gradcam",),
         metavar="NAME[,NAME...]",
         help=f"methods to run, comma-separated, from: {', '.join(METHODS)}; or all "
         f"(every method this model supports) (default: gradcam)",
@@ -624,6 +625,7 @@ def _configure_cam(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", default="out/cam", metavar="DIR", help="output directory (default: out/cam)"
     )
+    _add_overwrite_option(p)
     _add_image_options(p, "each image's own (a single N means N,N)")
     p.add_argument(
         "--alpha",
@@ -673,405 +675,83 @@ def _configure_cam(p: argparse.ArgumentParser) -> None:
     )
 
 
-@dataclass(frozen=True)
-class _CamInput:
-    """One image as the model sees it, and what the model says about it."""
-
-    path: Path
-    stem: str
-    x: torch.Tensor  # (1, C, H, W), normalised
-    picture: torch.Tensor  # (C, H, W) in [0, 1], for drawing
-    predicted: int
-    probability: float
-    target: int
-    score: float  # the target's logit
-
-
-@dataclass(frozen=True)
-class _CamMap:
-    """One method's map for one image."""
-
-    map: torch.Tensor  # (H, W) in [0, 1]
-    layers: tuple[str, ...]
-    notes: tuple[str, ...]  # warnings the method gave (e.g. a constant map)
-
-
-@dataclass(frozen=True)
-class _CamRun:
-    """Every map computed, and why the methods that did not run did not."""
-
-    methods: tuple[str, ...]
-    maps: dict[tuple[int, str], _CamMap]  # (image index, method) -> map
-    skipped: dict[str, str]
-
-
-def _method_slug(name: str) -> str:
-    """A registry name in a file name: ``gradcam++`` stays as it is."""
-    return re.sub(r"[^A-Za-z0-9+._-]+", "_", name).strip("._") or "method"
-
-
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Sanitised file stems, made unique (``cat``, ``cat_2``) for same-named images."""
-    from netsight._io import safe_filename
-
-    stems: list[str] = []
-    for path in paths:
-        base = safe_filename(path.stem, default="image")
-        stem, n = base, 1
-        while stem in stems:
-            n += 1
-            stem = f"{base}_{n}"
-        stems.append(stem)
-    return stems
-
-
-def _check_colormap(name: str) -> None:
-    import difflib
-
-    import matplotlib
-
-    if name not in matplotlib.colormaps:
-        close = difflib.get_close_matches(name, list(matplotlib.colormaps), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise UsageError(f"--colormap: unknown matplotlib colormap {name!r}{hint}")
-
-
-def _cam_inputs(args: argparse.Namespace, model: torch.nn.Module) -> list[_CamInput]:
-    """Load every image and run the model once on each: top-1 class, target, score."""
-    from netsight.features import run_forward
-    from netsight.hooks import preserve_state
-    from netsight.images import denormalize, load_image
-
-    size = _image_size(args, square=True)
-    paths = [Path(p) for p in args.images]
-    inputs = []
-    for path, stem in zip(paths, _unique_stems(paths), strict=True):
-        x = load_image(
-            path,
-            size=size,
-            model=model,
-            mean=args.mean,
-            std=args.std,
-        )
-        with preserve_state(model, "eval"):
-            output = run_forward(model, x)
-        if not (isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] > 0):
-            got = (
-                f"a tensor of shape {list(output.shape)}"
-                if isinstance(output, torch.Tensor)
-                else f"a {type(output).__name__}"
-            )
-            raise UsageError(
-                f"{args.model} returned {got} for {path.name}; `netsight cam` explains "
-                f"classifiers, whose output is a (batch, classes) logits tensor (from Python, "
-                f"netsight.cam methods also take targets= as a callable)"
-            )
-        logits = output[0].detach().float()
-        classes = logits.shape[0]
-        if args.target is not None and args.target >= classes:
-            raise UsageError(
-                f"--target {args.target}: out of range; {args.model} has {classes} classes "
-                f"(0 to {classes - 1})"
-            )
-        predicted = int(logits.argmax())
-        target = predicted if args.target is None else args.target
-        inputs.append(
-            _CamInput(
-                path=path,
-                stem=stem,
-                x=x,
-                picture=denormalize(x[0], args.mean, args.std),
-                predicted=predicted,
-                probability=float(torch.softmax(logits, 0)[predicted]),
-                target=target,
-                score=float(logits[target]),
-            )
-        )
-    return inputs
-
-
-def _make_cam(args: argparse.Namespace, model: torch.nn.Module, method: str) -> Any:
-    """The explainer for ``method`` with the command's --layer and --batch-size."""
-    import inspect
-
-    from netsight.cam import METHODS
-
-    cls = METHODS[method]
-    accepted = inspect.signature(cls).parameters
-    options: dict[str, Any] = {}
-    if args.batch_size is not None and "batch_size" in accepted:
-        options["batch_size"] = args.batch_size
-    if args.approx is not None and "approx" in accepted:
-        options["approx"] = args.approx
-    return cls(model, args.layer if cls.uses_layers else None, **options)
-
-
-def _evaluate_cams(
-    args: argparse.Namespace, model: torch.nn.Module, inputs: Sequence[_CamInput], run: _CamRun
-) -> Any:
-    """``netsight.cam.evaluate`` of the methods that ran, on the same images and
-    targets as the overlays (each image its own batch: sizes may differ)."""
-    from netsight.cam import evaluate
-
-    cams = {method: _make_cam(args, model, method) for method in run.methods}
-    data = [(item.x, torch.tensor([item.target])) for item in inputs]
-    return evaluate(cams, data, steps=args.evaluate, progress=sys.stdout.isatty())
-
-
-def _compute_cams(
-    args: argparse.Namespace, model: torch.nn.Module, inputs: Sequence[_CamInput]
-) -> _CamRun:
-    """Run every method on every image; a method that fails is skipped with its reason."""
-    import warnings
-
-    from netsight._progress import ProgressBar
-
-    choice: _MethodChoice = args.method
-    maps: dict[tuple[int, str], _CamMap] = {}
-    skipped: dict[str, str] = {}
-    ran: list[str] = []
-    steps = [(method, item.path.name) for method in choice.names for item in inputs]
-    labels = iter([f"{method}: {name}" for method, name in steps[1:]] + ["cam"])
-    bar = ProgressBar(sys.stdout.isatty(), len(steps), f"{steps[0][0]}: {steps[0][1]}")
-    try:
-        for method in choice.names:
-            found: dict[tuple[int, str], _CamMap] = {}
-            done = 0
-            try:
-                cam = _make_cam(args, model, method)
-                for index, item in enumerate(inputs):
-                    with warnings.catch_warnings(record=True) as caught:
-                        warnings.simplefilter("always")
-                        result = cam.explain(item.x, targets=item.target)
-                    notes = tuple(str(w.message) for w in caught)
-                    for note in notes:
-                        print(f"netsight: warning: {item.path.name}: {note}", file=sys.stderr)
-                    found[(index, method)] = _CamMap(
-                        result.maps[0].detach().float().cpu(), result.layers, notes
-                    )
-                    done += 1
-                    bar.advance(next(labels))
-            except (ValueError, TypeError, RuntimeError) as exc:
-                if args.traceback:
-                    raise
-                skipped[method] = str(exc)
-                print(f"netsight: skipped {method}: {exc}", file=sys.stderr)
-                for _ in range(len(inputs) - done):
-                    bar.advance(next(labels))
-                continue
-            ran.append(method)
-            maps.update(found)
-    finally:
-        bar.close()
-    return _CamRun(tuple(ran), maps, skipped)
-
-
-def _cam_grid(
-    inputs: Sequence[_CamInput], run: _CamRun, overlays: dict[tuple[int, str], Any], title: str
-) -> Any:
-    """The comparison figure: one row per image, the image then one column per method."""
-    from matplotlib.figure import Figure
-
-    rows, columns = len(inputs), 1 + len(run.methods)
-    fig = Figure(
-        figsize=(columns * _CAM_CELL[0], rows * _CAM_CELL[1]), dpi=_CAM_DPI, layout="constrained"
-    )
-    fig.suptitle(title, fontsize=10)
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for row, item in enumerate(inputs):
-        picture = item.picture.permute(1, 2, 0).numpy()
-        cells: list[tuple[Any, str]] = [
-            (
-                picture[:, :, 0] if picture.shape[2] == 1 else picture,
-                f"{_shorten(item.path.name)}\ntarget {item.target}, logit {item.score:.3g}\n"
-                f"top-1 {item.predicted} (p={item.probability:.2f})",
-            )
-        ]
-        for method in run.methods:
-            result = run.maps[(row, method)]
-            layers = _shorten(", ".join(result.layers))
-            cells.append((overlays[(row, method)], f"{method}\nclass {item.target}\n{layers}"))
-        for ax, (image, label) in zip(axes[row], cells, strict=True):
-            ax.imshow(image, cmap="gray" if getattr(image, "ndim", 3) == 2 else None)
-            ax.set_title(label, fontsize=7)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    return fig
-
-
-def _shorten(text: str, width: int = 28) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _finite_or_none(value: float) -> float | None:
-    import math
-
-    return value if math.isfinite(value) else None
-
-
-def _write_cams(
-    args: argparse.Namespace,
-    model: torch.nn.Module,
-    inputs: Sequence[_CamInput],
-    run: _CamRun,
-    out: Path,
-    evaluation: Any = None,
-) -> list[Path]:
-    """Overlays (and maps), the grid, then ``cam.json`` listing them: each file whole."""
-    import io
-    import json
-
-    import numpy as np
-
-    import netsight
-    from netsight._io import atomic_write_bytes, atomic_write_text, save_figure
-    from netsight.cam import overlay
-
-    written: list[Path] = []
-    overlays: dict[tuple[int, str], Any] = {}
-    records = []
-    for index, item in enumerate(inputs):
-        per_method: dict[str, dict[str, Any]] = {}
-        for method in run.methods:
-            result = run.maps[(index, method)]
-            name = f"{item.stem}__{_method_slug(method)}"
-            picture = overlay(item.picture, result.map, alpha=args.alpha, cmap=args.colormap)
-            overlays[(index, method)] = np.asarray(picture)
-            buffer = io.BytesIO()
-            picture.save(buffer, format="PNG")
-            written.append(atomic_write_bytes(out / f"{name}.png", buffer.getvalue()))
-            map_file = None
-            if args.save_maps:
-                buffer = io.BytesIO()
-                np.save(buffer, result.map.numpy().astype(np.float32), allow_pickle=False)
-                map_file = atomic_write_bytes(out / f"{name}.npy", buffer.getvalue()).name
-                written.append(out / map_file)
-            per_method[method] = {
-                "layers": list(result.layers),
-                "overlay": f"{name}.png",
-                "map": map_file,
-                "warnings": list(result.notes),
-            }
-        records.append(
-            {
-                "file": str(item.path),
-                "name": item.stem,
-                "input_shape": list(item.x.shape),
-                "predicted": {
-                    "class": item.predicted,
-                    "probability": _finite_or_none(item.probability),
-                },
-                "target": {"class": item.target, "score": _finite_or_none(item.score)},
-                "methods": per_method,
-            }
-        )
-    title = f"{type(model).__name__} ({args.model})"
-    grid = _cam_grid(inputs, run, overlays, _shorten(title, 100))
-    written.append(save_figure(grid, out / "grid.png", dpi=_CAM_DPI))
-    choice: _MethodChoice = args.method
-    manifest = {
-        "schema": "netsight.cam/1",
-        "netsight_version": netsight.__version__,
-        "torch_version": torch.__version__,
-        "model": args.model,
-        "model_class": type(model).__name__,
-        "weights": args.weights,
-        "requested": "all" if choice.everything else list(choice.names),
-        "methods": list(run.methods),
-        "skipped": dict(run.skipped),
-        "target": args.target,
-        "layer": args.layer,
-        "alpha": args.alpha,
-        "colormap": args.colormap,
-        "mean": args.mean,
-        "std": args.std,
-        "images": records,
-        "grid": {
-            "file": "grid.png",
-            "rows": len(inputs),
-            "columns": 1 + len(run.methods),
-            "column_titles": ["image", *run.methods],
-        },
-        "approx": args.approx,
-        "faithfulness": _faithfulness_record(evaluation),
-        "files": [p.name for p in written],
-    }
-    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-    written.append(atomic_write_text(out / "cam.json", text))
-    return written
-
-
-def _faithfulness_record(evaluation: Any) -> dict[str, Any] | None:
-    if evaluation is None:
-        return None
-    return {
-        "images": evaluation.images,
-        "steps": evaluation.steps,
-        "settings": {k: v for k, v in evaluation.settings.items() if not callable(v)},
-        "methods": {
-            name: {
-                "deletion_auc": _finite_or_none(m.deletion),
-                "insertion_auc": _finite_or_none(m.insertion),
-                "average_drop": _finite_or_none(m.average_drop),
-                "increase": _finite_or_none(m.increase),
-            }
-            for name, m in evaluation.methods.items()
-        },
-    }
-
-
-def _print_cam_table(inputs: Sequence[_CamInput], run: _CamRun, out: Path) -> None:
+def _print_cam_table(found: Any, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"netsight cam: wrote to {out}", title_justify="left")
     for column in ("image", "target", "logit", "method", "layer", "overlay"):
         table.add_column(column, overflow="fold")
-    for index, item in enumerate(inputs):
-        for method in run.methods:
-            result = run.maps[(index, method)]
+    for index, source in enumerate(found.sources):
+        for method in found.methods:
             table.add_row(
-                item.path.name,
-                str(item.target),
-                f"{item.score:.3g}",
+                Path(source).name,
+                str(found.targets[index]),
+                f"{found.scores[index]:.3g}",
                 method,
-                ", ".join(result.layers),
-                f"{item.stem}__{_method_slug(method)}.png",
+                ", ".join(found.layers[method][index]),
+                f"{found.file_stem(index, method)}.png",
             )
     console = Console(file=sys.stdout)
     console.print(table)
-    print(f"grid: {out / 'grid.png'} ({len(inputs)} x {1 + len(run.methods)})")
+    print(f"grid: {out / 'grid.png'} ({len(found.names)} x {1 + len(found.methods)})")
     print(f"manifest: {out / 'cam.json'}")
-    if run.skipped:
-        print(f"skipped: {', '.join(run.skipped)} (reasons on stderr and in cam.json)")
+    if found.skipped:
+        print(f"skipped: {', '.join(found.skipped)} (reasons on stderr and in cam.json)")
 
 
 def _run_cam(args: argparse.Namespace) -> int:
-    from netsight.capture import resolve_layers
+    from netsight.cam import compare
+    from netsight.cam.compare import MANIFEST
+    from netsight.images import check_colormap, load_image
 
-    choice: _MethodChoice = args.method
-    _check_colormap(args.colormap)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {args.out}: exists and is not a directory")
+    check_colormap(args.colormap, "--colormap")  # before any work
+    out = _out_dir(args, "cam", [MANIFEST, "grid.png"])
     model = _model_from_args(args)
-    if args.layer is not None:
-        resolve_layers(model, args.layer)  # unknown names fail here, with close matches
-    inputs = _cam_inputs(args, model)
-    run = _compute_cams(args, model, inputs)
-    if not run.methods:
+    size = _image_size(args, square=True)
+    batches = [
+        load_image(p, size=size, model=model, mean=args.mean, std=args.std) for p in args.images
+    ]
+    found = compare(
+        model,
+        batches,
+        args.method,
+        args.target,
+        layer=args.layer,
+        names=args.images,
+        mean=args.mean,
+        std=args.std,
+        batch_size=args.batch_size,
+        approx=args.approx,
+        faithfulness_steps=args.evaluate or 0,
+        strict=args.traceback,
+        progress=sys.stdout.isatty(),
+    )
+    for method in found.methods:
+        for source, notes in zip(found.sources, found.notes[method], strict=True):
+            for note in notes:
+                print(f"netsight: warning: {Path(source).name}: {note}", file=sys.stderr)
+    for method, reason in found.skipped.items():
+        print(f"netsight: skipped {method}: {reason}", file=sys.stderr)
+    if not found.methods:
         raise UsageError(
-            f"none of the methods could run on {args.model} ({', '.join(run.skipped)}); "
+            f"none of the methods could run on {args.model} ({', '.join(found.skipped)}); "
             f"the reasons are above"
         )
-    evaluation = _evaluate_cams(args, model, inputs, run) if args.evaluate else None
-    out = _out_dir(args.out)
-    _write_cams(args, model, inputs, run, out, evaluation)
-    _print_cam_table(inputs, run, out)
-    if evaluation is not None:
+    if found.evaluation_error is not None:
+        raise UsageError(found.evaluation_error)
+    found.save(
+        out,
+        alpha=args.alpha,
+        colormap=args.colormap,
+        maps=args.save_maps,
+        **_provenance(args),
+    )
+    _print_cam_table(found, out)
+    if found.evaluation is not None:
         print()
-        print(evaluation.table(), end="")
-    if run.skipped and not choice.everything:
+        print(found.evaluation.table(), end="")
+    if found.skipped and found.requested != "all":
         return EXIT_PARTIAL
     return 0
 
@@ -1080,7 +760,13 @@ def _run_cam(args: argparse.Namespace) -> int:
 
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="out", metavar="DIR", help="where the files go (default: out)")
+    p.add_argument(
+        "--out",
+        default="out",
+        metavar="DIR",
+        help="where the files go (default: out); the demo's own files from an earlier run "
+        "there are replaced, its trained weights reused",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -1317,15 +1003,15 @@ def _configure_patterns(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalisation std (default 0.5)")
     p.add_argument("--out", default="out/patterns", metavar="DIR", help="output directory")
+    _add_overwrite_option(p)
 
 
 def _run_patterns(args: argparse.Namespace) -> int:
-    import json
-
-    from netsight._io import atomic_write_text, safe_filename, save_figure
+    from netsight._io import safe_filename
     from netsight.patterns import maximize
 
-    out = _out_dir(args.out)
+    stem = f"patterns_{safe_filename(args.layer)}"
+    out = _out_dir(args, "patterns", [f"{stem}.json", f"{stem}.png"])
     model = _model_from_args(args)
     found = maximize(
         model,
@@ -1341,22 +1027,10 @@ def _run_patterns(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=sys.stdout.isatty(),
     )
-    stem = f"patterns_{safe_filename(found.layer)}"
-    figure = save_figure(found.plot(), out / f"{stem}.png")
-    record = {
-        "model": args.model,
-        "layer": found.layer,
-        "channels": list(found.channels),
-        "start": [float(v) for v in found.start],
-        "activation": [float(v) for v in found.activation],
-        "size": args.size,
-        "steps": args.steps,
-        "figure": figure.name,
-    }
-    manifest = atomic_write_text(out / f"{stem}.json", json.dumps(record, indent=2) + "\n")
+    paths = found.save(out, **_provenance(args))
     for channel, before, after in zip(found.channels, found.start, found.activation, strict=True):
         print(f"{found.layer} channel {channel}: mean activation {before:.3g} -> {after:.3g}")
-    _report_written([figure, manifest])
+    _report_written(paths)
     return 0
 
 
@@ -1427,7 +1101,11 @@ def _run_report(args: argparse.Namespace) -> int:
         if size is None:  # the first image fixes the size of the others
             size = (x.shape[-2], x.shape[-1])
         batch.append(x)
-    choice: _MethodChoice | None = args.methods
+    methods: str | tuple[str, ...] | None = args.methods
+    if methods == "all":
+        from netsight.cam import METHODS
+
+        methods = tuple(METHODS)
     result = report(
         model,
         torch.cat(batch),
@@ -1437,7 +1115,7 @@ def _run_report(args: argparse.Namespace) -> int:
         mean=args.mean if args.mean is not None else [0.5],
         std=args.std if args.std is not None else [0.5],
         title=args.title,
-        cam_methods=choice.names if choice is not None else _REPORT_METHODS,
+        cam_methods=methods if methods is not None else _REPORT_METHODS,
         cam_layer=args.layer,
         faithfulness_steps=args.faithfulness_steps,
         pattern_steps=args.pattern_steps,

@@ -21,6 +21,7 @@ from torch import nn
 __all__ = [
     "NONFINITE_COLOR",
     "MapGrid",
+    "check_colormap",
     "colorize",
     "denormalize",
     "expected_channels",
@@ -82,15 +83,30 @@ def normalize_maps(
 
 
 @torch.no_grad()
+def check_colormap(name: str, what: str = "cmap") -> None:
+    """Refuse a name that is not a matplotlib colormap (with close matches as a hint).
+
+    Raises:
+        ValueError: ``"{what}: unknown matplotlib colormap 'jett'; did you mean 'jet'?"``
+    """
+    import difflib
+
+    import matplotlib
+
+    if not isinstance(name, str) or name not in matplotlib.colormaps:
+        names = list(matplotlib.colormaps)
+        close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"{what}: unknown matplotlib colormap {name!r}{hint}")
+
+
 def colorize(maps: torch.Tensor, cmap: str = "viridis") -> torch.Tensor:
     """Map values in ``[0, 1]`` of shape ``(N, H, W)`` to RGB ``(N, 3, H, W)`` with a
     matplotlib colormap; non-finite pixels get :data:`NONFINITE_COLOR`."""
     import matplotlib
 
-    try:
-        colormap = matplotlib.colormaps[cmap]
-    except KeyError:
-        raise ValueError(f"cmap: unknown matplotlib colormap {cmap!r}") from None
+    check_colormap(cmap)
+    colormap = matplotlib.colormaps[cmap]
     lut = torch.tensor(
         colormap(np.linspace(0.0, 1.0, 256))[:, :3], dtype=torch.float32, device=maps.device
     )
