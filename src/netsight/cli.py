@@ -28,7 +28,7 @@ import torch
 from netsight._io import atomic_write_text
 from netsight._version import __version__
 from netsight.models import default_input_size, load_model, load_weights
-from netsight.options import FilterMode
+from netsight.options import DiagramFormat, Direction, FilterMode, SummaryFormat
 from netsight.summary import Column, Summary, summary
 from netsight.trace import TraceError
 
@@ -164,10 +164,10 @@ def _check_out(out: str | None) -> None:
 # --------------------------------------------------------------------------- summary
 
 _RENDERERS: dict[str, Callable[[Summary], str]] = {
-    "text": Summary.to_text,
-    "markdown": Summary.to_markdown,
-    "json": Summary.to_json,
-    "html": lambda s: s.to_html(full_page=True),
+    SummaryFormat.TEXT: Summary.to_text,
+    SummaryFormat.MARKDOWN: Summary.to_markdown,
+    SummaryFormat.JSON: Summary.to_json,
+    SummaryFormat.HTML: lambda s: s.to_html(full_page=True),
 }
 
 
@@ -199,7 +199,10 @@ def _configure_summary(p: argparse.ArgumentParser) -> None:
         help="columns to show, from: " + ", ".join(c.value for c in Column),
     )
     p.add_argument(
-        "--format", choices=tuple(_RENDERERS), default="text", help="output format (default: text)"
+        "--format",
+        choices=SummaryFormat.values(),
+        default=SummaryFormat.TEXT.value,
+        help="output format (default: text)",
     )
     p.add_argument("--weights", metavar="FILE", help="load this checkpoint into the model first")
     p.add_argument(
@@ -238,7 +241,11 @@ def _run_summary(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- diagram
 
-_DIAGRAM_FORMATS = ("svg", "png", "pdf", "dot", "tex", "blocks")
+#: The formats ``netsight diagram`` writes: all but ``tikz`` (spelt ``tex`` here) and
+#: ``pdf-3d`` (LaTeX-compiled; from Python only).
+_DIAGRAM_FORMATS = tuple(
+    f for f in DiagramFormat.values() if f not in (DiagramFormat.TIKZ, DiagramFormat.PDF_3D)
+)
 
 
 def _configure_diagram(p: argparse.ArgumentParser) -> None:
@@ -272,7 +279,13 @@ def _configure_diagram(p: argparse.ArgumentParser) -> None:
         default=True,
         help="draw repeated identical blocks once, marked 'x N' (default: on)",
     )
-    p.add_argument("--direction", choices=("TB", "LR"), default="TB", help="layout direction")
+    p.add_argument(
+        "--direction",
+        choices=Direction.values(),
+        default=Direction.TB.value,
+        help="layout direction: top to bottom, left to right, bottom to top, right to left "
+        "(default: TB)",
+    )
     p.add_argument(
         "--out",
         metavar="FILE",
@@ -517,7 +530,7 @@ def _configure_filters(p: argparse.ArgumentParser) -> None:
     _add_overwrite_option(p)
     p.add_argument(
         "--mode",
-        default="auto",
+        default=FilterMode.AUTO.value,
         choices=FilterMode.values(),
         help="rgb tiles for 3-channel inputs, one tile per (filter, input channel), "
         "or the per-filter mean (default: auto)",

@@ -54,7 +54,7 @@ from torch import nn
 
 from netsight.capture import list_layers, resolve_layers
 from netsight.images import NONFINITE_COLOR, colorize, normalize_maps
-from netsight.options import FilterMode
+from netsight.options import FilterMode, Normalization
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -312,9 +312,9 @@ def filter_grid(
     drawn_nonfinite = int((~torch.isfinite(tiles)).sum())
     height, width = int(tiles.shape[-2]), int(tiles.shape[-1])
     zoom = upscale if upscale is not None else max(1, math.ceil(_MIN_TILE_PX / max(height, width)))
-    scaling = "each" if scale_each else "shared"
+    scaling = Normalization.EACH if scale_each else Normalization.SHARED
     if not normalize and value_range is None:
-        scaling = "none"
+        scaling = Normalization.NONE
 
     if chosen_mode == "rgb":
         count = tiles.shape[0]

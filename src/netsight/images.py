@@ -18,6 +18,8 @@ import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
+from netsight.options import Normalization
+
 __all__ = [
     "NONFINITE_COLOR",
     "MapGrid",
@@ -54,14 +56,13 @@ def normalize_maps(
     """
     if maps.dim() != 3:
         raise ValueError(f"maps: expected shape (N, H, W), got {list(maps.shape)}")
-    if mode not in ("each", "shared", "none"):
-        raise ValueError(f"mode: expected 'each', 'shared' or 'none', got {mode!r}")
+    scaling = Normalization.parse(mode, "mode")
     x = maps.detach().float()
     finite = torch.isfinite(x)
     if value_range is not None:
         low = torch.full((x.shape[0], 1, 1), float(value_range[0]), device=x.device)
         high = torch.full((x.shape[0], 1, 1), float(value_range[1]), device=x.device)
-    elif mode == "none":
+    elif scaling == Normalization.NONE:
         low = torch.zeros((x.shape[0], 1, 1), device=x.device)
         high = torch.ones((x.shape[0], 1, 1), device=x.device)
     else:
@@ -71,7 +72,7 @@ def normalize_maps(
         empty = lows > highs  # a map with no finite value
         lows = torch.where(empty, torch.zeros_like(lows), lows)
         highs = torch.where(empty, torch.zeros_like(highs), highs)
-        if mode == "shared":
+        if scaling == Normalization.SHARED:
             lows = lows.amin().expand_as(lows)
             highs = highs.amax().expand_as(highs)
         low, high = lows, highs
