@@ -1,5 +1,5 @@
 """Test helpers: prove a model leaves a netsight call exactly as it came in; write
-huge image files cheaply."""
+huge image files cheaply, and small noise pictures."""
 
 from __future__ import annotations
 
@@ -70,6 +70,19 @@ def assert_unchanged(model: nn.Module, before: ModelState) -> None:
         if grad is not None and new is not None:
             assert torch.equal(grad, new), f"{name}.grad changed"
     assert torch.equal(after.rng, before.rng), "the global RNG state moved"
+
+
+def noise_pictures(directory: Path, seed: int) -> list[Path]:
+    """``cat.png``, an RGB picture (24 x 32), and ``gray.png`` (20 x 20) of seeded noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    rgb = directory / "cat.png"
+    Image.fromarray((rng.random((24, 32, 3)) * 255).astype("uint8")).save(rgb)
+    gray = directory / "gray.png"
+    Image.fromarray((rng.random((20, 20)) * 255).astype("uint8"), "L").save(gray)
+    return [rgb, gray]
 
 
 def zeros_png(path: Path, width: int, height: int) -> Path:

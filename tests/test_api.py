@@ -7,6 +7,7 @@ import netsight
 EXPECTED = [
     "AblationCAM",
     "CAM",
+    "CAMComparison",
     "CAMResult",
     "Capture",
     "CaptureBudgetError",
@@ -37,6 +38,7 @@ EXPECTED = [
     "__version__",
     "cam",
     "capture",
+    "compare",
     "count_hooks",
     "denormalize",
     "diagram",
@@ -55,6 +57,7 @@ EXPECTED = [
     "plot_filters",
     "plot_mean_maps",
     "report",
+    "save_filters",
     "summary",
     "to_pil",
     "top_channels",

@@ -13,9 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import zeros_png
+from helpers import noise_pictures, zeros_png
 from netsight.cam import METHODS
-from netsight.cli import _CAM_CELL, _CAM_DPI, main
+from netsight.cam.compare import _CELL as _CAM_CELL
+from netsight.cam.compare import _DPI as _CAM_DPI
+from netsight.cli import main
 
 MODELS = """
 import torch
@@ -68,12 +70,7 @@ def models(tmp_path: Path) -> Path:
 @pytest.fixture
 def images(tmp_path: Path) -> list[Path]:
     """An RGB image (24 x 32) and a grayscale one (20 x 20)."""
-    rng = np.random.default_rng(0)
-    rgb = tmp_path / "cat.png"
-    Image.fromarray((rng.random((24, 32, 3)) * 255).astype("uint8")).save(rgb)
-    gray = tmp_path / "gray.png"
-    Image.fromarray((rng.random((20, 20)) * 255).astype("uint8"), "L").save(gray)
-    return [rgb, gray]
+    return noise_pictures(tmp_path, seed=0)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -160,7 +157,11 @@ def test_evaluate_measures_the_maps_that_were_drawn(
     got = data["methods"]["gradcam"]
     assert got["deletion_auc"] == pytest.approx(direct.methods["gradcam"].deletion)
     assert got["insertion_auc"] == pytest.approx(direct.methods["gradcam"].insertion)
-    code, _, _ = run(capsys, "cam", f"{models}:TinyCNN", str(images[0]), "--out", str(out))
+    code, _, err = run(capsys, "cam", f"{models}:TinyCNN", str(images[0]), "--out", str(out))
+    assert code == 2 and "already holds netsight cam output (cam.json, grid.png)" in err
+    code, _, _ = run(
+        capsys, "cam", f"{models}:TinyCNN", str(images[0]), "--out", str(out), "--overwrite"
+    )
     assert code == 0 and manifest(out)["faithfulness"] is None
 
 
@@ -244,7 +245,8 @@ def test_a_method_the_model_cannot_run_is_skipped(
     assert (out / "cat__gradcam.png").is_file() and not (out / "cat__cam.png").exists()
     assert png_size(out / "grid.png") == grid_size(1, 2)
 
-    code, _, err = run(capsys, "cam", spec, str(images[0]), "--method", "all", "--out", str(out))
+    argv = ["cam", spec, str(images[0]), "--method", "all", "--out", str(out), "--overwrite"]
+    code, _, err = run(capsys, *argv)
     assert code == 0  # `all` means every method this model supports
     assert manifest(out)["methods"] == [m for m in METHODS if m != "cam"]
 
@@ -287,7 +289,7 @@ def test_odd_file_names_are_sanitised(
     [
         (["--method", "gradcamm"], "unknown method 'gradcamm'; did you mean 'gradcam'"),
         (["--method", "gradcam,bogus"], "expected names from: cam, gradcam, gradcam++"),
-        (["--target", "5"], "--target 5: out of range; "),
+        (["--target", "5"], "targets: class 5 is out of range; "),
         (["--target", "-1"], "expected a class index"),
         (["--layer", "conv3"], "no layer named 'conv3' in TinyCNN; did you mean 'conv2'"),
         (["--alpha", "1.5"], "expected a number in [0, 1]"),

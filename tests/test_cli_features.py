@@ -92,11 +92,13 @@ def test_filters_default_layer_and_chosen_layers(
 ) -> None:
     out = tmp_path / "filt"
     assert main(["filters", "torchvision:resnet18", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["filters_conv1.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["filters.json", "filters_conv1.png"]
     with Image.open(out / "filters_conv1.png") as image:
         assert image.size[0] > 200 and image.mode in ("RGB", "RGBA")
     argv = ["filters", "zoo:Vgg16Net", "--layer", "layer1.0", "layer5.6", "--out", str(out)]
-    assert main([*argv, "--max-tiles", "16", "--mode", "mean"]) == 0
+    assert main([*argv, "--max-tiles", "16", "--mode", "mean"]) == 2  # filters.json is there
+    assert "already holds netsight filters output (filters.json)" in capsys.readouterr().err
+    assert main([*argv, "--max-tiles", "16", "--mode", "mean", "--overwrite"]) == 0
     assert {"filters_layer1.0.png", "filters_layer5.6.png"} <= {p.name for p in out.iterdir()}
     assert str(out / "filters_layer5.6.png") in capsys.readouterr().out
 
@@ -126,7 +128,7 @@ def test_filters_with_weights_draws_the_loaded_kernels(
             return np.asarray(image.convert("RGB"))
 
     np.testing.assert_array_equal(pixels(drawn), pixels(expected))
-    assert main(argv) == 0  # without --weights: a fresh random init, other kernels
+    assert main([*argv, "--overwrite"]) == 0  # no --weights: a fresh random init, other kernels
     assert not np.array_equal(pixels(drawn), pixels(expected))
 
 

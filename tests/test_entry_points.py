@@ -490,6 +490,14 @@ DRIVERS: dict[str, Driver] = {
         wrong_shape=TORCH_ERROR,  # the probe's forward at epoch_end
         hook_raises=RUNS_ON,  # the summary at the start fails (logged as such)
     ),
+    "compare": Driver(
+        lambda c: netsight.compare(c.model, c.x, "gradcam,eigencam", c.target, layer=c.layer).save(
+            c.tmp / "cam"
+        ),
+        bad_target=USER_ERROR,
+        unknown_layer=USER_ERROR,
+        wrong_shape=USER_ERROR,
+    ),
     "capture": Driver(
         _capture,
         bad_target=na("the target is the user's own code inside the with block"),
@@ -629,6 +637,14 @@ DRIVERS: dict[str, Driver] = {
         wrong_shape=USER_ERROR,
         hook_raises=OK,  # the section where it fails is skipped with the reason
     ),
+    "save_filters": Driver(
+        lambda c: netsight.save_filters(c.model, [c.layer], c.tmp / "filters"),
+        bad_target=NO_TARGET,
+        unknown_layer=USER_ERROR,
+        wrong_shape=na("reads the weights; takes no input"),
+        hook_raises=NO_FORWARD,
+        interrupt=NO_FORWARD,
+    ),
     "summary": Driver(
         lambda c: netsight.summary(c.model, input_size=c.size),
         bad_target=NO_TARGET,
@@ -700,6 +716,7 @@ _RECORD = "a data record the entry points return; it runs nothing on a model"
 
 #: Public names that are not entry points, and why.
 EXEMPT: dict[str, str] = {
+    "CAMComparison": _RECORD,
     "CAMResult": _RECORD,
     "Capture": "made by netsight.capture (driven), not constructed by users",
     "Column": "an enum of summary columns",

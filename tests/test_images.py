@@ -350,7 +350,8 @@ def test_normalize_constant_nan_and_bad_input() -> None:
     torch.testing.assert_close(shared[0], torch.full((2, 2), 0.75))
     with pytest.raises(ValueError, match=r"expected shape \(N, H, W\), got \[2, 2\]"):
         normalize_maps(torch.zeros(2, 2))
-    with pytest.raises(ValueError, match="mode: expected 'each', 'shared' or 'none', got 'all'"):
+    expected = "mode: expected one of 'each', 'shared', 'none', got 'all'"
+    with pytest.raises(ValueError, match=expected):
         normalize_maps(maps, "all")
 
 

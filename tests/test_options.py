@@ -30,3 +30,39 @@ def test_unknown_value_names_option_got_and_choices(bad: object) -> None:
 
 def test_choice_lists_are_in_definition_order() -> None:
     assert Execution.values() == ("auto", "meta", "real")
+
+
+def _choices(command: str, option: str) -> tuple[str, ...]:
+    import argparse
+
+    from netsight.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    action = next(a for a in sub.choices[command]._actions if option in a.option_strings)
+    assert action.choices is not None
+    return tuple(action.choices)
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "cls"),
+    [
+        ("summary", "--format", options.SummaryFormat),
+        ("diagram", "--direction", options.Direction),
+        ("filters", "--mode", options.FilterMode),
+    ],
+)
+def test_cli_choices_come_from_the_option_sets(
+    command: str, option: str, cls: type[Option]
+) -> None:
+    assert _choices(command, option) == cls.values()
+
+
+def test_diagram_writes_every_format_but_tikz_and_pdf_3d() -> None:
+    from netsight.options import DiagramFormat
+
+    left_out = (DiagramFormat.TIKZ.value, DiagramFormat.PDF_3D.value)
+    expected = tuple(f for f in DiagramFormat.values() if f not in left_out)
+    assert (
+        _choices("diagram", "--format") == expected == ("svg", "png", "pdf", "dot", "tex", "blocks")
+    )

@@ -159,5 +159,5 @@ def test_cli_patterns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     record = json.loads((out / "patterns_2.json").read_text())
     assert record["channels"] == [1, 3] and record["steps"] == 4
     assert (out / record["figure"]).is_file()
-    assert main([*argv[:4], "--channels", "9", "--out", str(out)]) == 2
+    assert main([*argv[:4], "--channels", "9", "--out", str(out), "--overwrite"]) == 2
     assert "has 5 channels" in capsys.readouterr().err

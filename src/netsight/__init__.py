@@ -10,6 +10,7 @@ from netsight._version import __version__
 from netsight.cam import (
     CAM,
     AblationCAM,
+    CAMComparison,
     CAMResult,
     EigenCAM,
     GradCAM,
@@ -19,6 +20,7 @@ from netsight.cam import (
     Saliency,
     ScoreCAM,
     XGradCAM,
+    compare,
     overlay,
 )
 from netsight.capture import Capture, CaptureBudgetError, capture, list_layers
@@ -32,7 +34,7 @@ from netsight.features import (
     plot_mean_maps,
     top_channels,
 )
-from netsight.filters import FilterGrid, filter_grid, plot_filters
+from netsight.filters import FilterGrid, filter_grid, plot_filters, save_filters
 from netsight.hooks import count_hooks
 from netsight.images import denormalize, load_image, to_pil
 from netsight.models import ModelSpecError, UntrustedCheckpointError, load_model, load_weights
@@ -45,6 +47,7 @@ from netsight.trace import LayerRecord, TensorMeta, Trace, TraceError, trace
 __all__ = [
     "CAM",
     "AblationCAM",
+    "CAMComparison",
     "CAMResult",
     "Capture",
     "CaptureBudgetError",
@@ -75,6 +78,7 @@ __all__ = [
     "__version__",
     "cam",
     "capture",
+    "compare",
     "count_hooks",
     "denormalize",
     "diagram",
@@ -93,6 +97,7 @@ __all__ = [
     "plot_filters",
     "plot_mean_maps",
     "report",
+    "save_filters",
     "summary",
     "to_pil",
     "top_channels",

@@ -16,7 +16,10 @@ Run it with ``netsight demo --out out`` (or ``make demo``). It
    puts everything, training run included, on one page: ``out/report.html``
    (:func:`netsight.report`).
 
-Everything goes under ``out/``; ``out/index.txt`` lists the files.
+Everything goes under ``out/``; ``out/index.txt`` lists the files. The directory is
+the demo's own: a second run replaces the files of the first (it writes with
+``overwrite=True``, where ``netsight cam``/``filters``/... would ask for ``--overwrite``)
+and reuses the trained weights.
 """
 
 from __future__ import annotations
@@ -299,7 +302,8 @@ def run_demo(
     ``out_dir/index.txt``. The global RNG state is left as it was.
 
     Args:
-        out_dir: where the files go; created if missing.
+        out_dir: where the files go; created if missing. The demo's own files from an
+            earlier run there are replaced (no ``overwrite`` needed).
         config: training settings (default :class:`DemoConfig`; ``DemoConfig.quick()``
             for a run of seconds).
         retrain: train even if weights from a run with the same config are cached.
@@ -315,7 +319,7 @@ def run_demo(
 def _run_demo(out: Path, config: DemoConfig, retrain: bool) -> list[Path]:
     from netsight.datasets import digits
     from netsight.features import LayerStats, export_features, layer_stats
-    from netsight.filters import plot_filters
+    from netsight.filters import save_filters
 
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"demo output {out} exists and is not a directory")
@@ -360,11 +364,12 @@ def _run_demo(out: Path, config: DemoConfig, retrain: bool) -> list[Path]:
             written.append(Path(run) / "index.html")
 
     _section("3. Filters")
-    (out / "filters").mkdir(exist_ok=True)
-    for layer in ("layer1.0", "layer5.6"):
-        fig = plot_filters(model, layer, max_tiles=64)
-        written.append(save_figure(fig, out / "filters" / f"filters_{layer}.png"))
-        print(f"{layer}: {' '.join(fig.axes[0].get_title().split())}")
+    drawn = save_filters(
+        model, ["layer1.0", "layer5.6"], out / "filters", max_tiles=64, overwrite=True
+    )
+    written += drawn
+    for entry in json.loads(drawn[-1].read_text(encoding="utf-8"))["layers"]:
+        print(f"{entry['layer']}: {entry['note']}")
 
     test = _limit(digits("test"), config.test_limit)
     test_x, test_y = test.tensors

@@ -40,21 +40,34 @@ slice ``kt // 2`` (the caption says which). For transposed convolutions
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from netsight.capture import list_layers, resolve_layers
 from netsight.images import NONFINITE_COLOR, colorize, normalize_maps
+from netsight.options import FilterMode, Normalization
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["CONV_TYPES", "FilterGrid", "filter_grid", "plot_filters"]
+__all__ = [
+    "CONV_TYPES",
+    "MANIFEST",
+    "SCHEMA",
+    "FilterGrid",
+    "filter_grid",
+    "plot_filters",
+    "save_filters",
+]
 
 #: The module types whose kernels can be drawn (their Lazy* variants included).
 CONV_TYPES: tuple[type[nn.Module], ...] = (
@@ -66,7 +79,9 @@ CONV_TYPES: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose3d,
 )
 
-_MODES = ("auto", "rgb", "channels", "mean")
+#: The ``schema`` of the manifest :func:`save_filters` writes, and its file name.
+SCHEMA = "netsight.filters/1"
+MANIFEST = "filters.json"
 #: Smallest tile side (in pixels) the automatic zoom aims for.
 _MIN_TILE_PX = 24
 #: Most tiles per grid row that ``"channels"`` puts side by side for one filter.
@@ -171,10 +186,9 @@ def _count_nonfinite(tensor: torch.Tensor) -> int:
 
 
 def _choose_mode(mode: str, per_group: int, groups: int, kernels: int, max_tiles: int) -> str:
-    if mode not in _MODES:
-        raise ValueError(f"mode: expected one of {', '.join(map(repr, _MODES))}, got {mode!r}")
-    if mode != "auto":
-        return mode
+    chosen = FilterMode.parse(mode, "mode")
+    if chosen != FilterMode.AUTO:
+        return chosen.value
     if per_group == 3 and groups == 1:
         return "rgb"
     if kernels <= max_tiles or per_group == 1:
@@ -298,9 +312,9 @@ def filter_grid(
     drawn_nonfinite = int((~torch.isfinite(tiles)).sum())
     height, width = int(tiles.shape[-2]), int(tiles.shape[-1])
     zoom = upscale if upscale is not None else max(1, math.ceil(_MIN_TILE_PX / max(height, width)))
-    scaling = "each" if scale_each else "shared"
+    scaling = Normalization.EACH if scale_each else Normalization.SHARED
     if not normalize and value_range is None:
-        scaling = "none"
+        scaling = Normalization.NONE
 
     if chosen_mode == "rgb":
         count = tiles.shape[0]
@@ -464,8 +478,6 @@ def plot_filters(
         >>> fig = plot_filters(torchvision.models.resnet18(), "conv1")
         >>> fig.savefig("conv1.png")
     """
-    from matplotlib.figure import Figure
-
     grid = filter_grid(
         model,
         layer,
@@ -479,6 +491,13 @@ def plot_filters(
         padding=padding,
         upscale=upscale,
     )
+    return _figure(grid, title)
+
+
+def _figure(grid: FilterGrid, title: str | None = None) -> Figure:
+    """The grid as a figure, titled with the layer (or ``title``) and the grid's note."""
+    from matplotlib.figure import Figure
+
     image = grid.image.permute(1, 2, 0).numpy()
     height, width = image.shape[:2]
     # inches per image pixel: at most 1/40 (small grids), wide grids up to 16 in, tall to 10 in
@@ -493,3 +512,88 @@ def plot_filters(
     ax.set_yticks([])
     ax.set_title(f"{title if title is not None else grid.layer}\n{wrapped}", fontsize=9)
     return fig
+
+
+def save_filters(
+    model: nn.Module,
+    layers: str | nn.Module | Sequence[str | nn.Module] | None,
+    directory: str | os.PathLike[str],
+    *,
+    mode: str = "auto",
+    max_tiles: int = 256,
+    spec: str | None = None,
+    weights: str | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Draw the kernels of each layer (:func:`plot_filters`) and write the figures with a
+    manifest into ``directory``, whole or not at all.
+
+    One ``filters_LAYER.png`` per layer and ``filters.json``, the manifest: schema
+    :data:`SCHEMA`, library versions, the settings, and per layer its file, the mode
+    used, the tiles shown and the grid's note. Existing filters output (any of these
+    files) is not replaced unless ``overwrite``.
+
+    Example:
+        >>> save_filters(model, ["layer1.0", "layer5.6"], "out/filters", max_tiles=64)
+        [PosixPath('out/filters/filters_layer1.0.png'), ..., PosixPath('out/filters/filters.json')]
+
+    Args:
+        model: the network (not changed).
+        layers: convolution names (or modules, or one of them); ``None``: the first
+            convolution.
+        directory: where the files go; created if missing.
+        mode, max_tiles: as for :func:`filter_grid`.
+        spec: how the model was named (``torchvision:resnet18``), for the manifest.
+        weights: the checkpoint the model was loaded from, for the manifest.
+        overwrite: replace filters output already in ``directory``.
+
+    Returns:
+        The paths written, the manifest last.
+
+    Raises:
+        ValueError: the model has no convolution (``layers=None``), or as :func:`filter_grid`.
+        KeyError, TypeError: as :func:`filter_grid`.
+        FileExistsError: ``directory`` holds filters output and ``overwrite`` is false.
+    """
+    from netsight._io import figure_bytes, unique_names, versions, write_directory
+
+    if layers is None:
+        convs = list_layers(model, types=[nn.Conv1d, nn.Conv2d, nn.Conv3d])
+        if not convs:
+            raise ValueError(f"{type(model).__name__} has no convolution layer to draw")
+        chosen: list[str | nn.Module] = [convs[0]]
+    elif isinstance(layers, (str, nn.Module)):
+        chosen = [layers]
+    else:
+        chosen = list(layers)
+    grids = [filter_grid(model, layer, mode=mode, max_tiles=max_tiles) for layer in chosen]
+    stems = unique_names((grid.layer for grid in grids), default="layer")
+    files: dict[str, bytes] = {}
+    entries: list[dict[str, Any]] = []
+    for grid, stem in zip(grids, stems, strict=True):
+        name = f"filters_{stem}.png"
+        files[name] = figure_bytes(_figure(grid))
+        entries.append(
+            {
+                "layer": grid.layer,
+                "file": name,
+                "mode": grid.mode,
+                "shown": grid.shown,
+                "total": grid.total,
+                "nonfinite": grid.nonfinite,
+                "note": grid.note,
+            }
+        )
+    manifest = {
+        "schema": SCHEMA,
+        **versions(),
+        "model": spec if spec is not None else type(model).__name__,
+        "model_class": type(model).__name__,
+        "weights": weights,
+        "mode": FilterMode.parse(mode, "mode").value,
+        "max_tiles": max_tiles,
+        "layers": entries,
+        "files": list(files),
+    }
+    files[MANIFEST] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
+    return write_directory(directory, files, what="filters", overwrite=overwrite)

@@ -18,9 +18,12 @@ import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
+from netsight.options import Normalization
+
 __all__ = [
     "NONFINITE_COLOR",
     "MapGrid",
+    "check_colormap",
     "colorize",
     "denormalize",
     "expected_channels",
@@ -54,14 +57,13 @@ def normalize_maps(
     """
     if maps.dim() != 3:
         raise ValueError(f"maps: expected shape (N, H, W), got {list(maps.shape)}")
-    if mode not in ("each", "shared", "none"):
-        raise ValueError(f"mode: expected 'each', 'shared' or 'none', got {mode!r}")
+    scaling = Normalization.parse(mode, "mode")
     x = maps.detach().float()
     finite = torch.isfinite(x)
     if value_range is not None:
         low = torch.full((x.shape[0], 1, 1), float(value_range[0]), device=x.device)
         high = torch.full((x.shape[0], 1, 1), float(value_range[1]), device=x.device)
-    elif mode == "none":
+    elif scaling == Normalization.NONE:
         low = torch.zeros((x.shape[0], 1, 1), device=x.device)
         high = torch.ones((x.shape[0], 1, 1), device=x.device)
     else:
@@ -71,7 +73,7 @@ def normalize_maps(
         empty = lows > highs  # a map with no finite value
         lows = torch.where(empty, torch.zeros_like(lows), lows)
         highs = torch.where(empty, torch.zeros_like(highs), highs)
-        if mode == "shared":
+        if scaling == Normalization.SHARED:
             lows = lows.amin().expand_as(lows)
             highs = highs.amax().expand_as(highs)
         low, high = lows, highs
@@ -113,15 +115,30 @@ def minmax_scale(
 
 
 @torch.no_grad()
+def check_colormap(name: str, what: str = "cmap") -> None:
+    """Refuse a name that is not a matplotlib colormap (with close matches as a hint).
+
+    Raises:
+        ValueError: ``"{what}: unknown matplotlib colormap 'jett'; did you mean 'jet'?"``
+    """
+    import difflib
+
+    import matplotlib
+
+    if not isinstance(name, str) or name not in matplotlib.colormaps:
+        names = list(matplotlib.colormaps)
+        close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"{what}: unknown matplotlib colormap {name!r}{hint}")
+
+
 def colorize(maps: torch.Tensor, cmap: str = "viridis") -> torch.Tensor:
     """Map values in ``[0, 1]`` of shape ``(N, H, W)`` to RGB ``(N, 3, H, W)`` with a
     matplotlib colormap; non-finite pixels get :data:`NONFINITE_COLOR`."""
     import matplotlib
 
-    try:
-        colormap = matplotlib.colormaps[cmap]
-    except KeyError:
-        raise ValueError(f"cmap: unknown matplotlib colormap {cmap!r}") from None
+    check_colormap(cmap)
+    colormap = matplotlib.colormaps[cmap]
     lut = torch.tensor(
         colormap(np.linspace(0.0, 1.0, 256))[:, :3], dtype=torch.float32, device=maps.device
     )

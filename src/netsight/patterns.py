@@ -23,9 +23,12 @@ jitter: the same call gives the same pictures and the global RNG does not move.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,7 +42,10 @@ from netsight.features import run_forward
 from netsight.hooks import HookSet, StopForward, check_not_lazy, preserve_state, unwrap_compiled
 from netsight.images import expected_channels
 
-__all__ = ["Patterns", "maximize"]
+__all__ = ["SCHEMA", "Patterns", "maximize"]
+
+#: The ``schema`` of the record :meth:`Patterns.save` writes.
+SCHEMA = "netsight.patterns/1"
 
 _PARAMETERIZATIONS = ("fourier", "pixel")
 
@@ -55,6 +61,7 @@ class Patterns:
         start: ``(N,)`` each channel's mean activation on the starting noise.
         activation: ``(N,)`` the same on the final picture (no jitter).
         history: ``(steps, N)`` the objective at every step (on jittered copies).
+        settings: the options :func:`maximize` ran with (steps, lr, seed, ...).
     """
 
     layer: str
@@ -63,6 +70,60 @@ class Patterns:
     start: torch.Tensor
     activation: torch.Tensor
     history: torch.Tensor
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def save(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        spec: str | None = None,
+        weights: str | None = None,
+        overwrite: bool = False,
+    ) -> list[Path]:
+        """Write the figure (:meth:`plot`) and its record into ``directory``, whole or
+        not at all: ``patterns_LAYER.png`` and ``patterns_LAYER.json`` (schema
+        :data:`SCHEMA`, library versions, channels, the mean activation before and
+        after, the settings). Another layer's patterns can share the directory; this
+        layer's are not replaced unless ``overwrite``.
+
+        Example:
+            >>> netsight.maximize(model, "layer5.6", size=32).save("out/patterns")
+
+        Args:
+            directory: where the files go; created if missing.
+            spec: how the model was named (``torchvision:resnet18``), for the record.
+            weights: the checkpoint the model was loaded from, for the record.
+            overwrite: replace this layer's patterns already in ``directory``.
+
+        Returns:
+            The figure's path and the record's.
+
+        Raises:
+            FileExistsError: ``directory`` holds this layer's patterns and
+                ``overwrite`` is false.
+        """
+        from netsight._io import figure_bytes, safe_filename, versions, write_directory
+
+        stem = f"patterns_{safe_filename(self.layer)}"
+        height, width = self.images.shape[-2:]
+        files = {f"{stem}.png": figure_bytes(self.plot())}
+        record = {
+            "schema": SCHEMA,
+            **versions(),
+            "model": spec,
+            "weights": weights,
+            "layer": self.layer,
+            "channels": list(self.channels),
+            "start": [float(v) for v in self.start],
+            "activation": [float(v) for v in self.activation],
+            "size": int(height) if height == width else [int(height), int(width)],
+            "steps": int(self.history.shape[0]),
+            "settings": dict(self.settings),
+            "figure": f"{stem}.png",
+            "files": list(files),
+        }
+        files[f"{stem}.json"] = (json.dumps(record, indent=2) + "\n").encode()
+        return write_directory(directory, files, what="patterns", overwrite=overwrite)
 
     def grid(self, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
         """The pictures as one ``(3, H, W)`` grid (``torchvision.utils.make_grid``)."""
@@ -314,4 +375,14 @@ def maximize(
         start=start,
         activation=final,
         history=torch.stack(history),
+        settings={
+            "lr": lr,
+            "parameterization": parameterization,
+            "jitter": jitter,
+            "scales": [float(v) for v in scales],
+            "in_channels": colour,
+            "mean": [float(v) for v in mean] if mean is not None else None,
+            "std": [float(v) for v in std] if std is not None else None,
+            "seed": seed,
+        },
     )

@@ -333,38 +333,34 @@ def _statistics(ctx: _Context) -> str:
 
 
 def _cams(ctx: _Context) -> str:
-    from netsight.cam import METHODS, overlay
+    from netsight.cam import CAMWarning, compare, overlay
+    from netsight.images import to_pil
 
     if not ctx.cam_methods:
         raise _Skip("no methods asked for")
     count = min(len(ctx.images), _MAX_CAM_IMAGES)
-    x = ctx.images[:count]
-    columns: list[str] = []
-    explainers: dict[str, Any] = {}  # the methods that ran, reused for faithfulness
-    where: dict[str, str] = {}
-    cells: dict[str, list[str]] = {}
+    try:
+        found = compare(
+            ctx.model,
+            ctx.images[:count],
+            ctx.cam_methods,
+            layer=ctx.cam_layer,
+            faithfulness_steps=ctx.faithfulness_steps,
+        )
+    except (RuntimeError, TypeError, ValueError) as exc:  # no method can run on this model
+        raise _Skip(f"{', '.join(ctx.cam_methods)}: {exc}") from exc
+    for method in found.methods:  # a constant map, NaN values: the caller hears of them
+        for note in dict.fromkeys(n for notes in found.notes[method] for n in notes):
+            warnings.warn(note, CAMWarning, stacklevel=2)
     problems: dict[str, list[str]] = {}  # reason -> the methods it stopped
-    for method in ctx.cam_methods:
-        try:
-            explainer = METHODS[method](ctx.model, ctx.cam_layer)
-            result = explainer.explain(x)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            problems.setdefault(str(exc), []).append(method)
-            continue
-        columns.append(method)
-        explainers[method] = explainer
-        layer = where[method] = ", ".join(result.layers)
-        cells[method] = []
-        for i in range(count):
-            picture = overlay(ctx.shown[i], result.maps[i])
-            caption = f"{method}, class {ctx.class_name(result.classes[i])}, {layer}"
-            cells[method].append(_img(_image_uri(picture), caption, css="cam"))
-    if not columns:
+    for method, reason in found.skipped.items():
+        problems.setdefault(reason, []).append(method)
+    if not found.methods:
         raise _Skip(_reasons(problems))
-    from netsight.images import to_pil
-
+    where = {m: ", ".join(found.layers[m][0]) for m in found.methods}
     head = "<th>image</th>" + "".join(
-        f"<th>{html.escape(m)}<div class=note>{html.escape(where[m])}</div></th>" for m in columns
+        f"<th>{html.escape(m)}<div class=note>{html.escape(where[m])}</div></th>"
+        for m in found.methods
     )
     rows = []
     for i in range(count):
@@ -372,15 +368,16 @@ def _cams(ctx: _Context) -> str:
         first = _img(_image_uri(to_pil(ctx.shown[i])), f"image {i}", css="cam")
         caption = f"<div>{html.escape(label)}</div>" if label else ""
         row = [f"<td>{first}{caption}</td>"]
-        row += [f"<td>{cells[m][i]}</td>" for m in columns]
+        for method in found.methods:
+            picture = overlay(ctx.shown[i], found.maps[method][i])
+            text = f"{method}, class {ctx.class_name(found.targets[i])}, {where[method]}"
+            row.append(f"<td>{_img(_image_uri(picture), text, css='cam')}</td>")
         rows.append("<tr>" + "".join(row) + "</tr>")
     notes = f"<p class=note>skipped {html.escape(_reasons(problems))}</p>" if problems else ""
     return (
         f'<table class="cams"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
         f"<p class=note>each map explains the top-1 class at the layer named in its "
-        f"column; red is where the class score rises most.</p>"
-        + notes
-        + _faithfulness(ctx, x, explainers)
+        f"column; red is where the class score rises most.</p>" + notes + _faithfulness(found)
     )
 
 
@@ -388,19 +385,14 @@ def _reasons(problems: dict[str, list[str]]) -> str:
     return "; ".join(f"{', '.join(methods)}: {reason}" for reason, methods in problems.items())
 
 
-def _faithfulness(ctx: _Context, x: torch.Tensor, cams: dict[str, Any]) -> str:
+def _faithfulness(found: Any) -> str:
     """Deletion/insertion AUC, average drop and increase of the shown maps, next to
-    a random map and a centred Gaussian (:func:`netsight.cam.evaluate`)."""
-    from netsight.cam import evaluate
-
-    if ctx.faithfulness_steps <= 0:
+    a random map and a centred Gaussian (measured by :func:`netsight.cam.compare`)."""
+    if found.evaluation_error is not None:
+        return f"<p class=note>faithfulness not measured: {html.escape(found.evaluation_error)}</p>"
+    scores = found.evaluation
+    if scores is None:
         return ""
-    try:
-        scores = evaluate(
-            cams, [x], steps=ctx.faithfulness_steps, targets="predicted", progress=False
-        )
-    except (RuntimeError, TypeError, ValueError) as exc:
-        return f"<p class=note>faithfulness not measured: {html.escape(str(exc))}</p>"
     rows = [
         [
             name,

@@ -6,6 +6,7 @@ Example:
     >>> result = cam.explain(x, targets=[3, 5])  # maps, raw maps, logits, classes, layers
     >>> netsight.cam.overlay(image, maps[0], alpha=0.5)   # a PIL image
     >>> print(netsight.cam.evaluate(cam, loader))        # deletion, insertion, pointing
+    >>> netsight.cam.compare(model, x, "all").save("out/cam")   # every method, side by side
 
 Every method shares one base class (:class:`BaseCAM`) and one verb; :data:`METHODS`
 maps registry names to the classes.
@@ -14,6 +15,7 @@ maps registry names to the classes.
 from __future__ import annotations
 
 from netsight.cam.base import BaseCAM, CAMResult, CAMWarning, Targets
+from netsight.cam.compare import CAMComparison, compare
 from netsight.cam.gradient import (
     GradCAM,
     GradCAMPlusPlus,
@@ -34,6 +36,7 @@ __all__ = [
     "METHODS",
     "AblationCAM",
     "BaseCAM",
+    "CAMComparison",
     "CAMEvaluation",
     "CAMResult",
     "CAMWarning",
@@ -51,6 +54,7 @@ __all__ = [
     "ScoreCAM",
     "Targets",
     "XGradCAM",
+    "compare",
     "evaluate",
     "layer_layout",
     "overlay",

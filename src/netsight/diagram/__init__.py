@@ -32,6 +32,7 @@ from netsight.diagram.graph import (
     render,
     to_dot,
 )
+from netsight.options import DiagramFormat, Direction
 
 __all__ = [
     "CATEGORY_COLORS",
@@ -267,10 +268,12 @@ def diagram(
         >>> sum(n.name == "add" for n in d.nodes)
         8
     """
-    if format in ("tex", "tikz", "pdf-3d"):
+    kind = DiagramFormat.parse(format, "format")
+    rankdir = Direction.parse(direction, "direction").value
+    if kind in (DiagramFormat.TEX, DiagramFormat.TIKZ, DiagramFormat.PDF_3D):
         tikz = importlib.import_module("netsight.diagram.tikz")
         tex: str = tikz.to_tikz(model, input_size, input_data)
-        if format != "pdf-3d":
+        if kind != DiagramFormat.PDF_3D:
             if out is not None:
                 atomic_write_text(out, tex)
             return tex
@@ -278,16 +281,12 @@ def diagram(
             raise ValueError("format='pdf-3d' needs out=PATH for the PDF")
         pdf: Path = tikz.compile_pdf(tex, Path(out))
         return pdf
-    if format == "blocks":
+    if kind == DiagramFormat.BLOCKS:
         blocks = importlib.import_module("netsight.diagram.blocks")
         data: bytes = blocks.block_picture(model, input_size, input_data, format="png")
         if out is not None:
             atomic_write_bytes(out, data)
         return data
-    if format not in (*RENDER_FORMATS, "dot"):
-        raise ValueError(
-            f"format: expected one of svg, png, pdf, dot, tex, tikz, pdf-3d, blocks, got {format!r}"
-        )
     flow = record_dataflow(
         model,
         input_size,
@@ -298,7 +297,8 @@ def diagram(
         forward_kwargs=forward_kwargs,
     )
     graph = build_graph(flow, depth=depth, roll=roll)
-    result = Diagram(graph, to_dot(graph, direction=direction, legend=legend), format, executable)
+    dot = to_dot(graph, direction=rankdir, legend=legend)
+    result = Diagram(graph, dot, kind.value, executable)
     if out is not None:
         result.save(out)
     return result
