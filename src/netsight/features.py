@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from netsight._progress import ProgressBar
-from netsight.capture import Capture, LayerSpec, resolve_layers
+from netsight.capture import Capture, LayerSpec, capture, resolve_layers
 from netsight.hooks import HookSet, StopForward, preserve_state, unwrap_compiled
 from netsight.images import MapGrid, map_grid
 from netsight.trace import runner
@@ -619,8 +619,8 @@ def export_features(
     """
     from pathlib import Path
 
-    import netsight
     from netsight._io import atomic_write_text, safe_filename, save_figure
+    from netsight._version import __version__
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -631,7 +631,7 @@ def export_features(
         if not chosen:
             raise ValueError(f"{type(model).__name__} has no convolution; pass layers=...")
     written: list[Path] = []
-    with preserve_state(model, "eval"), netsight.capture(model, layers=chosen) as cap:
+    with preserve_state(model, "eval"), capture(model, layers=chosen) as cap:
         run_forward(model, x)
     never_ran = [name for name, calls in cap.calls.items() if not calls]
     skipped: list[dict[str, str | None]] = []
@@ -668,7 +668,7 @@ def export_features(
     written.append(save_figure(stats.plot(), out / "layer_stats.png"))
     manifest = {
         "schema": "netsight.features/1",
-        "netsight_version": netsight.__version__,
+        "netsight_version": __version__,
         "torch_version": torch.__version__,
         "model": type(model).__name__,
         "input_shape": list(x.shape),

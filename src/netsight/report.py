@@ -580,7 +580,7 @@ def report(
             are not one class of the model per image (checked before any section).
         netsight.TraceError: the model does not run on ``images``.
     """
-    from netsight import __version__
+    from netsight._version import __version__
     from netsight.hooks import preserve_state
     from netsight.summary import summary as make_summary
 

@@ -64,6 +64,9 @@ from netsight.hooks import (
     preserve_state,
     unwrap_compiled,
 )
+from netsight.hooks import (
+    model_device as device_of,
+)
 from netsight.options import Execution, Mode
 from netsight.trace.inputs import InputMaker, Shape, input_maker, tensors_in
 from netsight.trace.keys import META
@@ -75,7 +78,6 @@ __all__ = [
     "Forward",
     "Recorder",
     "Run",
-    "device_of",
     "gc_paused",
     "run",
     "survey",
@@ -383,15 +385,6 @@ def _real_pass(attempt: _Attempt[R], model: nn.Module, modules: list[nn.Module])
             for b, saved in buffers:
                 if not torch.equal(b, saved):
                     b.copy_(saved)
-
-
-def device_of(model: nn.Module) -> torch.device:
-    """Where the model's first parameter (else buffer) is; the CPU for a model without either."""
-    for tensor in model.parameters():
-        return tensor.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
 
 
 _NAMED_MODULES = nn.Module.named_modules

@@ -1,10 +1,10 @@
 """What comes in: the batches this rank scores and their parts.
 
-:class:`_Stream` turns a ``Dataset``, a ``DataLoader`` or any iterable of batches
+:class:`Stream` turns a ``Dataset``, a ``DataLoader`` or any iterable of batches
 into this rank's batches (sharding a ``Dataset`` across ranks, recognising a
 ``DistributedSampler``'s padded repeats, refusing a loader that would give every
-rank every image); the ``_check_*`` helpers and :func:`_region_masks` take a batch
-apart and validate its images, labels and boxes or masks; :func:`_world` is this
+rank every image); the ``_check_*`` helpers and :func:`region_masks` take a batch
+apart and validate its images, labels and boxes or masks; :func:`rank_and_world` is this
 process's rank and the number of processes.
 """
 
@@ -27,7 +27,7 @@ from torch.utils.data import (
 from torch.utils.data.distributed import DistributedSampler
 
 
-def _world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -36,7 +36,7 @@ def _world() -> tuple[int, int]:
 
 
 @dataclass
-class _Stream:
+class Stream:
     """The batches this rank scores, with which images to keep (padding dropped)
     and their dataset indices when known."""
 
@@ -46,7 +46,7 @@ class _Stream:
     keep: list[bool] | None = None  # per position: not a padded repeat
 
     @classmethod
-    def make(cls, data: Any, batch_size: int, rank: int, world: int) -> _Stream:
+    def make(cls, data: Any, batch_size: int, rank: int, world: int) -> Stream:
         if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
             size = _length(data)
             indices = list(range(rank, size, world))
@@ -83,7 +83,7 @@ class _Stream:
     @classmethod
     def _distributed(
         cls, loader: DataLoader[Any], total: int | None, sampler: DistributedSampler[Any]
-    ) -> _Stream:
+    ) -> Stream:
         size = _length(loader.dataset)
         positions = [int(i) for i in sampler]
         replicas, rank = sampler.num_replicas, sampler.rank
@@ -124,7 +124,7 @@ def _length(dataset: Any) -> int:
         ) from exc
 
 
-def _split_batch(batch: Any) -> tuple[Any, Any, Any]:
+def split_batch(batch: Any) -> tuple[Any, Any, Any]:
     if isinstance(batch, torch.Tensor):
         return batch, None, None
     if isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 3:
@@ -132,16 +132,16 @@ def _split_batch(batch: Any) -> tuple[Any, Any, Any]:
         return items[0], items[1], items[2]
     raise ValueError(
         f"data: each batch must be images, (images, labels) or (images, labels, "
-        f"boxes_or_masks); got {_kind(batch)}"
+        f"boxes_or_masks); got {describe_value(batch)}"
     )
 
 
 def _batch_size(batch: Any) -> int:
-    images = _split_batch(batch)[0]
+    images = split_batch(batch)[0]
     return int(images.shape[0]) if isinstance(images, torch.Tensor) else 0
 
 
-def _kind(value: Any) -> str:
+def describe_value(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {list(value.shape)}"
     if isinstance(value, (tuple, list)):
@@ -149,15 +149,17 @@ def _kind(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _check_images(images: Any) -> torch.Tensor:
+def check_images(images: Any) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ValueError(f"data: expected images as a (B, C, H, W) tensor, got {_kind(images)}")
+        raise ValueError(
+            f"data: expected images as a (B, C, H, W) tensor, got {describe_value(images)}"
+        )
     if not images.is_floating_point():
         raise ValueError(f"data: expected floating-point images, got {images.dtype}")
     return images
 
 
-def _check_labels(labels: Any, batch: int, device: torch.device) -> torch.Tensor | None:
+def check_labels(labels: Any, batch: int, device: torch.device) -> torch.Tensor | None:
     if labels is None:
         return None
     if not isinstance(labels, torch.Tensor):
@@ -165,17 +167,17 @@ def _check_labels(labels: Any, batch: int, device: torch.device) -> torch.Tensor
             labels = torch.as_tensor(labels)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ValueError(
-                f"data: labels must be (B,) class indices, got {_kind(labels)}"
+                f"data: labels must be (B,) class indices, got {describe_value(labels)}"
             ) from exc
     if labels.shape != (batch,) or labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(
-            f"data: expected labels as a ({batch},) integer tensor, got {_kind(labels)}"
+            f"data: expected labels as a ({batch},) integer tensor, got {describe_value(labels)}"
         )
     checked: torch.Tensor = labels.to(device=device, dtype=torch.long)
     return checked
 
 
-def _region_masks(
+def region_masks(
     regions: Any, batch: int, size: tuple[int, int], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(B, H, W)`` bool masks and a ``(B,)`` flag of images that have a region."""
@@ -190,31 +192,35 @@ def _region_masks(
         if regions.dtype == torch.bool:
             masks = regions[:, 0] if regions.dim() == 4 and regions.shape[1] == 1 else regions
             if tuple(masks.shape) != (batch, height, width):
-                raise ValueError(f"data: masks: {expected}; got {_kind(regions)}")
+                raise ValueError(f"data: masks: {expected}; got {describe_value(regions)}")
             masks = masks.to(device)
             return masks, masks.flatten(1).any(1)
         boxes = regions[:, None] if regions.dim() == 2 else regions
         if boxes.dim() != 3 or boxes.shape[0] != batch or boxes.shape[2] != 4:
-            raise ValueError(f"data: boxes: {expected}; got {_kind(regions)}")
+            raise ValueError(f"data: boxes: {expected}; got {describe_value(regions)}")
         per_image: list[Any] = list(boxes)
     elif isinstance(regions, (tuple, list)) and len(regions) == batch:
         per_image = list(regions)
     else:
-        raise ValueError(f"data: boxes: {expected}; got {_kind(regions)}")
+        raise ValueError(f"data: boxes: {expected}; got {describe_value(regions)}")
     masks = torch.zeros(batch, height, width, dtype=torch.bool)
     for i, region in enumerate(per_image):
         if region is None:
             continue
         if isinstance(region, torch.Tensor) and region.dtype == torch.bool:
             if tuple(region.shape) != (height, width):
-                raise ValueError(f"data: the mask of image {i}: {expected}; got {_kind(region)}")
+                raise ValueError(
+                    f"data: the mask of image {i}: {expected}; got {describe_value(region)}"
+                )
             masks[i] = region.cpu()
             continue
         boxes = torch.as_tensor(region, dtype=torch.float64).cpu()
         if boxes.dim() == 1:
             boxes = boxes[None]
         if boxes.dim() != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"data: the boxes of image {i}: {expected}; got {_kind(boxes)}")
+            raise ValueError(
+                f"data: the boxes of image {i}: {expected}; got {describe_value(boxes)}"
+            )
         for box in boxes:
             if bool(box.isnan().all()):
                 continue  # padding row

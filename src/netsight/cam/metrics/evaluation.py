@@ -12,10 +12,10 @@ from torch.utils.data import Dataset
 
 from netsight._progress import ProgressBar
 from netsight.cam.base import BaseCAM
-from netsight.cam.metrics.data import _Stream, _world
-from netsight.cam.metrics.reduction import _Totals
+from netsight.cam.metrics.data import Stream, rank_and_world
+from netsight.cam.metrics.reduction import Totals
 from netsight.cam.metrics.results import CAMEvaluation
-from netsight.cam.metrics.scoring import _Scorer
+from netsight.cam.metrics.scoring import Scorer
 from netsight.options import Baseline, RemovalBaseline, TargetMode
 
 __all__ = ["BASELINES", "evaluate"]
@@ -136,10 +136,10 @@ def evaluate(
         if count < 1:
             raise ValueError(f"{what}: expected >= 1, got {count}")
 
-    rank, world = _world()
-    stream = _Stream.make(data, batch_size, rank, world)
+    rank, world = rank_and_world()
+    stream = Stream.make(data, batch_size, rank, world)
     names = [*named, *(b.value for b in chosen)]
-    scorer = _Scorer(
+    scorer = Scorer(
         model=model,
         mode=mode,
         steps=steps,
@@ -150,7 +150,7 @@ def evaluate(
         tolerance=float(tolerance),
         seed=seed,
     )
-    totals = _Totals(names, steps)
+    totals = Totals(names, steps)
     bar = ProgressBar(progress and rank == 0, stream.total, "CAM evaluation")
     try:
         for batch, keep, indices in stream:

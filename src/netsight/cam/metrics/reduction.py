@@ -14,7 +14,7 @@ from netsight.cam.metrics.results import CAMEvaluation, MethodScores
 _PER_IMAGE = ("deletion", "insertion", "pointing", "drop", "increase")
 
 
-class _Totals:
+class Totals:
     """Per-image values as they come, summed and gathered across ranks at the end."""
 
     def __init__(self, names: list[str], steps: int) -> None:

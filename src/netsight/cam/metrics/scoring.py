@@ -18,13 +18,13 @@ from torch import nn
 
 from netsight.cam.base import BaseCAM, check_classes
 from netsight.cam.metrics.data import (
-    _check_images,
-    _check_labels,
-    _kind,
-    _region_masks,
-    _split_batch,
+    check_images,
+    check_labels,
+    describe_value,
+    region_masks,
+    split_batch,
 )
-from netsight.cam.metrics.reduction import _Totals
+from netsight.cam.metrics.reduction import Totals
 from netsight.hooks import model_device, preserve_state
 from netsight.images import minmax_scale
 from netsight.options import Baseline, RemovalBaseline, TargetMode
@@ -46,7 +46,7 @@ class _BatchContext:
     region: tuple[torch.Tensor, torch.Tensor] | None
 
 
-class _Scorer:
+class Scorer:
     def __init__(
         self,
         *,
@@ -101,7 +101,7 @@ class _Scorer:
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             raise TypeError(
                 f"evaluate needs a model that returns (batch, classes) logits; "
-                f"{type(self.model).__name__} returned {_kind(logits)}"
+                f"{type(self.model).__name__} returned {describe_value(logits)}"
             )
         probs = torch.softmax(logits.float(), dim=1)
         return probs.gather(1, classes[: x.shape[0], None].to(probs.device))[:, 0]
@@ -114,12 +114,12 @@ class _Scorer:
         cams: dict[str, BaseCAM],
         baselines: Sequence[Baseline],
         targets: TargetMode,
-        totals: _Totals,
+        totals: Totals,
     ) -> None:
-        images, labels, regions = _split_batch(batch)
+        images, labels, regions = split_batch(batch)
         if isinstance(images, torch.Tensor) and images.shape[0] == 0:
             return
-        x = _check_images(images)
+        x = check_images(images)
         device = model_device(self.model, default=x.device)
         if keep is not None and not all(keep):
             rows = torch.tensor(keep)
@@ -139,15 +139,15 @@ class _Scorer:
         size = (x.shape[-2], x.shape[-1])
         self.pixels = size[0] * size[1]
         batch_len = x.shape[0]
-        label_tensor = _check_labels(labels, batch_len, device)
-        region = _region_masks(regions, batch_len, size, device)
+        label_tensor = check_labels(labels, batch_len, device)
+        region = region_masks(regions, batch_len, size, device)
 
         with preserve_state(self.model, self.mode), self._no_grad():
             logits = self.model(x)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             raise TypeError(
                 f"evaluate needs a model that returns (batch, classes) logits; "
-                f"{type(self.model).__name__} returned {_kind(logits)}"
+                f"{type(self.model).__name__} returned {describe_value(logits)}"
             )
         if label_tensor is not None and targets == TargetMode.LABELS:
             classes = label_tensor
@@ -178,7 +178,7 @@ class _Scorer:
         totals.add_images(batch_len, 0 if region is None else int(region[1].sum()), indices)
 
     def _score(
-        self, name: str, maps: torch.Tensor, batch: _BatchContext, totals: _Totals, seconds: float
+        self, name: str, maps: torch.Tensor, batch: _BatchContext, totals: Totals, seconds: float
     ) -> None:
         x, classes, p0, region = batch.x, batch.classes, batch.p0, batch.region
         size = (x.shape[-2], x.shape[-1])
