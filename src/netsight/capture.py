@@ -43,6 +43,7 @@ from typing import Any, TypeAlias
 import torch
 from torch import nn
 
+from netsight.errors import CaptureBudgetError
 from netsight.hooks import COMPILED_PREFIX, HookSet, unwrap_compiled
 
 # torch._lazy_clone: a copy-on-write clone (private; missing from older torch versions).
@@ -60,10 +61,6 @@ __all__ = [
 
 #: A layer given by qualified name, glob pattern, module instance or module type.
 LayerSpec: TypeAlias = "str | nn.Module | type[nn.Module]"
-
-
-class CaptureBudgetError(MemoryError):
-    """Storing a layer's tensor would exceed the capture's byte budget."""
 
 
 def list_layers(model: nn.Module, types: Iterable[type[nn.Module]] | None = None) -> list[str]:

@@ -20,6 +20,8 @@ from torch import nn
 from torch.nn.modules import module as module_module
 from torch.utils.hooks import RemovableHandle
 
+from netsight.errors import LazyModuleError
+
 __all__ = [
     "COMPILED_PREFIX",
     "HookSet",
@@ -35,11 +37,6 @@ __all__ = [
 
 #: What ``torch.compile`` puts before every name of the model it wraps.
 COMPILED_PREFIX = "_orig_mod."
-
-
-class LazyModuleError(ValueError):
-    """The model still has lazy modules (``nn.LazyLinear`` ...) that no forward has
-    initialised: running it would change it for good."""
 
 
 def check_not_lazy(model: nn.Module) -> None:

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from netsight.errors import ModelSpecError, UntrustedCheckpointError
 from netsight.hooks import model_device
 
 __all__ = [
@@ -60,14 +61,6 @@ _LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 _SHOWN = 10
 
 _file_counter = itertools.count()
-
-
-class ModelSpecError(ValueError):
-    """A model spec is malformed or names something that is not a usable model."""
-
-
-class UntrustedCheckpointError(ValueError):
-    """A checkpoint holds pickled Python objects that ``weights_only`` loading refuses."""
 
 
 # --------------------------------------------------------------------------- helpers

@@ -31,6 +31,7 @@ from torch import nn
 
 from netsight.cam.layout import LayerLayout, Layout, LayoutError, layer_layout
 from netsight.capture import LayerSpec, resolve_layers
+from netsight.errors import CAMWarning
 from netsight.features import run_forward as named_forward
 from netsight.hooks import (
     HookSet,
@@ -67,10 +68,6 @@ TargetSpec: TypeAlias = (
 Reshape: TypeAlias = Callable[[torch.Tensor], torch.Tensor]
 
 _ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-
-
-class CAMWarning(UserWarning):
-    """Something about a map the caller should know (constant map, NaN values)."""
 
 
 @dataclass(frozen=True)

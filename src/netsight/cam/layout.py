@@ -40,6 +40,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from netsight.errors import LayoutError
+
 __all__ = ["LayerLayout", "Layout", "LayoutError", "layer_layout"]
 
 
@@ -49,10 +51,6 @@ class Layout(enum.StrEnum):
     NCHW = "nchw"  #: ``(B, C, H, W)``
     NHWC = "nhwc"  #: ``(B, H, W, C)``, channels last
     TOKENS = "tokens"  #: ``(B, N, C)``: ``prefix`` tokens, then an ``H x W`` grid
-
-
-class LayoutError(ValueError):
-    """The layout of a layer's output cannot be told from the model."""
 
 
 @dataclass(frozen=True)

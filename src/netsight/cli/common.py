@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 import torch
 
 from netsight._io import atomic_write_text
+from netsight.errors import UsageError
 from netsight.models import default_input_size, load_model, load_weights
 from netsight.trace import TraceError
 
@@ -63,10 +64,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     # hook), also where the traced re-run that names the layer succeeds
     RuntimeError,
 )
-
-
-class UsageError(ValueError):
-    """The command line asks for something that cannot be done as given."""
 
 
 class Parser(argparse.ArgumentParser):

@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn.modules import module as module_module
 from torch.overrides import TorchFunctionMode
 
+from netsight.errors import GraphvizNotFoundError
 from netsight.hooks import HookSet
 from netsight.options import Execution, Mode
 from netsight.trace import runner
@@ -1002,10 +1003,6 @@ def to_dot(graph: Graph, *, direction: str = "TB", legend: bool = True) -> str:
 
 
 # --------------------------------------------------------------------------- rendering
-
-
-class GraphvizNotFoundError(FileNotFoundError):
-    """Graphviz's ``dot`` program is not installed (Debian package ``graphviz``)."""
 
 
 RENDER_FORMATS = ("svg", "png", "pdf")

@@ -33,6 +33,7 @@ from torch import nn
 from netsight._io import atomic_write_bytes, atomic_write_text
 from netsight._version import __version__
 from netsight.diagram.stages import COLORS, KIND_LABELS, Layout, extract, fmt_size, layout
+from netsight.errors import LatexError, LatexNotFoundError
 
 __all__ = [
     "LatexError",
@@ -41,14 +42,6 @@ __all__ = [
     "tex_escape",
     "to_tikz",
 ]
-
-
-class LatexNotFoundError(FileNotFoundError):
-    """``pdflatex`` is not installed (Debian package ``texlive-latex-base``)."""
-
-
-class LatexError(RuntimeError):
-    """``pdflatex`` failed; the message holds the relevant lines of its log."""
 
 
 _TEX_SPECIALS = {

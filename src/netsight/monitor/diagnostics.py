@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from netsight.errors import TrainingWarning
 from netsight.monitor.stats import GradientStats
 
 __all__ = [
@@ -25,10 +26,6 @@ __all__ = [
     "check_overfitting",
     "check_updates",
 ]
-
-
-class TrainingWarning(UserWarning):
-    """A training run shows a known failure pattern (see :class:`Diagnostic`)."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from netsight.errors import RunInUseError
+
 __all__ = ["LOCK_NAME", "RunInUseError", "RunLock", "read_holder"]
 
 #: The lock file's name inside a run directory (hidden: run listings skip it).
@@ -33,22 +35,6 @@ LOCK_NAME = ".netsight.lock"
 
 #: ``flock`` errors that mean "this file system cannot lock", not "already locked".
 _NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
-
-
-class RunInUseError(RuntimeError):
-    """Another :class:`~netsight.monitor.TrainingMonitor` is writing to the run
-    directory (one run directory takes one writer).
-
-    Attributes:
-        run_dir: the run directory.
-        holder: what the holder wrote in the lock file (``pid``, ``host``,
-            ``started``), or ``{}`` when it has not written it yet.
-    """
-
-    def __init__(self, message: str, run_dir: Path, holder: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.run_dir = run_dir
-        self.holder = holder
 
 
 def read_holder(path: Path) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from netsight.errors import MonitorWriteError
+
 __all__ = [
     "AppendLog",
     "EventWriter",
@@ -22,11 +24,6 @@ __all__ = [
     "render_index",
     "trim_torn_line",
 ]
-
-
-class MonitorWriteError(OSError):
-    """A run's files could not be written (disk full, permissions); what was written
-    before is intact."""
 
 
 class AppendLog:

@@ -15,6 +15,8 @@ from typing import Any, TypeAlias
 
 import torch
 
+from netsight.errors import TraceError
+
 __all__ = [
     "TENSOR_META_CACHE",
     "LayerRecord",
@@ -150,37 +152,6 @@ class Trace:
     @property
     def non_trainable_params(self) -> int:
         return self.total_params - self.trainable_params
-
-
-class TraceError(RuntimeError):
-    """The model's forward failed during a trace.
-
-    Attributes:
-        module_name: qualified name of the innermost module that was running
-            (the class name for the model itself).
-        module_type: its class name.
-        input_shapes: the shapes it received, formatted.
-        ran_before: labels of the leaf modules that completed before the failure.
-        reason: the model's own error in one line, ``"ExcType: message"`` (its
-            first line); the exception itself is the ``__cause__``.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        module_name: str,
-        module_type: str,
-        input_shapes: str,
-        ran_before: tuple[str, ...],
-        reason: str = "",
-    ) -> None:
-        super().__init__(message)
-        self.module_name = module_name
-        self.module_type = module_type
-        self.input_shapes = input_shapes
-        self.ran_before = ran_before
-        self.reason = reason
 
 
 # TensorMeta is immutable: one instance per (shape, dtype) is shared by every
