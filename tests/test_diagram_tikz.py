@@ -331,3 +331,32 @@ def test_block_picture_svg_and_dispatch() -> None:
     assert isinstance(tex, str) and tex == to_tikz(Functional(), (1, 3, 16, 16))
     with pytest.raises(ValueError, match="'png' or 'svg'"):
         block_picture(Functional(), (1, 3, 16, 16), format="jpg")
+
+
+class _NeedsScale(nn.Module):
+    """A forward that needs a keyword argument and a long input: run options matter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.conv = nn.Conv1d(4, 8, 3)
+
+    def forward(self, tokens: torch.Tensor, *, scale: float) -> torch.Tensor:
+        return self.conv(self.embed(tokens).transpose(1, 2) * scale)
+
+
+@pytest.mark.parametrize("fmt", ["tex", "blocks"])
+def test_stage_formats_honour_dtypes_and_forward_kwargs(fmt: str) -> None:
+    model = _NeedsScale()
+    with pytest.raises(netsight.TraceError):  # float input and no scale: the forward fails
+        netsight.diagram(model, input_size=(1, 6), format=fmt)
+    out = netsight.diagram(
+        model, input_size=(1, 6), format=fmt, dtypes=[torch.long], forward_kwargs={"scale": 2.0}
+    )
+    assert out
+
+
+@pytest.mark.parametrize("option", [{"depth": 1}, {"direction": "LR"}, {"roll": False}])
+def test_stage_formats_refuse_graph_only_options(option: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=f"{next(iter(option))}: options of the Graphviz"):
+        netsight.diagram(nn.Linear(2, 2), input_size=(1, 2), format="tex", **option)

@@ -130,6 +130,12 @@ class Diagram:
 _Formats = Literal["svg", "png", "pdf", "dot"]
 
 
+#: Formats that draw the model's stages (TikZ, its PDF, the block picture), not the graph.
+_STAGE_FORMATS = frozenset(
+    {DiagramFormat.TEX, DiagramFormat.TIKZ, DiagramFormat.PDF_3D, DiagramFormat.BLOCKS}
+)
+
+
 @overload
 def diagram(
     model: nn.Module,
@@ -270,9 +276,28 @@ def diagram(
     """
     kind = DiagramFormat.parse(format, "format")
     rankdir = Direction.parse(direction, "direction").value
+    run_options: dict[str, Any] = {
+        "dtypes": dtypes,
+        "mode": mode,
+        "execution": execution,
+        "forward_kwargs": forward_kwargs,
+    }
+    if kind in _STAGE_FORMATS:
+        graph_only = {
+            "depth": depth != 3,
+            "direction": rankdir != "TB",
+            "roll": roll is not True,
+            "legend": legend is not True,
+        }
+        given = [name for name, changed in graph_only.items() if changed]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: options of the Graphviz dataflow graph; "
+                f"format={kind.value!r} draws the model's stages and has no such option"
+            )
     if kind in (DiagramFormat.TEX, DiagramFormat.TIKZ, DiagramFormat.PDF_3D):
         tikz = importlib.import_module("netsight.diagram.tikz")
-        tex: str = tikz.to_tikz(model, input_size, input_data)
+        tex: str = tikz.to_tikz(model, input_size, input_data, **run_options)
         if kind != DiagramFormat.PDF_3D:
             if out is not None:
                 atomic_write_text(out, tex)
@@ -283,19 +308,13 @@ def diagram(
         return pdf
     if kind == DiagramFormat.BLOCKS:
         blocks = importlib.import_module("netsight.diagram.blocks")
-        data: bytes = blocks.block_picture(model, input_size, input_data, format="png")
+        data: bytes = blocks.block_picture(
+            model, input_size, input_data, format="png", **run_options
+        )
         if out is not None:
             atomic_write_bytes(out, data)
         return data
-    flow = record_dataflow(
-        model,
-        input_size,
-        input_data,
-        dtypes=dtypes,
-        mode=mode,
-        execution=execution,
-        forward_kwargs=forward_kwargs,
-    )
+    flow = record_dataflow(model, input_size, input_data, **run_options)
     graph = build_graph(flow, depth=depth, roll=roll)
     dot = to_dot(graph, direction=rankdir, legend=legend)
     result = Diagram(graph, dot, kind.value, executable)

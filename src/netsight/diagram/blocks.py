@@ -12,9 +12,10 @@ Example:
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
@@ -189,6 +190,10 @@ def block_picture(
     format: str = "png",
     title: str | None = None,
     dpi: int = 150,
+    dtypes: Sequence[torch.dtype] | None = None,
+    mode: str = "eval",
+    execution: str = "auto",
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> bytes:
     """A layered 3D-box picture of ``model`` (the visualkeras look) as PNG or SVG.
 
@@ -202,6 +207,8 @@ def block_picture(
         input_size: a shape with the batch dimension, e.g. ``(1, 3, 224, 224)``.
         input_data: real input instead of ``input_size``.
         format: ``"png"`` (default) or ``"svg"``.
+        dtypes, mode, execution, forward_kwargs: how the model runs, as in
+            :func:`netsight.diagram.graph.record_dataflow`.
         title: the heading (default: the model's class and input size).
         dpi: resolution of a PNG.
 
@@ -217,5 +224,18 @@ def block_picture(
     if format not in _FORMATS:
         raise ValueError(f"format: expected 'png' or 'svg', got {format!r}")
     return render_blocks(
-        layout(extract(model, input_size, input_data)), format=format, title=title, dpi=dpi
+        layout(
+            extract(
+                model,
+                input_size,
+                input_data,
+                dtypes=dtypes,
+                mode=mode,
+                execution=execution,
+                forward_kwargs=forward_kwargs,
+            )
+        ),
+        format=format,
+        title=title,
+        dpi=dpi,
     )

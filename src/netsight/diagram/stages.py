@@ -327,13 +327,17 @@ def extract(
     model: nn.Module,
     input_size: Sequence[int] | Sequence[Sequence[int]] | None = None,
     input_data: Any = None,
+    **run_options: Any,
 ) -> Network:
     """Trace ``model`` once and return its stages, groups and skip connections.
+
+    ``run_options`` (``dtypes``, ``mode``, ``execution``, ``forward_kwargs``) go to
+    :func:`~netsight.diagram.graph.record_dataflow`.
 
     Raises:
         TraceError: the model cannot run on this input; the message names the layer.
     """
-    flow = record_dataflow(model, input_size, input_data)
+    flow = record_dataflow(model, input_size, input_data, **run_options)
     return _stages_of(flow)
 
 

@@ -24,10 +24,11 @@ import shutil
 import subprocess
 import tempfile
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from netsight._io import atomic_write_bytes, atomic_write_text
@@ -255,6 +256,10 @@ def to_tikz(
     input_data: Any = None,
     *,
     title: str | None = None,
+    dtypes: Sequence[torch.dtype] | None = None,
+    mode: str = "eval",
+    execution: str = "auto",
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> str:
     """A standalone LaTeX document drawing ``model`` in the PlotNeuralNet look.
 
@@ -263,6 +268,8 @@ def to_tikz(
             when possible).
         input_size: a shape with the batch dimension, e.g. ``(1, 3, 224, 224)``.
         input_data: real input instead of ``input_size``.
+        dtypes, mode, execution, forward_kwargs: how the model runs, as in
+            :func:`netsight.diagram.graph.record_dataflow`.
         title: the heading (default: the model's class and input size); escaped.
 
     Returns:
@@ -275,7 +282,20 @@ def to_tikz(
         >>> tex = to_tikz(netsight.zoo.Vgg16Net(), input_size=(1, 1, 32, 32))
         >>> compile_pdf(tex, Path("vgg16.pdf"))
     """
-    return render_tex(layout(extract(model, input_size, input_data)), title=title)
+    return render_tex(
+        layout(
+            extract(
+                model,
+                input_size,
+                input_data,
+                dtypes=dtypes,
+                mode=mode,
+                execution=execution,
+                forward_kwargs=forward_kwargs,
+            )
+        ),
+        title=title,
+    )
 
 
 _TEX_PACKAGE = "texlive-latex-base"
