@@ -41,6 +41,7 @@ from netsight.hooks import (
     unwrap_compiled,
 )
 from netsight.images import expected_channels, minmax_scale
+from netsight.options import Mode
 
 __all__ = [
     "BaseCAM",
@@ -590,8 +591,7 @@ class BaseCAM:
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         model = unwrap_compiled(model)
         check_not_lazy(model)
-        if mode not in ("eval", "train", "same"):
-            raise ValueError(f"mode: expected 'eval', 'train' or 'same', got {mode!r}")
+        mode = Mode.parse(mode, "mode")
         if reshape is not None and not callable(reshape):
             raise TypeError("reshape: expected a callable (tensor -> (B, C, H, W) tensor)")
         self.model = model
