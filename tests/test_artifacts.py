@@ -109,6 +109,13 @@ def test_compare_refuses_bad_arguments_before_any_method(
         compare(Classifier(), torch.randn(2, 3, 8, 8), **kwargs)
 
 
+def test_targets_as_a_tensor_are_recorded_as_ints(tmp_path: Path) -> None:
+    found = compare(Classifier(), torch.randn(2, 3, 8, 8), targets=torch.tensor([3, 0]))
+    assert found.targets == (3, 0) and found.target == (3, 0)
+    found.save(tmp_path)
+    assert json.loads((tmp_path / "cam.json").read_text())["target"] == [3, 0]
+
+
 def test_compare_explains_classifiers_only() -> None:
     with pytest.raises(TypeError, match=r"returned a tensor of shape \[1, 3, 8, 8\] for x.png"):
         compare(nn.Conv2d(3, 3, 1), torch.randn(1, 3, 8, 8), names=["dir/x.png"])

@@ -582,7 +582,7 @@ def compare(
         probabilities=tuple(float(probabilities[i, k]) for i, k in enumerate(predicted)),
         targets=tuple(wanted),
         scores=tuple(float(every[i, k]) for i, k in enumerate(wanted)),
-        target=targets if targets is None or isinstance(targets, int) else tuple(targets),
+        target=targets if targets is None or isinstance(targets, int) else tuple(wanted),
         layer=layer,
         mean=tuple(mean) if mean is not None else None,
         std=tuple(std) if std is not None else None,
