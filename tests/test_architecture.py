@@ -45,6 +45,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "errors",
         "_io",
         "_progress",
+        "_figures",
         "_markdown",
         "_version",
     ),  # infrastructure
