@@ -21,17 +21,7 @@ from helpers import assert_unchanged, snapshot
 from netsight.cli import main
 from netsight.report import report
 
-IDS = [
-    "overview",
-    "summary",
-    "architecture",
-    "filters",
-    "patterns",
-    "features",
-    "statistics",
-    "cam",
-    "training",
-]
+IDS = ["overview", "structure", "layers", "statistics", "patterns", "cam", "training"]
 
 
 class SmallCNN(nn.Module):
@@ -71,7 +61,9 @@ def test_every_section_for_a_small_cnn() -> None:
     model = SmallCNN()
     images = torch.randn(3, 1, 16, 16)
     before = snapshot(model)
-    r = report(model, images, labels=[0, 1, 2], class_names=["a", "b", "c", "d"])
+    r = report(
+        model, images, labels=[0, 1, 2], class_names=["a", "b", "c", "d"], faithfulness_steps=3
+    )
     assert_unchanged(model, before)
     assert [s.id for s in r.sections] == IDS
     skipped = {s.id: s.skipped for s in r.sections if s.skipped}
@@ -80,22 +72,31 @@ def test_every_section_for_a_small_cnn() -> None:
     assert f"{s.total_params:,}" in r.html
     assert f"{s.total_mult_adds:,}" in r.html
     pictures = _pictures(r.html)
-    # 2 filter grids, patterns, mean maps, 2 channel grids, statistics, 3 images + 3 x 3 CAMs
-    assert len(pictures) == 2 + 1 + 1 + 2 + 1 + 3 + 9
     assert all(p.size[0] > 8 and p.size[1] > 8 for p in pictures)
-    # each CAM overlay is a real picture, not a blank tile
-    cams = [p for p in pictures if p.size == (16, 16)]
-    assert len(cams) == 12 and all(len(p.convert("L").getcolors(256) or []) > 4 for p in cams)
+    alts = re.findall(r'<img[^>]* alt="([^"]*)"', r.html)
+    assert len(alts) == len(pictures) + 1  # and the dataflow graph, an SVG
+    for conv in ("features.0", "features.3", "features.6"):  # every convolution, one by one
+        assert f"{conv}: kernels" in alts
+        assert any(a.startswith(f"{conv}: the maps it produces") for a in alts)
+    # 3 images, each beside its 3 maps, enlarged so the marks stay crisp
     cam = next(s for s in r.sections if s.id == "cam")
+    tiles = _pictures(cam.html)[1:]  # after the colour bar
+    assert len(tiles) == 3 + 9 and all(p.size == (192, 192) for p in tiles)
+    # each CAM overlay is a real picture, not a blank tile
+    assert all(len(p.convert("L").getcolors(256) or []) > 4 for p in tiles)
+    assert cam.html.count("<div>predicted ") == 3 and "p = " in cam.html
     table = cam.html[cam.html.index("<h3>Faithfulness</h3>") :]
     names = re.findall(r"<tr><td>([\w+]+)</td>", table)
     assert names == ["gradcam", "gradcam++", "layercam", "random", "center"]
     aucs = [float(v) for v in re.findall(r"<td>(\d\.\d{3})</td>", table)]
     assert len(aucs) == 10 and all(0.0 <= v <= 1.0 for v in aucs)
     prediction = model.eval()(images).argmax(1).tolist()
-    assert r.html.count(">right<") + r.html.count(">wrong<") == 3
+    overview = r.sections[0].html
+    assert overview.count(">right<") + overview.count(">wrong<") == 3
     right = sum(p == k for p, k in zip(prediction, [0, 1, 2], strict=True))
-    assert r.html.count(">right<") == right
+    assert overview.count(">right<") == right
+    assert f"{right} of 3 images classified correctly" in overview
+    assert cam.html.count("<div>right</div>") == right
 
 
 def test_names_from_the_model_are_escaped() -> None:
@@ -120,10 +121,9 @@ def test_sections_that_cannot_apply_say_why() -> None:
     r = report(
         model, torch.randn(2, 1, 8, 8), cam_methods=("gradcam", "saliency"), faithfulness_steps=0
     )
-    assert "Faithfulness" not in r.html
+    assert "<h3>Faithfulness</h3>" not in r.html and "Faithfulness not measured" in r.html
     skipped = {s.id: s.skipped for s in r.sections if s.skipped}
-    assert "no nn.Conv2d" in str(skipped["filters"])
-    assert "no nn.Conv2d" in str(skipped["features"])
+    assert "no nn.Conv2d" in str(skipped["layers"])
     assert "no nn.Conv2d" in str(skipped["patterns"])
     assert "cam" not in skipped  # saliency works on the input
     assert "skipped gradcam" in next(s.html for s in r.sections if s.id == "cam")
@@ -166,10 +166,10 @@ def test_a_section_that_fails_says_so_and_the_page_is_still_made(
     def broken(ctx: object) -> str:
         raise RuntimeError("drawing failed")
 
-    monkeypatch.setattr(module, "_filters", broken)
-    with pytest.warns(RuntimeWarning, match="the Filters section failed"):
+    monkeypatch.setattr(module, "_layers", broken)
+    with pytest.warns(RuntimeWarning, match="the Layer by layer section failed"):
         r = report(SmallCNN(), torch.randn(2, 1, 16, 16), cam_methods=("gradcam",))
-    filters = next(s for s in r.sections if s.id == "filters")
+    filters = next(s for s in r.sections if s.id == "layers")
     assert filters.skipped == "failed: RuntimeError: drawing failed"
     assert "Not shown: failed: RuntimeError: drawing failed" in r.html
     assert next(s for s in r.sections if s.id == "cam").skipped is None
@@ -194,8 +194,8 @@ def test_training_section_reads_a_monitor_run(tmp_path: Path) -> None:
     assert training.skipped is None
     assert "loss and accuracy" in training.html and "gradient flow" in training.html
     assert ">3<" in training.html  # steps
-    architecture = next(s for s in r.sections if s.id == "architecture")
-    assert architecture.skipped == "turned off (diagram=False)"
+    structure = next(s for s in r.sections if s.id == "structure")
+    assert "dataflow graph: turned off (diagram=False)" in structure.html
 
 
 def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
@@ -352,7 +352,7 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert f"wrote {out}" in printed and "Class activation maps:" in printed
+    assert f"wrote {out}" in printed and "Where it looks: class activation maps:" in printed
     page = out.read_text(encoding="utf-8")
     assert "gradcam" in page and "eigencam" in page and "(bird)" in page
     assert "<h3>Faithfulness</h3>" in page and "3 steps" in page

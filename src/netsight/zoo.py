@@ -5,6 +5,11 @@ inputs (10 classes), kept exactly as the tutorial writes it, including its
 quirk: the five blocks are attributes of the model *and* children of
 ``self.conv``, so every block is registered under two names. torchsummary
 counts those parameters twice (29,840,522); the model really has 15,118,538.
+
+:class:`CanvasNet` is a small classifier for
+:func:`netsight.datasets.digit_canvases`, built so class activation maps can be
+judged: its last convolutional map is 16 x 16 on a 64 x 64 canvas, and global
+average pooling into one linear layer lets the original CAM apply.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LlamaDecoder", "NestedChain", "Vgg16Net", "wide_model"]
+__all__ = ["CanvasNet", "LlamaDecoder", "NestedChain", "Vgg16Net", "wide_model"]
 
 
 def _block(in_ch: int, out_ch: int, convs: int) -> nn.Sequential:
@@ -59,6 +64,43 @@ class Vgg16Net(nn.Module):
         x = x.view(-1, 512)
         x = self.fc(x)
         return x
+
+
+class CanvasNet(nn.Module):
+    """Four 3 x 3 convolutions with batch norm and ReLU, two 2 x 2 average pools,
+    global average pooling and one linear layer.
+
+    On a 64 x 64 canvas the last map (``features.10``, the last ReLU) is 16 x 16, a
+    stride of 4 px, fine enough for a map to land on a 20 px digit; its receptive
+    field (26 px) covers one.
+
+    Args:
+        width: channels of the last two convolutions (the first two have a quarter
+            and a half of it).
+        in_channels: 1 for the digit canvases.
+        num_classes: size of the output layer.
+    """
+
+    def __init__(self, width: int = 32, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *block(in_channels, width // 4),
+            nn.AvgPool2d(2),
+            *block(width // 4, width // 2),
+            nn.AvgPool2d(2),
+            *block(width // 2, width),
+            *block(width, width),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.fc(self.pool(self.features(x)).flatten(1))
+        return logits
 
 
 class RMSNorm(nn.Module):

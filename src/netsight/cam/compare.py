@@ -413,6 +413,7 @@ def compare(
     batch_size: int | None = None,
     approx: int | None = None,
     faithfulness_steps: int = 0,
+    regions: torch.Tensor | Sequence[Any] | None = None,
     strict: bool = False,
     progress: bool = False,
 ) -> CAMComparison:
@@ -444,6 +445,10 @@ def compare(
         faithfulness_steps: also measure faithfulness (:func:`netsight.cam.evaluate`
             of the methods that ran, on the same images and targets, each batch as
             given) with this many deletion/insertion steps; 0 does not.
+        regions: where the object of each image is, for the pointing game of that
+            measurement: ``(B, 4)`` boxes ``(x0, y0, x1, y1)``, or one box, mask or
+            ``None`` per image (the forms :func:`netsight.cam.evaluate` takes), in the
+            order of the images across all batches.
         strict: raise a method's failure (and the evaluation's) instead of
             recording it in ``skipped`` (``evaluation_error``).
         progress: show a progress bar.
@@ -476,6 +481,8 @@ def compare(
         raise TypeError(f"faithfulness_steps: expected an int, got {faithfulness_steps!r}")
     if faithfulness_steps < 0:
         raise ValueError(f"faithfulness_steps: expected 0 (off) or more, got {faithfulness_steps}")
+    if regions is not None and len(regions) != count:
+        raise ValueError(f"regions: {len(regions)} regions for {count} images")
     if layer is not None:
         resolve_layers(model, layer)  # an unknown name fails here, with close matches
 
@@ -552,6 +559,12 @@ def compare(
     if faithfulness_steps and explainers:
         data = [
             (batch, torch.tensor(wanted[span.start : span.stop]))
+            if regions is None
+            else (
+                batch,
+                torch.tensor(wanted[span.start : span.stop]),
+                regions[span.start : span.stop],
+            )
             for batch, span in zip(batches, spans, strict=True)
         ]
         try:
