@@ -44,6 +44,8 @@ def test_every_step_writes_its_files(quick_run: tuple[Path, list[Path], str]) ->
         "resnet18.json",
         "vgg16_digits.pth",
         "training.json",
+        "canvasnet_digits.pth",
+        "canvas_training.json",
         "training.png",
         "filters/filters_layer1.0.png",
         "filters/filters_layer5.6.png",
@@ -166,9 +168,154 @@ def test_training_reduces_the_loss_and_leaves_eval_mode() -> None:
 def test_the_report_shows_the_trained_model(quick_run: tuple[Path, list[Path], str]) -> None:
     out, _, printed = quick_run
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert "Class activation maps:" in printed and "report.html" in printed
-    for anchor in ("summary", "architecture", "filters", "patterns", "features", "statistics"):
+    assert "Where it looks: class activation maps:" in printed and "report.html" in printed
+    for anchor in ("overview", "structure", "layers", "statistics", "patterns", "cam"):
         assert f'<section id="{anchor}"><h2>' in page
     assert "Not shown" not in page  # the training run is there too
     assert "loss and accuracy" in page and "15,118,538" in page
-    assert page.count('class="cam"') == 8 * 5  # eight digits, the image and four methods
+    # the maps are CanvasNet's on unseen canvases: eight, the image and four methods each
+    assert page.count('class="cam"') == 8 * 5 and "netsight.zoo.CanvasNet" in page
+    assert "pointing (higher is better)" in page and "16 images (16 with boxes)" in page
+    # the statistics are the test set's (32 digits in the quick run), not the 8 shown
+    assert "measured over 32 inputs" in page
+
+
+def test_the_demo_cam_model_beats_both_baselines_on_deletion_and_pointing(
+    tmp_path: Path,
+) -> None:
+    """The demo's CAM section on a shorter training than the demo's (800 canvases, 3
+    epochs): the best method beats the random and the centred map on deletion and on
+    pointing, as the page prints it."""
+    import re
+
+    from netsight.datasets import digit_canvases
+    from netsight.demo import _trained_canvas_net
+    from netsight.report import CAMInputs, report
+
+    config = DemoConfig(canvas_train=800, canvas_epochs=3, canvas_test=48)
+    with contextlib.redirect_stdout(io.StringIO()):
+        model, info = _trained_canvas_net(tmp_path, config, retrain=False)
+    assert info["history"][-1]["test_acc"] > 0.5
+    x, y, boxes = digit_canvases("test", 48, seed=config.seed + 1).tensors
+    page = report(
+        model,
+        x[:2],
+        cam_methods=("gradcam", "gradcam++", "layercam", "eigencam"),
+        cams=CAMInputs(model, x, labels=y.tolist(), boxes=boxes),
+        faithfulness_steps=8,
+        pattern_steps=0,
+        diagram=False,
+    )
+    cam = next(s for s in page.sections if s.id == "cam").html
+    table = cam[cam.index('class="data faithfulness"') :]
+    rows = {
+        row[0]: row[1:]
+        for row in (
+            re.findall(r"<td>([^<]*)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", table)
+        )
+        if row
+    }
+    pointing = {k: float(v[0].rstrip(" %")) for k, v in rows.items()}
+    deletion = {k: float(v[1]) for k, v in rows.items()}
+    methods = [k for k in rows if k not in ("random", "center")]
+    best = min(methods, key=lambda k: (deletion[k], -pointing[k]))
+    assert f"Best on deletion: {best}" in cam
+    assert deletion[best] < min(deletion["random"], deletion["center"])
+    assert pointing[best] > max(pointing["random"], pointing["center"])
+    assert f"{best} beats both baselines on deletion and pointing." in cam
+
+
+# --------------------------------------------------------------------------- as a reader sees it
+
+MIN_IMAGE_PX = 120  # no picture on the page is drawn narrower
+MIN_FIGURE_TEXT_PX = 10.0  # the smallest text in a figure, as drawn on the screen
+MIN_PAGE_TEXT_PX = 12.0  # the smallest text of the page itself
+
+
+def _browser() -> str:
+    from browser import chromium
+
+    found = chromium()
+    if found is None:
+        pytest.skip("no chromium (Debian package chromium)")
+    return found
+
+
+def test_every_figure_of_the_report_has_a_title_colour_bars_and_readable_text(
+    quick_run: tuple[Path, list[Path], str],
+) -> None:
+    """The figures as matplotlib made them (``Report.figures``, measured by
+    ``netsight._figures.audit_figure``): a title, a colour bar for every heatmap, no
+    text below 10 px at the page's resolution; the demo writes the measurements to
+    report_figures.json."""
+    out, _, _ = quick_run
+    audits = json.loads((out / "report_figures.json").read_text(encoding="utf-8"))
+    problems = [f"{a['caption']}: {'; '.join(a['problems'])}" for a in audits if a["problems"]]
+    assert not problems, "\n".join(problems)
+    assert all(a["title"] for a in audits)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    import re
+
+    fonts = [float(v) for v in re.findall(r'data-font-px="([\d.]+)"', page)]
+    assert len(fonts) >= 13 * 2 + 3  # every conv's kernels and maps, means, stats, patterns
+    assert min(fonts) >= MIN_FIGURE_TEXT_PX, sorted(fonts)[:5]
+
+
+@pytest.mark.parametrize("name", ["report.html", "runs/vgg16-digits/index.html"])
+def test_the_pages_read_well_at_a_laptop_width(
+    quick_run: tuple[Path, list[Path], str], name: str
+) -> None:
+    """Headless Chromium lays the page out at 1280 px with every fold open: every
+    picture loads and is drawn at least 120 px wide; figures are not shrunk so far
+    that their smallest text falls under 10 px on the screen; the page's own text is
+    at least 12 px."""
+    from browser import WIDTH, measure
+
+    out, _, _ = quick_run
+    layout = measure(out / name, browser=_browser())
+    assert layout.images, "no pictures on the page"
+    problems = []
+    for image in layout.images:
+        label = f"{image['alt'][:60]!r}"
+        if not image["complete"] or image["naturalWidth"] == 0:
+            problems.append(f"{label} did not load")
+            continue
+        if image["width"] < MIN_IMAGE_PX:
+            problems.append(f"{label} drawn {image['width']:.0f} px wide")
+        if image["width"] > WIDTH:
+            problems.append(f"{label} wider than the window ({image['width']:.0f} px)")
+        if image["fontPx"] is not None:
+            shown = float(image["fontPx"]) * image["width"] / image["naturalWidth"]
+            if shown < MIN_FIGURE_TEXT_PX:
+                problems.append(f"{label}: its smallest text is drawn at {shown:.1f} px")
+    if layout.min_text_px < MIN_PAGE_TEXT_PX:
+        problems.append(f"page text of {layout.min_text_px} px: {layout.min_text_sample!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_screenshots_for_the_readme(
+    quick_run: tuple[Path, list[Path], str], tmp_path: Path
+) -> None:
+    """The README's pictures are made by the same code from a demo output (here the
+    quick run's) at 1280 px; the committed ones in docs/ are the full demo's and the
+    README shows each of them."""
+    from PIL import Image
+
+    from browser import DOCS_SHOTS, WIDTH, docs_screenshots
+
+    out, _, _ = quick_run
+    shots = docs_screenshots(out, tmp_path, browser=_browser())
+    for shot in shots:
+        with Image.open(shot) as picture:
+            assert picture.size[0] == WIDTH
+            grey = picture.convert("L")
+            dark = sum(n for n, v in grey.getcolors(256) or [] if v < 128)
+            assert dark > 0.005 * picture.size[0] * picture.size[1], f"{shot.name} is blank"
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    for name, *_ in DOCS_SHOTS:
+        committed = root / "docs" / name
+        assert committed.is_file(), f"docs/{name} is missing: scripts/docs_screenshots.py"
+        with Image.open(committed) as picture:
+            assert picture.size[0] == WIDTH
+        assert f"docs/{name}" in readme, f"the README does not show docs/{name}"

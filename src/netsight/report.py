@@ -39,8 +39,9 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from math import inf
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -48,6 +49,9 @@ from torch import nn
 from netsight._figures import FigureAudit, audit_figure
 from netsight._io import atomic_write_text
 from netsight._progress import ProgressBar
+
+if TYPE_CHECKING:
+    from netsight.features import LayerStats
 
 __all__ = ["CAMInputs", "FigureRecord", "Report", "Section", "report"]
 
@@ -176,13 +180,16 @@ def _image_uri(picture: Any) -> str:
     return _data_uri(buffer.getvalue())
 
 
-def _img(uri: str, alt: str, css: str = "") -> str:
+def _img(uri: str, alt: str, css: str = "", font_px: float | None = None) -> str:
     cls = f' class="{css}"' if css else ""
-    return f'<img{cls} src="{uri}" alt="{html.escape(alt)}">'
+    # the smallest text of a figure, in pixels of the PNG: with the drawn width, a
+    # browser test can tell how large that text is on the screen
+    font = f' data-font-px="{font_px:.1f}"' if font_px is not None and font_px != inf else ""
+    return f'<img{cls}{font} src="{uri}" alt="{html.escape(alt)}">'
 
 
-def _figure_html(uri: str, caption: str, css: str = "") -> str:
-    picture = _img(uri, caption, css)
+def _figure_html(uri: str, caption: str, css: str = "", font_px: float | None = None) -> str:
+    picture = _img(uri, caption, css, font_px)
     return f"<figure>{picture}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
@@ -255,6 +262,7 @@ class _Context:
     std: Sequence[float] | None
     depth: int
     progress: bool
+    statistics: LayerStats | None = None
     probabilities: torch.Tensor | None = None
     section: str = ""
     figures: list[FigureRecord] = field(default_factory=list)
@@ -270,8 +278,9 @@ class _Context:
 
     def figure(self, fig: Any, caption: str, css: str = "") -> str:
         """``fig`` as an embedded PNG with its caption; its audit is recorded."""
-        self.figures.append(FigureRecord(self.section, caption, audit_figure(fig, _DPI)))
-        return _figure_html(_png(fig), caption, css)
+        audit = audit_figure(fig, _DPI)
+        self.figures.append(FigureRecord(self.section, caption, audit))
+        return _figure_html(_png(fig), caption, css, audit.min_font_px)
 
 
 class _Skip(Exception):
@@ -485,12 +494,16 @@ def _patterns(ctx: _Context) -> str:
 def _statistics(ctx: _Context) -> str:
     from netsight.features import layer_stats
 
-    stats = layer_stats(ctx.model, ctx.images)
+    stats = ctx.statistics
+    basis = f"measured over {stats.samples} inputs given with statistics=" if stats else ""
+    if stats is None:
+        stats = layer_stats(ctx.model, ctx.images)
+        basis = f"measured over the {stats.samples} images of this report"
     return (
         f"<p>{html.escape(stats.trend_text())}</p>"
-        + stats.to_html()
         + ctx.figure(stats.plot(), "sparsity and dead channels by depth")
-        + f"<p class=note>over the {ctx.images.shape[0]} images of this report</p>"
+        + stats.to_html()
+        + f"<p class=note>{html.escape(basis)}</p>"
     )
 
 
@@ -858,6 +871,7 @@ def report(
     feature_layers: Sequence[str] | None = None,
     pattern_layers: Sequence[str] | None = None,
     pattern_steps: int = 64,
+    statistics: LayerStats | None = None,
     run: str | os.PathLike[str] | None = None,
     diagram: bool = True,
     diagram_depth: int = 2,
@@ -904,6 +918,9 @@ def report(
         feature_layers: layers whose outputs are shown (default: every
             ``nn.Conv2d``; at most 16 drawn one by one and 15 mean maps, evenly
             spaced).
+        statistics: a :class:`~netsight.features.LayerStats` measured elsewhere
+            (e.g. over a whole test set with :func:`netsight.layer_stats`) instead
+            of the statistics of ``images``.
         run: a :class:`~netsight.TrainingMonitor` run directory: its curves,
             gradient flow, metrics and diagnostics join the page.
         diagram: draw the dataflow graph (needs Graphviz's ``dot``).
@@ -956,6 +973,11 @@ def report(
             resolve_layers(model, given if isinstance(given, str) else list(given))
     if cams is not None:
         _check_cam_inputs(cams)
+    if statistics is not None:
+        from netsight.features import LayerStats
+
+        if not isinstance(statistics, LayerStats):
+            raise TypeError(f"statistics: expected a LayerStats, got {type(statistics).__name__}")
     run_dir = Path(run) if run is not None else None
     if run_dir is not None and not (run_dir / "scalars.csv").is_file():
         raise FileNotFoundError(f"run: {run_dir} has no scalars.csv (not a TrainingMonitor run)")
@@ -981,6 +1003,7 @@ def report(
         std=std,
         depth=depth,
         progress=progress,
+        statistics=statistics,
     )
     summary = make_summary(model, input_data=images[:1], depth=depth)
     with preserve_state(model, "eval"), torch.no_grad():
