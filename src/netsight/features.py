@@ -29,6 +29,7 @@ from netsight._progress import ProgressBar
 from netsight.capture import Capture, LayerSpec, capture, resolve_layers
 from netsight.hooks import HookSet, StopForward, preserve_state, unwrap_compiled
 from netsight.images import MapGrid, map_grid
+from netsight.options import Normalization
 from netsight.trace import runner
 from netsight.trace.recorder import FrameRecorder
 
@@ -151,6 +152,41 @@ def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _channel_span(chosen: Sequence[int], total: int) -> str:
+    """``"channels 0-31 of 512"``, ``"channel 7 of 64"`` or ``"5 chosen channels of 64"``."""
+    if len(chosen) == 1:
+        return f"channel {chosen[0]} of {total}"
+    if list(chosen) == list(range(chosen[0], chosen[0] + len(chosen))):
+        return f"channels {chosen[0]}-{chosen[-1]} of {total}"
+    return f"{len(chosen)} chosen channels of {total}"
+
+
+def _label_axes(ax: Any, plan: Any, chosen: Sequence[int]) -> None:
+    """Row and column labels for tiles too small to carry their own numbers: the
+    first channel of each row, and each column's offset from it."""
+    from netsight._figures import FONT_PT
+    from netsight.images import thinned
+
+    small = FONT_PT["small"]
+    row_in = (plan.tile[0] + plan.padding) * plan.unit_in
+    col_in = (plan.tile[1] + plan.padding) * plan.unit_in
+    rows = thinned(plan.nrow, row_in, 0.17)
+    consecutive = list(chosen) == list(range(chosen[0], chosen[0] + len(chosen)))
+    centres = plan.row_centres()
+    ax.set_yticks(
+        [centres[r] for r in rows], [str(chosen[r * plan.ncol]) for r in rows], fontsize=small
+    )
+    cols = thinned(min(plan.ncol, len(chosen)), col_in, 0.3)
+    xs = plan.col_centres()
+    ax.set_xticks([xs[c] for c in cols], [f"+{c}" for c in cols], fontsize=small)
+    ax.tick_params(length=0, pad=1)
+    ax.set_ylabel("channel (first in row)", fontsize=FONT_PT["label"])
+    ax.set_xlabel(
+        "+ column" if consecutive else "+ column (tiles in the order given)",
+        fontsize=FONT_PT["label"],
+    )
+
+
 def plot_feature_maps(
     activation: torch.Tensor,
     *,
@@ -158,37 +194,114 @@ def plot_feature_maps(
     index: int = 0,
     channels: Sequence[int] | None = None,
     max_channels: int = 64,
-    normalize: str = "each",
+    normalize: str = "shared",
     value_range: tuple[float, float] | None = None,
-    cmap: str = "viridis",
+    cmap: str | None = None,
     nrow: int | None = None,
 ) -> Figure:
-    """A matplotlib Figure of a layer's channels for one image; see :func:`feature_grid`.
+    """A matplotlib Figure of a layer's channels for one image, each tile numbered,
+    all on one colour scale explained by one colour bar.
 
-    The caption says how many channels are shown and flags NaN/Inf values (drawn
-    in magenta). Nothing is shown or saved: call ``fig.savefig(...)``.
+    The maps are tiled as scalars with ``torchvision.utils.make_grid`` and drawn
+    with ``imshow`` (nearest neighbour): a diverging colormap centred at 0 when the
+    values have both signs, a sequential one when they are never negative (after a
+    ReLU). Each tile is numbered above it; tiles too small for a number get row
+    (first channel) and column (+offset) labels instead. The title names the layer
+    (``title``), the map shape and which channels are shown; NaN/Inf values are
+    drawn in magenta and counted. Nothing is shown or saved: call ``fig.savefig``.
+
+    Args:
+        activation: a layer output ``(B, C, H, W)`` or ``(C, H, W)``.
+        title: the layer's name, for the title.
+        index: which batch item.
+        channels: which channels (default: the first ``max_channels``).
+        max_channels: cap on tiles; the title says what was left out.
+        normalize: ``"shared"`` (default: one scale for the layer), ``"each"``
+            (each tile divided by its own largest ``|value|``: shapes only, sizes
+            cannot be compared; the title and colour bar say so) or ``"none"``
+            (the fixed ``value_range``, or ``[0, 1]``).
+        value_range: a fixed ``(low, high)`` for the colour scale (wins over
+            ``normalize``).
+        cmap: a matplotlib colormap (default: ``RdBu_r`` for signed values,
+            ``viridis`` for non-negative ones).
+        nrow: tiles per row (default: about square).
+
+    Example:
+        >>> fig = plot_feature_maps(cap["layer4.1.conv2"], title="layer4.1.conv2")
+        >>> fig.savefig("layer4.png", dpi=90)
     """
-    grid = feature_grid(
-        activation,
-        index=index,
-        channels=channels,
-        max_channels=max_channels,
-        normalize=normalize,
-        value_range=value_range,
-        cmap=cmap,
-        nrow=nrow,
-    )
-    image = grid.image.permute(1, 2, 0).numpy()
-    height, width = image.shape[:2]
-    scale = 8.0 / max(height, width)
-    fig = _new_figure(max(3.0, width * scale), max(3.0, height * scale) + 0.5)
+    from netsight._figures import FONT_PT
+    from netsight.images import color_scale, draw_tiles, plan_tiles, scaled_each, titled_figure
+
+    scaling = Normalization.parse(normalize, "normalize")
+    if max_channels < 1:
+        raise ValueError(f"max_channels: expected >= 1, got {max_channels}")
+    if nrow is not None and nrow < 1:
+        raise ValueError(f"nrow: expected >= 1 or None, got {nrow}")
+    maps = _maps_of(activation, index)
+    chosen = _chosen_channels(maps.shape[0], channels, max_channels)
+    selected = maps[chosen].detach().float().cpu()
+    if selected.dim() == 2:  # (C, L) of a 1-d conv: one-pixel-high tiles
+        selected = selected.unsqueeze(1)
+    nonfinite = int((~torch.isfinite(selected)).sum())
+    total = int(maps.shape[0])
+    shape = "x".join(str(d) for d in maps.shape)
+    if value_range is not None:
+        scale = color_scale(selected, cmap=cmap, value_range=value_range)
+        how = f"colour scale fixed at {value_range[0]:g} to {value_range[1]:g}"
+        bar_label = "activation"
+    elif scaling == Normalization.EACH:
+        selected, negative = scaled_each(selected)
+        scale = color_scale(selected, cmap=cmap, value_range=(-1.0, 1.0) if negative else (0, 1))
+        how = "each tile on its own scale (shapes only: sizes cannot be compared)"
+        bar_label = "value / the tile's largest |value|"
+    elif scaling == Normalization.NONE:
+        scale = color_scale(selected, cmap=cmap, value_range=(0.0, 1.0))
+        how = "colour scale fixed at 0 to 1"
+        bar_label = "activation"
+    else:
+        scale = color_scale(selected, cmap=cmap)
+        how = "one colour scale for all tiles"
+        bar_label = "activation" + ("" if scale.diverging else " (never negative)")
+    plan = plan_tiles(len(chosen), (int(selected.shape[-2]), int(selected.shape[-1])), ncol=nrow)
+    width, height = plan.size_in
+    extra_w = 1.4 + (0.0 if plan.labelled else 0.6)
+    extra_h = 0.3 + (0.0 if plan.labelled else 0.4)
+    heading = f"{title}: " if title else "feature maps: "
+    what = f"{heading}{shape} output of image {index}, {_channel_span(chosen, total)}"
+    if len(chosen) < total:
+        what += f" ({total - len(chosen)} left out)"
+    text = f"{what}\n{how}"
+    if nonfinite:
+        text += f"; {nonfinite} NaN/Inf values in magenta"
+    fig = titled_figure(max(4.5, width + extra_w), max(2.0, height + extra_h), text)
     ax = fig.add_subplot()
-    ax.imshow(image, interpolation="nearest")
-    ax.set_axis_off()
-    shape = "x".join(str(d) for d in _maps_of(activation, index).shape)
-    heading = f"{title}: " if title else ""
-    ax.set_title(f"{heading}{shape} ({grid.note})", fontsize=9)
+    image = draw_tiles(
+        ax,
+        selected,
+        plan,
+        scale,
+        labels=[str(c) for c in chosen],
+        font_pt=FONT_PT["small"],
+    )
+    if not plan.labelled:
+        _label_axes(ax, plan, chosen)
+    bar = fig.colorbar(image, ax=ax, shrink=0.8 if height > 2 else 1.0, aspect=25)
+    bar.set_label(bar_label, fontsize=FONT_PT["label"])
+    bar.ax.tick_params(labelsize=FONT_PT["small"])
     return fig
+
+
+def _chosen_channels(total: int, channels: Sequence[int] | None, cap: int) -> list[int]:
+    if channels is None:
+        return list(range(min(total, cap)))
+    chosen = [int(c) for c in channels]
+    bad = [c for c in chosen if not 0 <= c < total]
+    if bad:
+        raise IndexError(f"channels: the layer has {total} channels, got {bad}")
+    if not chosen:
+        raise ValueError("channels: expected at least one channel, got none")
+    return chosen[:cap]
 
 
 def mean_maps(
@@ -208,30 +321,113 @@ def mean_maps(
     return result
 
 
+def _input_picture(
+    image: torch.Tensor,
+    index: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> np.ndarray:
+    """The input as an ``(H, W, 3)`` RGB array in ``[0, 1]`` (a photo, not a heatmap)."""
+    from netsight.images import denormalize
+
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image: expected a tensor, got {type(image).__name__}")
+    x = image.detach().float().cpu()
+    if x.dim() == 4:
+        if not -x.shape[0] <= index < x.shape[0]:
+            raise IndexError(f"index: the image batch has {x.shape[0]} items, got {index}")
+        x = x[index]
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    if x.dim() != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(
+            f"image: expected (B, C, H, W), (C, H, W) or (H, W) with 1 or 3 channels, "
+            f"got shape {list(image.shape)}"
+        )
+    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    if mean is not None or std is not None:
+        x = denormalize(x, mean, std)
+    else:  # the range it has: as load_image's normalisation undone, up to scale
+        low, high = float(x.min()), float(x.max())
+        x = (x - low) / (high - low) if high > low else torch.zeros_like(x)
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    return x.permute(1, 2, 0).numpy()
+
+
 def plot_mean_maps(
     activations: Mapping[str, torch.Tensor] | Capture,
     *,
     index: int = 0,
     ncols: int = 5,
-    cmap: str = "viridis",
+    cmap: str | None = None,
     title: str | None = None,
+    image: torch.Tensor | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> Figure:
-    """The tutorials' figure: one channel-averaged map per layer, side by side."""
+    """The tutorials' figure: the input image, then one channel-averaged map per
+    layer, side by side, each with its own colour bar (layers differ in scale).
+
+    A map with both signs is drawn with a diverging colormap centred at 0, a
+    non-negative one with a sequential colormap; NaN/Inf pixels are magenta and
+    counted in the panel's title.
+
+    Args:
+        activations: ``{layer: output}`` or a :class:`~netsight.Capture`.
+        index: which batch item.
+        ncols: panels per row.
+        cmap: one colormap for every map (default: by sign, as above).
+        title: the figure's title (default: says what the maps are).
+        image: the input, ``(B, C, H, W)`` or ``(C, H, W)`` with 1 or 3 channels,
+            drawn first (item ``index`` of a batch).
+        mean, std: the normalisation ``image`` carries, undone for display; without
+            them the image is stretched to its own range.
+
+    Example:
+        >>> fig = plot_mean_maps(cap, image=x, title="VGG-16: mean feature maps")
+    """
+    from netsight._figures import FONT_PT
+    from netsight.images import NONFINITE_COLOR, color_scale, titled_figure
+
     maps = mean_maps(activations, index=index)
-    n = len(maps)
+    picture = _input_picture(image, index, mean, std) if image is not None else None
+    n = len(maps) + (picture is not None)
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig = _new_figure(2.2 * ncols, 2.4 * nrows + (0.4 if title else 0))
-    if title:
-        fig.suptitle(title)
+    heading = title or (
+        f"mean feature maps of image {index}: each layer's channels averaged, "
+        f"each map on its own colour scale"
+    )
+    fig = titled_figure(min(11.5, 2.3 * ncols), 2.5 * nrows, heading)
+    small = FONT_PT["small"]
+    panel = 0
+    if picture is not None:
+        ax = fig.add_subplot(nrows, ncols, 1)
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(f"input\n{picture.shape[0]}x{picture.shape[1]}", fontsize=small)
+        ax.set_axis_off()
+        panel = 1
     for i, (name, m) in enumerate(maps.items()):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax = fig.add_subplot(nrows, ncols, panel + i + 1)
         data = m.cpu().numpy()
         finite = np.isfinite(data)
-        ax.imshow(np.where(finite, data, np.nan), cmap=cmap, interpolation="nearest")
-        flag = "" if finite.all() else f"\n{int((~finite).sum())} NaN/Inf"
-        ax.set_title(f"{name}\n{m.shape[0]}x{m.shape[1]}{flag}", fontsize=8)
+        scale = color_scale(data, cmap=cmap)
+        shown = ax.imshow(
+            np.where(finite, data, np.nan),
+            cmap=scale.cmap,
+            norm=scale.norm,
+            interpolation="nearest",
+        )
+        if not finite.all():
+            overlay = np.zeros((*data.shape, 4), dtype=np.float32)
+            overlay[~finite] = (*NONFINITE_COLOR, 1.0)
+            ax.imshow(overlay, interpolation="nearest")
+        flag = "" if finite.all() else f", {int((~finite).sum())} NaN/Inf"
+        ax.set_title(f"{name}\n{m.shape[0]}x{m.shape[1]}{flag}", fontsize=small)
         ax.set_axis_off()
+        bar = fig.colorbar(shown, ax=ax, shrink=0.8)
+        bar.ax.tick_params(labelsize=small)
     return fig
 
 
