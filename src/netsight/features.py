@@ -161,32 +161,6 @@ def _channel_span(chosen: Sequence[int], total: int) -> str:
     return f"{len(chosen)} chosen channels of {total}"
 
 
-def _label_axes(ax: Any, plan: Any, chosen: Sequence[int]) -> None:
-    """Row and column labels for tiles too small to carry their own numbers: the
-    first channel of each row, and each column's offset from it."""
-    from netsight._figures import FONT_PT
-    from netsight.images import thinned
-
-    small = FONT_PT["small"]
-    row_in = (plan.tile[0] + plan.padding) * plan.unit_in
-    col_in = (plan.tile[1] + plan.padding) * plan.unit_in
-    rows = thinned(plan.nrow, row_in, 0.17)
-    consecutive = list(chosen) == list(range(chosen[0], chosen[0] + len(chosen)))
-    centres = plan.row_centres()
-    ax.set_yticks(
-        [centres[r] for r in rows], [str(chosen[r * plan.ncol]) for r in rows], fontsize=small
-    )
-    cols = thinned(min(plan.ncol, len(chosen)), col_in, 0.3)
-    xs = plan.col_centres()
-    ax.set_xticks([xs[c] for c in cols], [f"+{c}" for c in cols], fontsize=small)
-    ax.tick_params(length=0, pad=1)
-    ax.set_ylabel("channel (first in row)", fontsize=FONT_PT["label"])
-    ax.set_xlabel(
-        "+ column" if consecutive else "+ column (tiles in the order given)",
-        fontsize=FONT_PT["label"],
-    )
-
-
 def plot_feature_maps(
     activation: torch.Tensor,
     *,
@@ -231,7 +205,14 @@ def plot_feature_maps(
         >>> fig.savefig("layer4.png", dpi=90)
     """
     from netsight._figures import FONT_PT
-    from netsight.images import color_scale, draw_tiles, plan_tiles, scaled_each, titled_figure
+    from netsight.images import (
+        color_scale,
+        draw_tiles,
+        label_rows_and_columns,
+        plan_tiles,
+        scaled_each,
+        titled_figure,
+    )
 
     scaling = Normalization.parse(normalize, "normalize")
     if max_channels < 1:
@@ -285,7 +266,7 @@ def plot_feature_maps(
         font_pt=FONT_PT["small"],
     )
     if not plan.labelled:
-        _label_axes(ax, plan, chosen)
+        label_rows_and_columns(ax, plan, chosen, "channel")
     bar = fig.colorbar(image, ax=ax, shrink=0.8 if height > 2 else 1.0, aspect=25)
     bar.set_label(bar_label, fontsize=FONT_PT["label"])
     bar.ax.tick_params(labelsize=FONT_PT["small"])

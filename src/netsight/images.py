@@ -35,6 +35,7 @@ __all__ = [
     "denormalize",
     "draw_tiles",
     "expected_channels",
+    "label_rows_and_columns",
     "load_image",
     "map_grid",
     "minmax_scale",
@@ -486,13 +487,15 @@ def color_scale(
     *,
     cmap: str | None = None,
     value_range: tuple[float, float] | None = None,
+    centred: bool = False,
 ) -> ColorScale:
     """One colour scale for ``values``: symmetric around 0 with a diverging colormap
     when any finite value is negative, ``[0, max]`` with a sequential one otherwise.
 
     NaN/Inf are ignored (callers flag them). ``value_range`` fixes ``(low, high)``;
     ``cmap`` overrides the colormap (a diverging default is kept only when the
-    range straddles 0). A scale without finite values, or of all-zero values, is
+    range straddles 0). ``centred`` makes the scale symmetric around 0 whatever the
+    signs (kernels: a weight's sign is what matters). A scale without finite values, or of all-zero values, is
     ``[-1, 1]`` or ``[0, 1]`` so that nothing divides by zero.
     """
     from matplotlib.colors import Normalize
@@ -511,8 +514,8 @@ def color_scale(
     finite = finite[np.isfinite(finite)]
     low = float(finite.min()) if finite.size else 0.0
     high = float(finite.max()) if finite.size else 0.0
-    if low < 0:
-        bound = max(-low, high)
+    if low < 0 or centred:
+        bound = max(-low, high) or 1.0
         return ColorScale(Normalize(-bound, bound), cmap or DIVERGING_CMAP, True)
     return ColorScale(Normalize(0.0, high if high > 0 else 1.0), cmap or SEQUENTIAL_CMAP, False)
 
@@ -721,3 +724,33 @@ def titled_figure(width_in: float, height_in: float, title: str) -> Any:
     fig = Figure(figsize=(width_in, height_in + 0.22 * count), layout="constrained")
     fig.suptitle(wrapped, fontsize=FONT_PT["title"])
     return fig
+
+
+def label_rows_and_columns(
+    ax: Any,
+    plan: TilePlan,
+    ids: Sequence[int],
+    what: str,
+    *,
+    font_pt: float = 8.5,
+    label_pt: float = 9.5,
+) -> None:
+    """Row and column labels for tiles too small to carry their own numbers: the
+    ``what`` number (channel, filter) of each row's first tile, and each column's
+    offset from it (thinned so that labels do not overlap)."""
+    row_in = (plan.tile[0] + plan.padding) * plan.unit_in
+    col_in = (plan.tile[1] + plan.padding) * plan.unit_in
+    rows = thinned(plan.nrow, row_in, 0.17)
+    consecutive = list(ids) == list(range(ids[0], ids[0] + len(ids)))
+    centres = plan.row_centres()
+    ax.set_yticks(
+        [centres[r] for r in rows], [str(ids[r * plan.ncol]) for r in rows], fontsize=font_pt
+    )
+    cols = thinned(min(plan.ncol, len(ids)), col_in, 0.3)
+    xs = plan.col_centres()
+    ax.set_xticks([xs[c] for c in cols], [f"+{c}" for c in cols], fontsize=font_pt)
+    ax.tick_params(length=0, pad=1)
+    ax.set_ylabel(f"{what} (first in row)", fontsize=label_pt)
+    ax.set_xlabel(
+        "+ column" if consecutive else "+ column (tiles in the order given)", fontsize=label_pt
+    )
