@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from netsight.capture import list_layers, resolve_layers
+from netsight.capture import Capture, list_layers, resolve_layers
 from netsight.images import NONFINITE_COLOR, check_colormap, colorize, normalize_maps
 from netsight.options import FilterMode, Normalization
 
@@ -66,6 +66,7 @@ __all__ = [
     "FilterGrid",
     "filter_grid",
     "plot_filters",
+    "plot_kernel_and_map",
     "save_filters",
 ]
 
@@ -493,7 +494,9 @@ def _select(model: nn.Module, layer: str | nn.Module, mode: str, max_tiles: int)
         )
     grid = chosen_mode == "channels" and per_group > 1
     if grid:
-        cols = min(per_group, _GRID_MAX, max(math.isqrt(max_tiles), max_tiles // min(filters, _GRID_MAX)))
+        cols = min(
+            per_group, _GRID_MAX, max(math.isqrt(max_tiles), max_tiles // min(filters, _GRID_MAX))
+        )
         rows = min(filters, _GRID_MAX, max(1, max_tiles // cols))
         part = weight[:rows, :cols]
     else:
@@ -893,3 +896,164 @@ def save_filters(
     }
     files[MANIFEST] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
     return write_directory(directory, files, what="filters", overwrite=overwrite)
+
+
+def plot_kernel_and_map(
+    model: nn.Module,
+    layer: str | nn.Module,
+    activation: torch.Tensor | Capture,
+    *,
+    channels: int | Sequence[int] | None = None,
+    index: int = 0,
+    max_channels: int = 8,
+    title: str | None = None,
+) -> Figure:
+    """The figure the tutorials end on: for each chosen output channel of a
+    convolution, its kernel beside the feature map it produced, side by side.
+
+    The kernel is the channel's weight averaged over its input channels (the single
+    input channel when there is only one; in colour, grey at 0, for a first layer
+    on RGB images); the title says which. Kernels share one colour scale centred
+    at 0, maps share one colour scale (diverging at 0 when they have both signs),
+    and each scale has its colour bar. Each panel is titled with its channel.
+
+    Args:
+        model: the network (not changed).
+        layer: the convolution (a qualified name or the module).
+        activation: the layer's output ``(B, C, H, W)`` (or ``(C, H, W)``), or a
+            :class:`~netsight.Capture` holding it.
+        channels: output channels to show (default: the first ``max_channels``).
+        index: which batch item's maps.
+        max_channels: cap on the channels shown.
+        title: the heading (default: the layer's name).
+
+    Example:
+        >>> with netsight.capture(model, layers="features.0") as cap:
+        ...     model(x)
+        >>> fig = plot_kernel_and_map(model, "features.0", cap, channels=range(6))
+    """
+    from netsight._figures import FONT_PT
+    from netsight.images import NONFINITE_COLOR, color_scale, titled_figure
+
+    name, module = _find_layer(model, layer)
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        raise TypeError(
+            f"layer {name!r} is a transposed convolution: its outputs mix several kernels "
+            f"per output channel; plot_kernel_and_map draws forward convolutions"
+        )
+    weight = _weight_of(name, module).to(device="cpu", dtype=torch.float32)
+    if isinstance(activation, Capture):
+        if name not in activation.activations:
+            held = ", ".join(activation.activations) or "nothing"
+            raise KeyError(f"activation: the capture holds no output of {name!r} (it holds {held})")
+        activation = activation.activations[name]
+    if not isinstance(activation, torch.Tensor):
+        raise TypeError(
+            f"activation: expected a tensor or a Capture, got {type(activation).__name__}"
+        )
+    out = activation.detach()
+    if out.device.type == "meta":
+        raise ValueError("activation: a meta tensor has no values to draw")
+    spatial = weight.dim() - 2
+    if out.dim() == spatial + 2:
+        if not -out.shape[0] <= index < out.shape[0]:
+            raise IndexError(f"index: the batch has {out.shape[0]} items, got index {index}")
+        out = out[index]
+    if out.dim() != spatial + 1 or out.shape[0] != weight.shape[0]:
+        raise ValueError(
+            f"activation: expected the output of {name!r}, (B, {weight.shape[0]}, ...) with "
+            f"{spatial} spatial dimensions, got shape {list(activation.shape)}"
+        )
+    maps = out.float().cpu()
+    kernels = weight
+    if spatial == 3:  # middle depth slices
+        maps, kernels = maps[:, maps.shape[1] // 2], kernels[:, :, kernels.shape[2] // 2]
+    elif spatial == 1:
+        maps, kernels = maps.unsqueeze(1), kernels.unsqueeze(2)
+    total = int(weight.shape[0])
+    if channels is None:
+        chosen = list(range(min(total, max_channels)))
+    else:
+        chosen = [channels] if isinstance(channels, int) else [int(c) for c in channels]
+        bad = [c for c in chosen if not 0 <= c < total]
+        if bad or not chosen:
+            raise IndexError(f"channels: {name} has {total} output channels, got {bad or chosen}")
+        chosen = chosen[:max_channels]
+    per_group, groups = int(weight.shape[1]), int(getattr(module, "groups", 1))
+    rgb = per_group == 3 and groups == 1
+    if rgb:
+        shown_kernels = _rgb_tiles(kernels[chosen], scale_each=False)
+        bound = _rgb_bound(kernels[chosen], False)
+        kernel_how = (
+            f"kernels in colour: input channels as red, green, blue; grey = 0, ±{bound:.3g}"
+        )
+    elif per_group == 1:
+        shown_kernels = kernels[chosen, 0]
+        kernel_how = "kernels of the single input channel"
+    else:
+        shown_kernels = kernels[chosen].mean(dim=1)
+        kernel_how = f"kernels averaged over their {per_group} input channels"
+    shown_maps = maps[chosen]
+    kernel_scale = None if rgb else color_scale(shown_kernels, value_range=None, centred=True)
+    map_scale = color_scale(shown_maps)
+    count = len(chosen)
+    pairs = min(count, 4)
+    rows = math.ceil(count / pairs)
+    map_h, map_w = int(shown_maps.shape[-2]), int(shown_maps.shape[-1])
+    panel = 1.25
+    map_shape = "x".join(str(d) for d in maps.shape[1:])
+    heading = (
+        f"{title if title is not None else name}: kernel and the map it produces "
+        f"(image {index}, {map_shape} maps)\n{kernel_how}; maps on one colour scale"
+    )
+    fig = titled_figure(
+        2 * pairs * panel + 2.4, rows * (panel * max(0.4, map_h / map_w) + 0.45), heading
+    )
+    axes = fig.subplots(rows, 2 * pairs, squeeze=False)
+    small, label = FONT_PT["small"], FONT_PT["label"]
+    kernel_image = map_image = None
+    for slot, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        pair, side = divmod(slot, 2)
+        if pair >= count:
+            ax.set_axis_off()
+            continue
+        channel = chosen[pair]
+        if side == 0:
+            tile = shown_kernels[pair]
+            if rgb:
+                ax.imshow(tile.permute(1, 2, 0).numpy(), interpolation="nearest")
+            else:
+                assert kernel_scale is not None
+                kernel_image = ax.imshow(
+                    tile.numpy(),
+                    cmap=kernel_scale.cmap,
+                    norm=kernel_scale.norm,
+                    interpolation="nearest",
+                )
+            ax.set_title(f"kernel {channel}", fontsize=small)
+        else:
+            data = shown_maps[pair].numpy()
+            finite = np.isfinite(data)
+            map_image = ax.imshow(
+                np.where(finite, data, np.nan),
+                cmap=map_scale.cmap,
+                norm=map_scale.norm,
+                interpolation="nearest",
+            )
+            if not finite.all():
+                overlay = np.zeros((*data.shape, 4), dtype=np.float32)
+                overlay[~finite] = (*NONFINITE_COLOR, 1.0)
+                ax.imshow(overlay, interpolation="nearest")
+            ax.set_title(f"map {channel}", fontsize=small)
+    used = [ax for ax in axes.flat if ax.axison]
+    for image, where, text in (
+        (kernel_image, "left", "kernel weight"),
+        (map_image, "right", "activation"),
+    ):
+        if image is not None:
+            bar = fig.colorbar(image, ax=used, shrink=0.8, location=where, aspect=30, pad=0.01)
+            bar.set_label(text, fontsize=label)
+            bar.ax.tick_params(labelsize=small)
+    return fig

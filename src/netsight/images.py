@@ -495,8 +495,8 @@ def color_scale(
     NaN/Inf are ignored (callers flag them). ``value_range`` fixes ``(low, high)``;
     ``cmap`` overrides the colormap (a diverging default is kept only when the
     range straddles 0). ``centred`` makes the scale symmetric around 0 whatever the
-    signs (kernels: a weight's sign is what matters). A scale without finite values, or of all-zero values, is
-    ``[-1, 1]`` or ``[0, 1]`` so that nothing divides by zero.
+    signs (kernels: a weight's sign is what matters). A scale without finite values,
+    or of all-zero values, is ``[-1, 1]`` or ``[0, 1]`` so that nothing divides by zero.
     """
     from matplotlib.colors import Normalize
 
@@ -505,7 +505,9 @@ def color_scale(
     if value_range is not None:
         low, high = float(value_range[0]), float(value_range[1])
         if not low < high:
-            raise ValueError(f"value_range: expected (low, high) with low < high, got {value_range}")
+            raise ValueError(
+                f"value_range: expected (low, high) with low < high, got {value_range}"
+            )
         diverging = low < 0 < high
         default = DIVERGING_CMAP if diverging else SEQUENTIAL_CMAP
         return ColorScale(Normalize(low, high), cmap or default, diverging)
