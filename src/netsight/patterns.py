@@ -134,19 +134,21 @@ class Patterns:
         grid: torch.Tensor = make_grid(self.images, nrow=columns, padding=padding, pad_value=1.0)
         return grid
 
-    def plot(self, *, ncols: int = 8, title: str | None = None) -> Figure:
+    def plot(self, *, ncols: int | None = None, title: str | None = None) -> Figure:
         """A figure: one picture per channel, titled with its channel and its mean
         activation on the starting noise and on the picture (``start -> end``).
 
         The pictures are inputs in ``[0, 1]``, drawn as images (a one-channel picture
-        in grey), so they need no colour bar. Sized for a page: at most ``ncols``
-        pictures of 1.35 in a row, text at netsight's sizes (:data:`FONT_PT`).
+        in grey), so they need no colour bar. Sized for a page: pictures of 1.35 in,
+        ``ncols`` in a row (default: about twice as many columns as rows, at most 8),
+        text at netsight's sizes (:data:`~netsight._figures.FONT_PT`).
         """
         from netsight._figures import FONT_PT
         from netsight.images import titled_figure
 
         count = self.images.shape[0]
-        columns = max(1, min(ncols, count))
+        wanted = ncols if ncols is not None else min(8, math.ceil(math.sqrt(2 * count)))
+        columns = max(1, min(wanted, count))
         rows = math.ceil(count / columns)
         side = 1.35
         heading = title or (
