@@ -138,7 +138,7 @@ def test_mean_maps_for_every_conv_layer_of_the_tutorial_vgg(tmp_path) -> None:  
     assert [ax.get_title().split("\n")[0] for ax in panels][:2] == ["layer1.0", "layer1.3"]
     assert title_of(fig) == "VGG-16 mean maps"
     with_input = plot_mean_maps(cap, index=1, image=x)
-    first = [ax for ax in with_input.axes if not hasattr(ax, "_colorbar")][0]
+    first = next(ax for ax in with_input.axes if not hasattr(ax, "_colorbar"))
     assert first.get_title().startswith("input\n32x32")
     assert first.get_images()[0].get_array().shape == (32, 32, 3)  # drawn as a picture
     fig.savefig(tmp_path / "mean.png")

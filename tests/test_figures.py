@@ -315,9 +315,9 @@ def test_kernel_beside_map_values_and_capture(vgg: nn.Module) -> None:
     np.testing.assert_allclose(
         map_ax.get_images()[0].get_array(), cap["layer1.0"][0, 3].numpy(), rtol=1e-6
     )
-    with pytest.raises(KeyError, match="holds no output of 'layer1.3'"):
+    with pytest.raises(KeyError, match=r"holds no output of 'layer1\.3'"):
         plot_kernel_and_map(vgg, "layer1.3", cap)
-    with pytest.raises(ValueError, match=r"expected the output of 'layer1.3'"):
+    with pytest.raises(ValueError, match=r"expected the output of 'layer1\.3'"):
         plot_kernel_and_map(vgg, "layer1.3", cap["layer1.0"][:, :8])
 
 
