@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from netsight.options import Normalization
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "DIVERGING_CMAP",
@@ -709,7 +712,7 @@ def thinned(count: int, room_in: float, label_in: float) -> list[int]:
     return list(range(0, count, step))
 
 
-def titled_figure(width_in: float, height_in: float, title: str) -> Any:
+def titled_figure(width_in: float, height_in: float, title: str) -> Figure:
     """A constrained-layout ``Figure`` (no pyplot state) whose suptitle is ``title``,
     wrapped to the figure's width at netsight's title size, with the height grown
     by the lines the title takes."""
