@@ -6,8 +6,12 @@ Example:
     >>> with netsight.capture(model, layers=nn.Conv2d) as cap:
     ...     model(x)
     >>> fig = netsight.plot_feature_maps(cap["features.0"], max_channels=32)
-    >>> fig = netsight.plot_mean_maps(cap)            # one channel-averaged map per layer
+    >>> fig = netsight.plot_mean_maps(cap, image=x)   # the input, then each layer's mean map
     >>> stats = netsight.layer_stats(model, loader)    # sparsity, dead channels, per layer
+    >>> print(stats.trend_text())                      # the verdict and what it rests on
+
+Every figure here passes :func:`netsight._figures.audit_figure` at 90 dpi: a title,
+a colour bar for every heatmap, text at :data:`~netsight._figures.FONT_PT` sizes.
 """
 
 from __future__ import annotations
@@ -108,7 +112,9 @@ def feature_grid(
     nrow: int | None = None,
     upscale: int | None = None,
 ) -> MapGrid:
-    """A grid image of a layer's channels for one image (via ``make_grid``).
+    """A grid image of a layer's channels for one image (via ``make_grid``), as RGB
+    pixels for ``SummaryWriter.add_image``. It carries no colour bar, so each tile's
+    scale cannot be read from it: for a figure, use :func:`plot_feature_maps`.
 
     Args:
         activation: a layer output ``(B, C, H, W)`` or ``(C, H, W)``.
@@ -244,9 +250,14 @@ def plot_feature_maps(
         bar_label = "activation"
     else:
         scale = color_scale(selected, cmap=cmap)
-        how = "one colour scale for all tiles"
+        how = "one colour scale for all tiles" if len(chosen) > 1 else "values on the colour bar"
         bar_label = "activation" + ("" if scale.diverging else " (never negative)")
-    plan = plan_tiles(len(chosen), (int(selected.shape[-2]), int(selected.shape[-1])), ncol=nrow)
+    plan = plan_tiles(
+        len(chosen),
+        (int(selected.shape[-2]), int(selected.shape[-1])),
+        ncol=nrow,
+        max_tile_in=3.5 if len(chosen) == 1 else 2.2,
+    )
     width, height = plan.size_in
     extra_w = 1.4 + (0.0 if plan.labelled else 0.6)
     extra_h = 0.3 + (0.0 if plan.labelled else 0.4)

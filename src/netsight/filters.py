@@ -4,6 +4,13 @@ tiles are capped and the caption says what was left out, 3x3 kernels are zoomed
 so they can be seen, NaN/Inf weights are drawn in magenta and counted, and
 constant kernels never divide by zero.
 
+Two outputs: :func:`filter_grid` is one RGB image (for TensorBoard, each tile
+min-max scaled like ``make_grid``); :func:`plot_filters` is the figure for a page
+or a projector: the weights on one colour scale centred at 0 with a colour bar,
+numbered tiles, and ``"channels"`` as a filters x input-channels grid. The
+tutorials' last picture, a kernel beside the feature map it produces, is
+:func:`plot_kernel_and_map`.
+
 Example:
     >>> grid = netsight.filter_grid(torchvision.models.resnet18(), "conv1")
     >>> grid.mode, grid.image.shape          # 64 colour tiles of the 7x7 RGB kernels
@@ -18,7 +25,8 @@ How a layer is drawn (``mode``):
   red, green and blue. Needs 3 input channels per group: the first layer of an
   RGB network.
 * ``"channels"``: one grayscale (colormapped) tile per kernel, i.e. per
-  (filter, input channel) pair. Each grid row holds whole filters: with the
+  (filter, input channel) pair. In :func:`filter_grid`'s image each grid row holds
+  whole filters: with the
   default ``nrow`` a filter with ``C`` input channels takes ``C`` tiles (rows of at
   most 64 tiles; for more channels a filter spans several rows), and filters
   with few channels share a row so that the grid stays about square.

@@ -4,6 +4,12 @@ Grids come from :func:`torchvision.utils.make_grid`, colormaps from matplotlib;
 these helpers only glue them together with the two things every caller needs:
 non-finite values are *flagged* (drawn in a conspicuous colour and counted), and
 constant maps never divide by zero.
+
+Two kinds of grid: :func:`map_grid` colours maps into one RGB image (for
+TensorBoard), while the figures tile the *values* (:func:`tile_maps`, NaN
+padding), lay the tiles out for a page (:func:`plan_tiles`) and draw them with one
+colour scale (:func:`color_scale`: diverging and centred at 0 for signed values)
+that a colour bar explains (:func:`draw_tiles`).
 """
 
 from __future__ import annotations
@@ -642,7 +648,7 @@ def plan_tiles(
     upscale = max(1, math.ceil(32 / max(h0, w0)))
     h, w = h0 * upscale, w0 * upscale
     if ncol is None:
-        ncol = max(1, math.ceil(math.sqrt(count * h / w * width_in / height_in)))
+        ncol = max(1, math.ceil(math.sqrt(count * h / w)))
     ncol = max(1, min(ncol, count))
     nrow = math.ceil(count / ncol)
 
