@@ -408,3 +408,20 @@ def test_patterns_figures_are_readable(vgg: nn.Module) -> None:
     fig = many.plot()
     assert_readable(fig)
     assert (title_of(fig) or "").startswith("layer4.1.conv2: the input each channel responds to")
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv1d(4, 6, 5),
+        nn.Conv3d(3, 4, (3, 3, 3)),
+        nn.ConvTranspose2d(16, 3, 4, stride=2),
+        nn.Conv2d(32, 32, 3, groups=32),
+        nn.Conv2d(8, 6, 3, groups=2),
+        nn.Conv2d(2048, 2048, 1),
+    ],
+    ids=["conv1d", "conv3d-rgb", "transposed-rgb", "depthwise", "grouped", "2048x2048 1x1"],
+)
+def test_kernels_of_other_layer_kinds_are_readable(conv: nn.Module) -> None:
+    for mode in ("auto", "channels", "mean"):
+        assert_readable(plot_filters(conv, conv, mode=mode))
