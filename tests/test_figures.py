@@ -355,7 +355,7 @@ def test_the_verdict_says_what_it_rests_on() -> None:
     assert stats.sparsity_trend is not None and stats.sparsity_trend > 0.9
     text = stats.trend_text()
     assert text.startswith("sparsity (fraction of zeros) over 360 inputs: ")
-    assert "convolutional part (13 layers): roughly flat, 49.5-56.0 %" in text
+    assert "convolutional part (13 layers): roughly flat 49.5-56.0 %" in text
     assert "under the 10 a trend needs" in text
     assert "rises" not in text
     assert "classifier part (2 layers), too few for a trend: fc.1 80.1 %, fc.4 94.8 %" in text
@@ -378,7 +378,11 @@ def test_a_trend_is_called_when_large_and_its_driver_named() -> None:
         _stat(f"l{i}", s, (8, 4, 4), 500) for i, s in enumerate([0.5, 0.51, 0.5, 0.52, 0.95])
     ]
     text = LayerStats(tuple(carried), 1, 500).trend_text()
-    assert "rises with depth" in text and "but without l4 it would be roughly flat" in text
+    assert "rises with depth" in text and "but without l4 there is no trend" in text
+    # a wide spread that does not follow depth: no trend, and not "flat"
+    zigzag = [_stat(f"l{i}", s, (8, 4, 4), 500) for i, s in enumerate([0.2, 0.55, 0.25, 0.5, 0.3])]
+    text = LayerStats(tuple(zigzag), 1, 500).trend_text()
+    assert "5 layers: no trend with depth, spread over 20.0-55.0 %" in text
 
 
 def test_dead_is_not_claimed_on_few_inputs() -> None:

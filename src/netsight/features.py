@@ -496,13 +496,16 @@ def _fitted_change(values: Sequence[float]) -> float:
 
 
 def _verdict(values: Sequence[float]) -> str | None:
-    """``"rises"``, ``"falls"``, ``"flat"``, or ``None`` (fewer than 3 layers)."""
+    """``"rises"``, ``"falls"``, ``"flat"`` (no trend, and all within
+    :data:`TREND_MIN_POINTS` of each other), ``"no trend"`` (they spread wider, but
+    not in order of depth) or ``None`` (fewer than 3 layers)."""
     if len(values) < 3:
         return None
     rho = _spearman(values)
     change = _fitted_change(values)
     if rho is None or abs(rho) < TREND_MIN_RHO or abs(change) < TREND_MIN_POINTS:
-        return "flat"
+        spread = 100.0 * (max(values) - min(values))
+        return "flat" if spread < TREND_MIN_POINTS else "no trend"
     return "rises" if change > 0 else "falls"
 
 
@@ -546,8 +549,9 @@ class LayerStats:
         """The sparsity of each part (convolutional, classifier) in model order:
         ``{"part", "layers", "first", "last", "low", "high", "rho", "change_points",
         "verdict", "driven_by"}``. ``verdict`` is ``"rises"``, ``"falls"``,
-        ``"flat"`` or ``None`` (fewer than 3 layers); ``driven_by`` names the one
-        layer without which a rise or fall would be flat."""
+        ``"flat"``, ``"no trend"`` or ``None`` (fewer than 3 layers; see
+        :func:`_verdict`); ``driven_by`` names the one layer without which a rise
+        or fall would be no trend."""
         found: list[dict[str, Any]] = []
         for part in ("convolutional", "classifier"):
             layers = [s for s in self.layers if s.part == part]
@@ -558,7 +562,7 @@ class LayerStats:
             driven_by = None
             if verdict in ("rises", "falls") and len(values) >= 4:
                 for i, layer in enumerate(layers):
-                    if _verdict(values[:i] + values[i + 1 :]) == "flat":
+                    if _verdict(values[:i] + values[i + 1 :]) in ("flat", "no trend"):
                         driven_by = layer.name
                         break
             found.append(
@@ -581,7 +585,7 @@ class LayerStats:
         """The sparsity verdict in one paragraph, with what it rests on.
 
         Example: ``"sparsity (fraction of zeros) over 360 images: convolutional part
-        (13 layers): roughly flat, 49.5-56.0 % (a straight line over depth changes by
+        (13 layers): roughly flat 49.5-56.0 % (a straight line over depth changes by
         +6.5 points, under the 10 a trend needs; Spearman rho = +0.93); classifier
         (2 layers): fc.1 80.1 %, fc.4 94.8 %; over all 15 layers rho = +0.95, which
         rests on the classifier"``.
@@ -605,15 +609,16 @@ class LayerStats:
                 else (f"Spearman rho = {rho:+.2f}")
             )
             change = part["change_points"]
-            if verdict == "flat":
+            if verdict in ("flat", "no trend"):
                 why = (
                     f"a straight line over depth changes by {change:+.1f} points, under the "
                     f"{TREND_MIN_POINTS:g} a trend needs"
                     if abs(change) < TREND_MIN_POINTS
                     else f"{change:+.1f} points, but without a clear order"
                 )
+                said = "roughly flat" if verdict == "flat" else "no trend with depth, spread over"
                 sentences.append(
-                    f"{label}: roughly flat, {100 * part['low']:.1f}-{100 * part['high']:.1f} % "
+                    f"{label}: {said} {100 * part['low']:.1f}-{100 * part['high']:.1f} % "
                     f"({why}; {rho_text})"
                 )
             else:
@@ -623,13 +628,13 @@ class LayerStats:
                     f"over depth; {rho_text})"
                 )
                 if part["driven_by"]:
-                    text += f", but without {part['driven_by']} it would be roughly flat"
+                    text += f", but without {part['driven_by']} there is no trend"
                 sentences.append(text)
         if len(parts) == 2:
             overall = _verdict([s.sparsity for s in self.layers])
             rho = self.sparsity_trend
             conv = parts[0]["verdict"]
-            if overall in ("rises", "falls") and conv in ("flat", None) and rho is not None:
+            if overall in ("rises", "falls") and conv not in ("rises", "falls") and rho is not None:
                 sentences.append(
                     f"over all {len(self.layers)} layers rho = {rho:+.2f}, which rests on "
                     f"the classifier"
