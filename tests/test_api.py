@@ -55,6 +55,7 @@ EXPECTED = [
     "overlay",
     "plot_feature_maps",
     "plot_filters",
+    "plot_kernel_and_map",
     "plot_mean_maps",
     "report",
     "save_filters",

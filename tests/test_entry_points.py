@@ -622,6 +622,17 @@ DRIVERS: dict[str, Driver] = {
         hook_raises=NO_FORWARD,
         interrupt=NO_FORWARD,
     ),
+    "plot_kernel_and_map": Driver(
+        # c.activation has conv1's 4 channels: the kernels it is drawn beside are conv1's
+        lambda c: netsight.plot_kernel_and_map(
+            c.model, c.layer.replace("conv2", "conv1"), c.activation
+        ),
+        bad_target=NO_TARGET,
+        unknown_layer=USER_ERROR,
+        wrong_shape=USER_ERROR,
+        hook_raises=NO_FORWARD,
+        interrupt=NO_FORWARD,
+    ),
     "plot_mean_maps": Driver(
         lambda c: netsight.plot_mean_maps({"a": c.activation}),
         bad_target=NO_TARGET,

@@ -16,6 +16,7 @@ from torch import nn
 
 import netsight
 from helpers import assert_unchanged, snapshot
+from netsight._figures import title_of
 from netsight.features import (
     feature_grid,
     layer_stats,
@@ -103,7 +104,9 @@ def test_feature_maps_capped_and_said_so() -> None:
     assert grid.note == "showing 64 of 2048, 1984 left out"
     fig = plot_feature_maps(act, title="layer4", max_channels=64)
     assert isinstance(fig, Figure)
-    assert "showing 64 of 2048" in fig.axes[0].get_title()
+    heading = (title_of(fig) or "").replace("\n", " ")
+    assert heading.startswith("layer4: 2048x7x7 output of image 0")
+    assert "channels 0-63 of 2048 (1984 left out)" in heading
 
 
 def test_nan_and_inf_are_drawn_and_flagged() -> None:
@@ -129,7 +132,15 @@ def test_mean_maps_for_every_conv_layer_of_the_tutorial_vgg(tmp_path) -> None:  
     torch.testing.assert_close(maps["layer1.0"], cap["layer1.0"][1].mean(0))
     assert maps["layer5.6"].shape == (2, 2)
     fig = plot_mean_maps(cap, ncols=5, title="VGG-16 mean maps")
-    assert len(fig.axes) == 13
+    panels = [ax for ax in fig.axes if not hasattr(ax, "_colorbar")]
+    assert len(panels) == 13  # one map per layer, each with its own colour bar
+    assert len(fig.axes) == 26
+    assert [ax.get_title().split("\n")[0] for ax in panels][:2] == ["layer1.0", "layer1.3"]
+    assert title_of(fig) == "VGG-16 mean maps"
+    with_input = plot_mean_maps(cap, index=1, image=x)
+    first = next(ax for ax in with_input.axes if not hasattr(ax, "_colorbar"))
+    assert first.get_title().startswith("input\n32x32")
+    assert first.get_images()[0].get_array().shape == (32, 32, 3)  # drawn as a picture
     fig.savefig(tmp_path / "mean.png")
     assert (tmp_path / "mean.png").stat().st_size > 1000
     assert_unchanged(model, before)

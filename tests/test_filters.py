@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from helpers import assert_unchanged, snapshot
+from netsight._figures import title_of
 from netsight.filters import FilterGrid, filter_grid, plot_filters
 from netsight.zoo import Vgg16Net
 
@@ -373,17 +374,26 @@ def test_plot_filters_figure(resnet18: Any, tmp_path: Path) -> None:
     fig = plot_filters(resnet18, "layer1.0.conv1", mode="channels", max_tiles=64)
     assert isinstance(fig, Figure)
     assert plt.get_fignums() == open_figures  # no pyplot state
-    (ax,) = fig.axes
-    assert len(ax.get_xticks()) == 0 and len(ax.get_yticks()) == 0
-    title = ax.get_title()
-    assert title.startswith("layer1.0.conv1\n")
-    flat = title.replace("\n", " ")
-    assert "64 filters x 64 input channels" in flat and "4032 left out" in flat
+    ax, bar = fig.axes  # the kernels and their one colour bar
+    assert hasattr(bar, "_colorbar")
+    title = (title_of(fig) or "").replace("\n", " ")
+    assert title.startswith("layer1.0.conv1 ")
+    assert "64 filters x 64 input channels" in title
+    # a filters x input-channels grid: filters 0-7 (rows) x input channels 0-7 (columns)
+    assert "showing 64 (filters 0-7 x input channels 0-7; 4032 left out)" in title
+    assert [t.get_text() for t in ax.get_yticklabels()] == [str(i) for i in range(8)]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(i) for i in range(8)]
+    assert ax.get_ylabel() == "filter" and ax.get_xlabel() == "input channel"
+    # the weights themselves, on a scale centred at 0
+    image = ax.get_images()[0]
+    weight = resnet18.layer1[0].conv1.weight.detach()[:8, :8]
+    bound = float(weight.abs().max())
+    assert image.norm.vmin == pytest.approx(-bound) and image.norm.vmax == pytest.approx(bound)
     fig.savefig(tmp_path / "f.png")
     with Image.open(tmp_path / "f.png") as png:
         assert png.width > 100 and png.height > 100
     titled = plot_filters(resnet18, "conv1", title="first layer")
-    assert titled.axes[0].get_title().startswith("first layer\n64 filters")
+    assert (title_of(titled) or "").startswith("first layer\n64 filters")
 
 
 def test_model_is_untouched() -> None:

@@ -78,6 +78,8 @@ def test_every_section_for_a_small_cnn() -> None:
     for conv in ("features.0", "features.3", "features.6"):  # every convolution, one by one
         assert f"{conv}: kernels" in alts
         assert any(a.startswith(f"{conv}: the maps it produces") for a in alts)
+        assert f"{conv}: each kernel beside the map it makes" in alts
+    assert not [f for f in r.figures if f.audit.problems()]
     # 3 images, each beside its 3 maps, enlarged so the marks stay crisp
     cam = next(s for s in r.sections if s.id == "cam")
     tiles = _pictures(cam.html)[1:]  # after the colour bar

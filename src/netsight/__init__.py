@@ -34,7 +34,13 @@ from netsight.features import (
     plot_mean_maps,
     top_channels,
 )
-from netsight.filters import FilterGrid, filter_grid, plot_filters, save_filters
+from netsight.filters import (
+    FilterGrid,
+    filter_grid,
+    plot_filters,
+    plot_kernel_and_map,
+    save_filters,
+)
 from netsight.hooks import count_hooks
 from netsight.images import denormalize, load_image, to_pil
 from netsight.models import ModelSpecError, UntrustedCheckpointError, load_model, load_weights
@@ -95,6 +101,7 @@ __all__ = [
     "overlay",
     "plot_feature_maps",
     "plot_filters",
+    "plot_kernel_and_map",
     "plot_mean_maps",
     "report",
     "save_filters",

@@ -428,7 +428,7 @@ def run_demo(
 
 def _run_demo(out: Path, config: DemoConfig, retrain: bool) -> list[Path]:
     from netsight.datasets import digits
-    from netsight.features import LayerStats, export_features, layer_stats
+    from netsight.features import export_features, layer_stats
     from netsight.filters import save_filters
 
     if out.exists() and not out.is_dir():
@@ -494,14 +494,6 @@ def _run_demo(out: Path, config: DemoConfig, retrain: bool) -> list[Path]:
     print()
     print(f"trained:        {trained.trend_text()}")
     print(f"initialisation: {untrained.trend_text()}")
-    # BatchNorm centres every conv's pre-activation, which pins ReLU sparsity near 50 %:
-    # show the convolutional part on its own so the classifier does not carry the verdict.
-    conv_only = LayerStats(
-        tuple(s for s in trained.layers if not s.name.startswith("fc.")),
-        trained.batches,
-        trained.samples,
-    )
-    print(f"trained, conv blocks only: {conv_only.trend_text()}")
     stats_dir = out / "layer_stats"
     stats_dir.mkdir(exist_ok=True)
     for stem, stats in (("trained", trained), ("untrained", untrained)):

@@ -4,14 +4,22 @@ Grids come from :func:`torchvision.utils.make_grid`, colormaps from matplotlib;
 these helpers only glue them together with the two things every caller needs:
 non-finite values are *flagged* (drawn in a conspicuous colour and counted), and
 constant maps never divide by zero.
+
+Two kinds of grid: :func:`map_grid` colours maps into one RGB image (for
+TensorBoard), while the figures tile the *values* (:func:`tile_maps`, NaN
+padding), lay the tiles out for a page (:func:`plan_tiles`) and draw them with one
+colour scale (:func:`color_scale`: diverging and centred at 0 for signed values)
+that a colour bar explains (:func:`draw_tiles`).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,17 +28,32 @@ from torch import nn
 
 from netsight.options import Normalization
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = [
+    "DIVERGING_CMAP",
     "NONFINITE_COLOR",
+    "SEQUENTIAL_CMAP",
+    "ColorScale",
     "MapGrid",
+    "TilePlan",
     "check_colormap",
+    "color_scale",
     "colorize",
     "denormalize",
+    "draw_tiles",
     "expected_channels",
+    "label_rows_and_columns",
     "load_image",
     "map_grid",
     "minmax_scale",
     "normalize_maps",
+    "plan_tiles",
+    "scaled_each",
+    "thinned",
+    "tile_maps",
+    "titled_figure",
     "to_pil",
 ]
 
@@ -441,3 +464,304 @@ def denormalize(
     std_t = torch.tensor(std if std is not None else [0.5] * channels, device=tensor.device)
     shape = (-1, 1, 1)
     return (tensor * std_t.view(shape) + mean_t.view(shape)).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------- scalar tiles
+
+
+@dataclass(frozen=True)
+class ColorScale:
+    """How scalar values become colours in a figure: one matplotlib ``norm`` and colormap.
+
+    Attributes:
+        norm: a ``matplotlib.colors.Normalize``; tiles drawn with this very object
+            share the one colour bar that explains them.
+        cmap: the colormap name.
+        diverging: the scale is symmetric around 0 (the values have both signs).
+    """
+
+    norm: Any
+    cmap: str
+    diverging: bool
+
+
+#: The colormap of values with both signs (centred at 0: blue below, red above) and of
+#: values that are never negative (after a ReLU, say).
+DIVERGING_CMAP = "RdBu_r"
+SEQUENTIAL_CMAP = "viridis"
+
+
+def color_scale(
+    values: torch.Tensor | np.ndarray,
+    *,
+    cmap: str | None = None,
+    value_range: tuple[float, float] | None = None,
+    centred: bool = False,
+) -> ColorScale:
+    """One colour scale for ``values``: symmetric around 0 with a diverging colormap
+    when any finite value is negative, ``[0, max]`` with a sequential one otherwise.
+
+    NaN/Inf are ignored (callers flag them). ``value_range`` fixes ``(low, high)``;
+    ``cmap`` overrides the colormap (a diverging default is kept only when the
+    range straddles 0). ``centred`` makes the scale symmetric around 0 whatever the
+    signs (kernels: a weight's sign is what matters). A scale without finite values,
+    or of all-zero values, is ``[-1, 1]`` or ``[0, 1]`` so that nothing divides by zero.
+    """
+    from matplotlib.colors import Normalize
+
+    if cmap is not None:
+        check_colormap(cmap)
+    if value_range is not None:
+        low, high = float(value_range[0]), float(value_range[1])
+        if not low < high:
+            raise ValueError(
+                f"value_range: expected (low, high) with low < high, got {value_range}"
+            )
+        diverging = low < 0 < high
+        default = DIVERGING_CMAP if diverging else SEQUENTIAL_CMAP
+        return ColorScale(Normalize(low, high), cmap or default, diverging)
+    array = values.detach().float().cpu().numpy() if isinstance(values, torch.Tensor) else values
+    finite = np.asarray(array, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    low = float(finite.min()) if finite.size else 0.0
+    high = float(finite.max()) if finite.size else 0.0
+    if low < 0 or centred:
+        bound = max(-low, high) or 1.0
+        return ColorScale(Normalize(-bound, bound), cmap or DIVERGING_CMAP, True)
+    return ColorScale(Normalize(0.0, high if high > 0 else 1.0), cmap or SEQUENTIAL_CMAP, False)
+
+
+def scaled_each(maps: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Every map ``(N, H, W)`` divided by its own largest finite ``|value|`` (so each
+    lies in ``[-1, 1]``, signs kept), and whether any value is negative."""
+    x = maps.detach().float()
+    finite = torch.isfinite(x)
+    size = torch.where(finite, x.abs(), torch.zeros_like(x)).amax(dim=(-2, -1), keepdim=True)
+    scaled = x / torch.where(size > 0, size, torch.ones_like(size))
+    negative = bool((torch.where(finite, x, torch.zeros_like(x)) < 0).any())
+    return scaled, negative
+
+
+@torch.no_grad()
+def tile_maps(
+    maps: torch.Tensor, *, ncol: int, padding: int = 1, upscale: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lay scalar maps ``(N, H, W)`` out as one mosaic with ``make_grid``, keeping values.
+
+    Returns:
+        ``(values, inside)``: the ``(rows, cols)`` float mosaic, NaN in the
+        padding, and the boolean mask of the pixels that belong to a map (so a
+        NaN of the data can be told from the padding).
+    """
+    if maps.dim() != 3:
+        raise ValueError(f"maps: expected shape (N, H, W), got {list(maps.shape)}")
+    from torchvision.utils import make_grid  # torchvision is slow to import: only when drawing
+
+    x = maps.detach().float().cpu()
+    if upscale > 1:
+        x = x.repeat_interleave(upscale, dim=1).repeat_interleave(upscale, dim=2)
+    x = x.unsqueeze(1)
+    ones = torch.ones_like(x)
+    if x.shape[0] == 1:  # make_grid returns a lone tile without its padding
+        values = nn.functional.pad(x[0, 0], [padding] * 4, value=float("nan"))
+        inside = nn.functional.pad(ones[0, 0], [padding] * 4, value=0.0)
+    else:
+        values = make_grid(x, nrow=ncol, padding=padding, pad_value=float("nan"))[0]
+        inside = make_grid(ones, nrow=ncol, padding=padding, pad_value=0.0)[0]
+    return values.numpy(), inside.numpy() > 0.5
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where tiles go in a mosaic and how large they are drawn.
+
+    Attributes:
+        count, ncol, nrow: tiles, tiles per row, rows.
+        tile: ``(h, w)`` of a tile in mosaic units (after ``upscale``).
+        upscale: integer zoom of every tile (so that padding can be thin).
+        padding: mosaic units around and between tiles.
+        unit_in: inches a mosaic unit is drawn at.
+        labelled: each tile has room above it for its number; otherwise rows and
+            columns are labelled instead.
+    """
+
+    count: int
+    ncol: int
+    nrow: int
+    tile: tuple[int, int]
+    upscale: int
+    padding: int
+    unit_in: float
+    labelled: bool
+
+    @property
+    def size_in(self) -> tuple[float, float]:
+        """The mosaic's drawn ``(width, height)`` in inches."""
+        h, w = self.tile
+        p = self.padding
+        return (
+            (self.ncol * (w + p) + p) * self.unit_in,
+            (self.nrow * (h + p) + p) * self.unit_in,
+        )
+
+    def origin(self, index: int) -> tuple[float, float]:
+        """``(x, y)`` data coordinates of the top-left corner of tile ``index``."""
+        row, col = divmod(index, self.ncol)
+        h, w = self.tile
+        return (
+            self.padding + col * (w + self.padding) - 0.5,
+            self.padding + row * (h + self.padding) - 0.5,
+        )
+
+    def row_centres(self) -> list[float]:
+        h = self.tile[0]
+        return [self.origin(r * self.ncol)[1] + h / 2 for r in range(self.nrow)]
+
+    def col_centres(self) -> list[float]:
+        w = self.tile[1]
+        return [self.origin(c)[0] + w / 2 for c in range(min(self.ncol, self.count))]
+
+
+#: Inches above a tile that its number needs (8.5 pt text), and the narrowest tile
+#: that carries one (a three-digit number).
+_LABEL_GAP_IN = 0.2
+_MIN_LABELLED_TILE_IN = 0.32
+
+
+def plan_tiles(
+    count: int,
+    tile: tuple[int, int],
+    *,
+    ncol: int | None = None,
+    width_in: float = 9.0,
+    height_in: float = 7.5,
+    max_tile_in: float = 3.5,
+    labels: bool = True,
+) -> TilePlan:
+    """Lay out ``count`` tiles of ``tile`` ``(h, w)`` pixels in a box of
+    ``width_in`` x ``height_in`` inches: about square, tiles at most ``max_tile_in``
+    across, with a gap above each tile for its number when ``labels`` and the tiles
+    are drawn large enough to carry one."""
+    if count < 1:
+        raise ValueError("nothing to draw: no tiles")
+    h0, w0 = max(1, tile[0]), max(1, tile[1])
+    upscale = max(1, math.ceil(32 / max(h0, w0)))
+    h, w = h0 * upscale, w0 * upscale
+    if ncol is None:
+        ncol = max(1, math.ceil(math.sqrt(count * h / w)))
+    ncol = max(1, min(ncol, count))
+    nrow = math.ceil(count / ncol)
+
+    def unit(padding: int) -> float:
+        across = ncol * (w + padding) + padding
+        down = nrow * (h + padding) + padding
+        return min(width_in / across, height_in / down, max_tile_in / max(h, w))
+
+    padding = max(1, round(0.04 / unit(1)))  # a thin white line between tiles
+    labelled = False
+    if labels:
+        for _ in range(6):
+            s = unit(padding)
+            need = max(1, math.ceil(_LABEL_GAP_IN / s))
+            if need == padding:
+                break
+            padding = need
+        s = unit(padding)
+        labelled = w * s >= _MIN_LABELLED_TILE_IN and padding * s >= _LABEL_GAP_IN * 0.95
+        if not labelled:
+            padding = max(1, round(0.04 / unit(1)))
+    return TilePlan(count, ncol, nrow, (h, w), upscale, padding, unit(padding), labelled)
+
+
+def draw_tiles(
+    ax: Any,
+    maps: torch.Tensor,
+    plan: TilePlan,
+    scale: ColorScale,
+    *,
+    labels: Sequence[str] | None = None,
+    font_pt: float = 8.5,
+) -> Any:
+    """Draw scalar maps ``(N, H, W)`` as one mosaic on ``ax`` (``imshow``, nearest
+    interpolation, ``scale``'s norm and colormap; padding left white) and return
+    the image, for a colour bar. NaN/Inf pixels are painted
+    :data:`NONFINITE_COLOR` on top. With ``labels`` and a ``plan.labelled``, each
+    tile's label is written in the gap above it."""
+    import matplotlib
+
+    values, inside = tile_maps(maps, ncol=plan.ncol, padding=plan.padding, upscale=plan.upscale)
+    colormap = matplotlib.colormaps[scale.cmap].with_extremes(bad=(1.0, 1.0, 1.0, 0.0))
+    ax.set_facecolor("white")
+    image = ax.imshow(
+        np.ma.masked_invalid(values), cmap=colormap, norm=scale.norm, interpolation="nearest"
+    )
+    flagged = inside & ~np.isfinite(values)
+    if flagged.any():
+        overlay = np.zeros((*values.shape, 4), dtype=np.float32)
+        overlay[flagged] = (*NONFINITE_COLOR, 1.0)
+        ax.imshow(overlay, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if labels is not None and plan.labelled:
+        for index, text in enumerate(labels[: plan.count]):
+            x, y = plan.origin(index)
+            ax.text(x, y - 0.3 * plan.padding / 2, text, ha="left", va="bottom", fontsize=font_pt)
+    return image
+
+
+def thinned(count: int, room_in: float, label_in: float) -> list[int]:
+    """Indices of ``count`` evenly spaced labels, ``room_in`` inches apart, keeping every
+    ``k``-th so that labels ``label_in`` wide do not overlap."""
+    step = max(1, math.ceil(label_in / max(room_in, 1e-9)))
+    return list(range(0, count, step))
+
+
+def titled_figure(width_in: float, height_in: float, title: str) -> Figure:
+    """A constrained-layout ``Figure`` (no pyplot state) whose suptitle is ``title``,
+    wrapped to the figure's width at netsight's title size, with the height grown
+    by the lines the title takes."""
+    import textwrap
+
+    from matplotlib.figure import Figure
+
+    from netsight._figures import FONT_PT
+
+    per_line = max(30, int(width_in * 72 / (0.55 * FONT_PT["title"])))
+    lines = [textwrap.fill(part, per_line) for part in title.split("\n")]
+    wrapped = "\n".join(lines)
+    count = wrapped.count("\n") + 1
+    fig = Figure(figsize=(width_in, height_in + 0.22 * count), layout="constrained")
+    fig.suptitle(wrapped, fontsize=FONT_PT["title"])
+    return fig
+
+
+def label_rows_and_columns(
+    ax: Any,
+    plan: TilePlan,
+    ids: Sequence[int],
+    what: str,
+    *,
+    font_pt: float = 8.5,
+    label_pt: float = 9.5,
+) -> None:
+    """Row and column labels for tiles too small to carry their own numbers: the
+    ``what`` number (channel, filter) of each row's first tile, and each column's
+    offset from it (thinned so that labels do not overlap)."""
+    row_in = (plan.tile[0] + plan.padding) * plan.unit_in
+    col_in = (plan.tile[1] + plan.padding) * plan.unit_in
+    rows = thinned(plan.nrow, row_in, 0.17)
+    consecutive = list(ids) == list(range(ids[0], ids[0] + len(ids)))
+    centres = plan.row_centres()
+    ax.set_yticks(
+        [centres[r] for r in rows], [str(ids[r * plan.ncol]) for r in rows], fontsize=font_pt
+    )
+    cols = thinned(min(plan.ncol, len(ids)), col_in, 0.3)
+    xs = plan.col_centres()
+    ax.set_xticks([xs[c] for c in cols], [f"+{c}" for c in cols], fontsize=font_pt)
+    ax.tick_params(length=0, pad=1)
+    ax.set_ylabel(f"{what} (first in row)", fontsize=label_pt)
+    ax.set_xlabel(
+        "+ column" if consecutive else "+ column (tiles in the order given)", fontsize=label_pt
+    )

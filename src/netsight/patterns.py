@@ -134,13 +134,28 @@ class Patterns:
         grid: torch.Tensor = make_grid(self.images, nrow=columns, padding=padding, pad_value=1.0)
         return grid
 
-    def plot(self, *, ncols: int = 8, title: str | None = None) -> Figure:
-        """A figure: one picture per channel, titled with its channel and the gain."""
+    def plot(self, *, ncols: int | None = None, title: str | None = None) -> Figure:
+        """A figure: one picture per channel, titled with its channel and its mean
+        activation on the starting noise and on the picture (``start -> end``).
+
+        The pictures are inputs in ``[0, 1]``, drawn as images (a one-channel picture
+        in grey), so they need no colour bar. Sized for a page: pictures of 1.35 in,
+        ``ncols`` in a row (default: about twice as many columns as rows, at most 8),
+        text at netsight's sizes (:data:`~netsight._figures.FONT_PT`).
+        """
+        from netsight._figures import FONT_PT
+        from netsight.images import titled_figure
+
         count = self.images.shape[0]
-        columns = min(ncols, count)
+        wanted = ncols if ncols is not None else min(8, math.ceil(math.sqrt(2 * count)))
+        columns = max(1, min(wanted, count))
         rows = math.ceil(count / columns)
-        fig = Figure(figsize=(1.6 * columns, 1.8 * rows + 0.4), layout="constrained")
-        fig.suptitle(title or f"{self.layer}: inputs that excite each channel most", fontsize=9)
+        side = 1.35
+        heading = title or (
+            f"{self.layer}: the input each channel responds to most "
+            f"(mean activation: on noise -> on the picture)"
+        )
+        fig = titled_figure(max(4.5, side * columns + 0.3), (side + 0.45) * rows, heading)
         axes = fig.subplots(rows, columns, squeeze=False)
         for index, ax in enumerate(axes.flat):
             ax.set_xticks([])
@@ -148,15 +163,14 @@ class Patterns:
             if index >= count:
                 ax.set_axis_off()
                 continue
-            picture = self.images[index].permute(1, 2, 0).numpy()
-            if picture.shape[2] == 1:
-                ax.imshow(picture[:, :, 0], cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(picture)
+            picture = self.images[index].permute(1, 2, 0).clamp(0, 1).numpy()
+            if picture.shape[2] == 1:  # grey, as a photo: no colour map, so no colour bar
+                picture = picture.repeat(3, axis=2)
+            ax.imshow(picture, interpolation="nearest")
             ax.set_title(
                 f"channel {self.channels[index]}\n"
                 f"{float(self.start[index]):.2g} -> {float(self.activation[index]):.2g}",
-                fontsize=7,
+                fontsize=FONT_PT["small"],
             )
         return fig
 

@@ -391,9 +391,8 @@ def _layers(ctx: _Context) -> str:
     """The input beside its mean maps, then every convolution: kernels and maps."""
     from netsight.capture import capture
     from netsight.features import plot_feature_maps, plot_mean_maps
-    from netsight.filters import plot_filters
+    from netsight.filters import plot_filters, plot_kernel_and_map
     from netsight.hooks import preserve_state
-    from netsight.images import to_pil
 
     convs = _conv_names(ctx.model)
     names = ctx.feature_layers if ctx.feature_layers is not None else convs
@@ -411,19 +410,21 @@ def _layers(ctx: _Context) -> str:
     modules = dict(ctx.model.named_modules())
     parts = []
     mean_names = _spread(found, _MAX_MEAN_MAP_LAYERS)
-    picture = _img(_image_uri(to_pil(ctx.shown[0])), "the input", css="input")
     means = {n: cap.activations[n] for n in mean_names}
-    mean_caption = "channel-averaged maps, layer by layer" + (
+    mean_caption = "the input and the mean of all channels of each layer's output" + (
         f" ({len(mean_names)} of {len(found)} layers, evenly spaced)"
         if len(mean_names) < len(found)
         else ""
     )
-    parts.append(
-        '<div class="row">'
-        + f"<figure>{picture}<figcaption>the input (image 0)</figcaption></figure>"
-        + ctx.figure(plot_mean_maps(means, ncols=5, title="mean of all channels"), mean_caption)
-        + "</div>"
+    fig = plot_mean_maps(
+        means,
+        ncols=5,
+        title="the input and what each layer makes of it (mean over channels)",
+        image=ctx.images[:1],
+        mean=ctx.mean,
+        std=ctx.std,
     )
+    parts.append(ctx.figure(fig, mean_caption))
     detailed = _spread(found, _MAX_LAYER_DETAILS)
     if len(detailed) < len(found):
         parts.append(
@@ -445,6 +446,9 @@ def _layers(ctx: _Context) -> str:
             body.append(ctx.figure(fig, f"{name}: kernels"))
         fig = plot_feature_maps(activation, max_channels=32, title=name)
         body.append(ctx.figure(fig, f"{name}: the maps it produces (first 32 channels)"))
+        if isinstance(module, nn.Conv2d) and (kernel_layers is None or name in kernel_layers):
+            fig = plot_kernel_and_map(ctx.model, name, activation, max_channels=4)
+            body.append(ctx.figure(fig, f"{name}: each kernel beside the map it makes"))
         summary = (
             f"<b>{html.escape(name)}</b> <span class=note>{html.escape(what)} → {shape}</span>"
         )
@@ -500,8 +504,7 @@ def _statistics(ctx: _Context) -> str:
         stats = layer_stats(ctx.model, ctx.images)
         basis = f"measured over the {stats.samples} images of this report"
     return (
-        f"<p>{html.escape(stats.trend_text())}</p>"
-        + ctx.figure(stats.plot(), "sparsity and dead channels by depth")
+        ctx.figure(stats.plot(), "the share of zeros in each layer's output, by depth")
         + stats.to_html()
         + f"<p class=note>{html.escape(basis)}</p>"
     )
