@@ -68,6 +68,11 @@ function probe() {
     }
   }
   out.height = doc.documentElement.scrollHeight;
+  out.anchors = {};
+  var marked = doc.querySelectorAll("[id]");
+  for (var j = 0; j < marked.length; j++) {
+    out.anchors[marked[j].id] = marked[j].getBoundingClientRect().top + frame.contentWindow.scrollY;
+  }
   document.getElementById("out").textContent = JSON.stringify(out);
 }
 """
@@ -95,6 +100,7 @@ class Layout:
         min_text_sample: that text.
         height: the page's full height in CSS px.
         title: the page's ``<title>``.
+        anchors: the top of every element with an ``id``, in CSS px.
     """
 
     images: list[dict[str, Any]]
@@ -102,6 +108,7 @@ class Layout:
     min_text_sample: str
     height: int
     title: str
+    anchors: dict[str, float]
 
 
 def _run(browser: str, profile: Path, *args: str, timeout: float = 180) -> str:
@@ -163,6 +170,7 @@ def measure(page: Path, *, open_all: bool = True, browser: str | None = None) ->
         min_text_sample=data["minTextSample"],
         height=int(data["height"]),
         title=data["title"],
+        anchors={k: float(v) for k, v in data["anchors"].items()},
     )
 
 
@@ -174,22 +182,35 @@ def screenshot(
     anchor: str | None = None,
     browser: str | None = None,
 ) -> Path:
-    """Draw ``page`` (from its top, or from ``#anchor``) at :data:`WIDTH` x ``height``
-    px into ``png``."""
+    """Draw ``page`` at :data:`WIDTH` x ``height`` px into ``png``: from its top, or
+    from the element with id ``anchor`` (the whole page is drawn, then cut)."""
+    from PIL import Image
+
     browser = browser or chromium()
     if browser is None:
         raise FileNotFoundError("no chromium on PATH (Debian package chromium)")
-    uri = page.resolve().as_uri() + (f"#{anchor}" if anchor else "")
+    top = 0
+    full = height
+    if anchor is not None:
+        layout = measure(page, open_all=False, browser=browser)
+        if anchor not in layout.anchors:
+            raise KeyError(f"{page.name} has no element with id {anchor!r}")
+        top = max(0, int(layout.anchors[anchor]) - 8)
+        full = min(layout.height, top + height)
     png.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         _run(
             browser,
             Path(tmp) / "profile",
             "--virtual-time-budget=10000",
-            f"--window-size={WIDTH},{height}",
+            f"--window-size={WIDTH},{full}",
             f"--screenshot={png.resolve()}",
-            uri,
+            page.resolve().as_uri(),
         )
+    if top:
+        with Image.open(png) as shot:
+            part = shot.crop((0, top, WIDTH, min(shot.size[1], top + height)))
+        part.save(png)
     return png
 
 
@@ -204,14 +225,14 @@ DOCS_SHOTS = (
 
 def docs_screenshots(out: Path, docs: Path, *, browser: str | None = None) -> list[Path]:
     """The README's pictures of a demo output directory ``out``, written to ``docs``
-    (PNG, :data:`WIDTH` px wide, palette-compressed)."""
+    (PNG, :data:`WIDTH` px wide)."""
     from PIL import Image
 
     written = []
     for name, page, anchor, height in DOCS_SHOTS:
         png = screenshot(out / page, docs / name, height=height, anchor=anchor, browser=browser)
         with Image.open(png) as shot:
-            small = shot.convert("RGB").quantize(colors=256, dither=Image.Dither.NONE)
-        small.save(png, optimize=True)
+            rgb = shot.convert("RGB")
+        rgb.save(png, optimize=True)
         written.append(png)
     return written

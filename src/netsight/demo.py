@@ -550,6 +550,7 @@ def _run_demo(out: Path, config: DemoConfig, retrain: bool) -> list[Path]:
         cam_methods=("gradcam", "gradcam++", "layercam", "eigencam"),
         cams=cams,
         faithfulness_steps=16,
+        pattern_steps=64,  # over the default budget for a VGG-16: about a minute here
         statistics=trained,
         run=run if run and (Path(run) / "scalars.csv").is_file() else None,
         progress=True,

@@ -816,6 +816,20 @@ class _Accumulator:
         if not x.is_floating_point():
             x = x.float()
         self.shape = tuple(x.shape[1:])
+        norm = float(torch.linalg.vector_norm(x.float()))
+        if math.isfinite(norm):  # no NaN or Inf (the usual case): one pass each, no masks
+            self.count += x.numel()
+            self.sum += float(x.sum(dtype=torch.float64))
+            self.sumsq += norm * norm
+            self.zeros += x.numel() - int(torch.count_nonzero(x))
+            if x.numel():
+                low, high = torch.aminmax(x)
+                self.min = min(self.min, float(low))
+                self.max = max(self.max, float(high))
+            if x.dim() >= 2:
+                others = [d for d in range(x.dim()) if d != 1]
+                self._channels(x.amax(dim=others).cpu())
+            return
         finite = torch.isfinite(x)
         self.nonfinite += int((~finite).sum())
         xf = torch.where(finite, x, torch.zeros_like(x)).double()
@@ -828,11 +842,13 @@ class _Accumulator:
             self.max = max(self.max, float(x[finite].max()))
         if x.dim() >= 2:
             per_channel = torch.where(finite, x, torch.full_like(x, -math.inf))
-            per_channel = per_channel.transpose(0, 1).reshape(x.shape[1], -1).amax(dim=1).cpu()
-            if self.channel_max is None:
-                self.channel_max = per_channel
-            else:
-                self.channel_max = torch.maximum(self.channel_max, per_channel)
+            self._channels(per_channel.transpose(0, 1).reshape(x.shape[1], -1).amax(dim=1).cpu())
+
+    def _channels(self, per_channel: torch.Tensor) -> None:
+        if self.channel_max is None:
+            self.channel_max = per_channel
+        else:
+            self.channel_max = torch.maximum(self.channel_max, per_channel)
 
     def result(self, name: str, type_name: str, samples: int) -> LayerStat:
         n = max(self.count, 1)

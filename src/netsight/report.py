@@ -62,6 +62,13 @@ _MAX_CAM_IMAGES = 8
 _MAX_MEAN_MAP_LAYERS = 15
 #: Convolutions drawn one by one (kernels and maps); more are spread evenly.
 _MAX_LAYER_DETAILS = 16
+#: Filter patterns at the defaults: this many optimisation steps ...
+DEFAULT_PATTERN_STEPS = 64
+#: ... when they cost at most this many mult-adds (forward and backward, every step,
+#: every channel; about 10 s on two laptop cores). Larger models get the section
+#: only when ``pattern_steps`` asks for it.
+PATTERN_BUDGET = 1e11
+_PATTERN_CHANNELS = 8
 
 
 @dataclass(frozen=True)
@@ -257,12 +264,13 @@ class _Context:
     diagram_depth: int
     faithfulness_steps: int
     pattern_layers: list[str] | None
-    pattern_steps: int
+    pattern_steps: int | None
     mean: Sequence[float] | None
     std: Sequence[float] | None
     depth: int
     progress: bool
     statistics: LayerStats | None = None
+    mult_adds: int = 0
     probabilities: torch.Tensor | None = None
     section: str = ""
     figures: list[FigureRecord] = field(default_factory=list)
@@ -460,15 +468,27 @@ def _patterns(ctx: _Context) -> str:
     """Activation maximisation for the last convolution (or ``pattern_layers``)."""
     from netsight.patterns import maximize
 
-    if ctx.pattern_steps <= 0:
+    if ctx.pattern_steps == 0:
         raise _Skip("turned off (pattern_steps=0)")
+    side = min(int(ctx.images.shape[-2]), int(ctx.images.shape[-1]), 128)
+    steps = ctx.pattern_steps
+    if steps is None:  # the default: only when it is cheap
+        steps = DEFAULT_PATTERN_STEPS
+        area = side * side / (int(ctx.images.shape[-2]) * int(ctx.images.shape[-1]))
+        cost = ctx.mult_adds * area * _PATTERN_CHANNELS * 3 * steps
+        if cost > PATTERN_BUDGET:
+            raise _Skip(
+                f"not made at the defaults: {steps} steps on this model cost about "
+                f"{cost:.1e} mult-adds, over the default budget of {PATTERN_BUDGET:.0e} "
+                f"(minutes on a CPU); ask for them with pattern_steps={steps} "
+                f"(netsight report --pattern-steps {steps})"
+            )
     names = ctx.pattern_layers
     if names is None:
         convs = _conv_names(ctx.model)
         if not convs:
             raise _Skip("the model has no nn.Conv2d (pass pattern_layers=[...])")
         names = [convs[-1]]
-    side = min(int(ctx.images.shape[-2]), int(ctx.images.shape[-1]), 128)
     colour = int(ctx.images.shape[1])
     parts = []
     for name in names:
@@ -476,16 +496,17 @@ def _patterns(ctx: _Context) -> str:
             ctx.model,
             name,
             size=side,
-            steps=ctx.pattern_steps,
+            steps=steps,
             in_channels=colour,
             mean=ctx.mean,
             std=ctx.std,
-            max_channels=8,
+            max_channels=_PATTERN_CHANNELS,
+            progress=ctx.progress,
         )
         gain = (found.activation - found.start).mean()
         caption = (
             f"{name}: the input each of channels {found.channels[0]}-{found.channels[-1]} "
-            f"likes best ({ctx.pattern_steps} steps; mean activation +{float(gain):.3g})"
+            f"likes best ({steps} steps; mean activation +{float(gain):.3g})"
         )
         parts.append(ctx.figure(found.plot(), caption))
     return "".join(parts) + (
@@ -548,9 +569,10 @@ def _cam_picture(picture: Any, box: Sequence[int] | None, peak: tuple[int, int] 
     if peak is not None:
         cy, cx = (peak[0] + 0.5) * scale, (peak[1] + 0.5) * scale
         colour = {True: "#00e000", False: "#ff2020", None: "white"}[inside]
-        arm = max(4, 3 * scale)
-        draw.line([cx - arm, cy, cx + arm, cy], fill=colour, width=2)
-        draw.line([cx, cy - arm, cx, cy + arm], fill=colour, width=2)
+        arm = max(6, 4 * scale)
+        for fill, width in (("black", 6), (colour, 3)):  # a dark edge on any colour
+            draw.line([cx - arm, cy, cx + arm, cy], fill=fill, width=width)
+            draw.line([cx, cy - arm, cx, cy + arm], fill=fill, width=width)
     return picture
 
 
@@ -645,15 +667,17 @@ def _cams(ctx: _Context) -> str:
         if source is not None and source.description
         else ""
     )
+    verdicts, numbers = _faithfulness(found)
     return (
         intro
+        + verdicts
         + _cam_colorbar(ctx)
         + f'<table class="cams"><thead><tr>{head}</tr></thead>'
         + f"<tbody>{''.join(rows)}</tbody></table>"
         + f"<p class=note>Each map explains the predicted class at the layer named in its "
         f"column; red is where the class score rises most. {html.escape(marks)}</p>"
         + notes
-        + _faithfulness(found)
+        + numbers
     )
 
 
@@ -692,14 +716,16 @@ def _verdict(name: str, scores: Any, base: dict[str, Any]) -> str:
     )
 
 
-def _faithfulness(found: Any) -> str:
-    """Pointing, deletion/insertion AUC, average drop and increase of the maps, next
-    to a random map and a centred Gaussian, and a verdict per method in words."""
+def _faithfulness(found: Any) -> tuple[str, str]:
+    """``(verdicts, numbers)``: a verdict per method in words, and the table of
+    pointing, deletion/insertion AUC, average drop and increase of the maps next to a
+    random map and a centred Gaussian."""
     if found.evaluation_error is not None:
-        return f"<p class=note>faithfulness not measured: {html.escape(found.evaluation_error)}</p>"
+        why = html.escape(found.evaluation_error)
+        return "", f"<p class=note>faithfulness not measured: {why}</p>"
     scores = found.evaluation
     if scores is None:
-        return (
+        return "", (
             "<p class=note>Faithfulness not measured: it costs about (methods + 2) x images "
             "x 2 x (steps + 1) forwards; ask for it with faithfulness_steps=N "
             "(netsight report --faithfulness-steps N).</p>"
@@ -738,7 +764,10 @@ def _faithfulness(found: Any) -> str:
                 f", pointing {_percent(b.pointing)} (random {_percent(rnd.pointing or 0.0)}, "
                 f"centre {_percent(ctr.pointing or 0.0)})"
             )
-        verdicts = f'<p class="verdict">{html.escape(lead)}.</p><ul class="verdicts">{items}</ul>'
+        verdicts = (
+            f'<p class="verdict">{html.escape(lead)}.</p><ul class="verdicts">{items}</ul>'
+            "<p class=note>The numbers are under the maps (Faithfulness).</p>"
+        )
     basis = (
         f"Over {scores.images} images"
         + (f" ({scores.pointing_images} with boxes)" if pointing else "")
@@ -749,12 +778,12 @@ def _faithfulness(found: Any) -> str:
         "and 'center' are maps that know nothing about the image: a method is informative "
         "where it beats both."
     )
-    return (
+    numbers = (
         "<h3>Faithfulness</h3>"
-        + verdicts
         + _table(header, rows, css="data faithfulness")
         + f"<p class=note>{html.escape(basis)}</p>"
     )
+    return verdicts, numbers
 
 
 _RUN_PICTURES = (
@@ -873,7 +902,7 @@ def report(
     filter_layers: Sequence[str] | None = None,
     feature_layers: Sequence[str] | None = None,
     pattern_layers: Sequence[str] | None = None,
-    pattern_steps: int = 64,
+    pattern_steps: int | None = None,
     statistics: LayerStats | None = None,
     run: str | os.PathLike[str] | None = None,
     diagram: bool = True,
@@ -918,6 +947,9 @@ def report(
         pattern_layers: layers whose channels get activation-maximisation
             pictures (default: the last ``nn.Conv2d``; 8 channels each).
         pattern_steps: optimisation steps of those pictures; 0 leaves them out.
+            The default (``None``) makes them with 64 steps when that costs at most
+            :data:`PATTERN_BUDGET` mult-adds, and otherwise says in their place what
+            they would cost (a ResNet-50: minutes).
         feature_layers: layers whose outputs are shown (default: every
             ``nn.Conv2d``; at most 16 drawn one by one and 15 mean maps, evenly
             spaced).
@@ -969,7 +1001,9 @@ def report(
     from netsight.capture import resolve_layers
 
     # Names the user gave fail here, with close matches, not inside a section.
-    if isinstance(pattern_steps, bool) or not isinstance(pattern_steps, int) or pattern_steps < 0:
+    if pattern_steps is not None and (
+        isinstance(pattern_steps, bool) or not isinstance(pattern_steps, int) or pattern_steps < 0
+    ):
         raise ValueError(f"pattern_steps: expected 0 (off) or more, got {pattern_steps!r}")
     for given in (cam_layer, filter_layers, feature_layers, pattern_layers):
         if given is not None:
@@ -1009,6 +1043,7 @@ def report(
         statistics=statistics,
     )
     summary = make_summary(model, input_data=images[:1], depth=depth)
+    ctx.mult_adds = int(summary.total_mult_adds)
     with preserve_state(model, "eval"), torch.no_grad():
         output = model(images)
     if isinstance(output, torch.Tensor) and output.dim() == 2:
