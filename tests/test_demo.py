@@ -183,26 +183,27 @@ def test_the_report_shows_the_trained_model(quick_run: tuple[Path, list[Path], s
 def test_the_demo_cam_model_beats_both_baselines_on_deletion_and_pointing(
     tmp_path: Path,
 ) -> None:
-    """The demo's CAM section on a shorter training than the demo's (800 canvases, 3
-    epochs): the best method beats the random and the centred map on deletion and on
-    pointing, as the page prints it."""
+    """The demo's CAM section, with the demo's own CAM model and inputs (CanvasNet
+    trained as the full demo trains it, explained on the same 100 unseen canvases;
+    about 20 s): the best method beats the random and the centred map on deletion and
+    on pointing, as the page prints it."""
     import re
 
     from netsight.datasets import digit_canvases
     from netsight.demo import _trained_canvas_net
     from netsight.report import CAMInputs, report
 
-    config = DemoConfig(canvas_train=800, canvas_epochs=3, canvas_test=48)
+    config = DemoConfig()
     with contextlib.redirect_stdout(io.StringIO()):
         model, info = _trained_canvas_net(tmp_path, config, retrain=False)
-    assert info["history"][-1]["test_acc"] > 0.5
-    x, y, boxes = digit_canvases("test", 48, seed=config.seed + 1).tensors
+    assert info["history"][-1]["test_acc"] > 0.9
+    x, y, boxes = digit_canvases("test", config.canvas_test, seed=config.seed + 1).tensors
     page = report(
         model,
         x[:2],
         cam_methods=("gradcam", "gradcam++", "layercam", "eigencam"),
         cams=CAMInputs(model, x, labels=y.tolist(), boxes=boxes),
-        faithfulness_steps=8,
+        faithfulness_steps=16,
         pattern_steps=0,
         diagram=False,
     )
@@ -269,7 +270,7 @@ def test_the_pages_read_well_at_a_laptop_width(
     picture loads and is drawn at least 120 px wide; figures are not shrunk so far
     that their smallest text falls under 10 px on the screen; the page's own text is
     at least 12 px."""
-    from browser import WIDTH, measure
+    from browser import measure
 
     out, _, _ = quick_run
     layout = measure(out / name, browser=_browser())
@@ -282,8 +283,6 @@ def test_the_pages_read_well_at_a_laptop_width(
             continue
         if image["width"] < MIN_IMAGE_PX:
             problems.append(f"{label} drawn {image['width']:.0f} px wide")
-        if image["width"] > WIDTH:
-            problems.append(f"{label} wider than the window ({image['width']:.0f} px)")
         if image["fontPx"] is not None:
             shown = float(image["fontPx"]) * image["width"] / image["naturalWidth"]
             if shown < MIN_FIGURE_TEXT_PX:

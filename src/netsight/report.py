@@ -357,14 +357,21 @@ def _overview(ctx: _Context, summary: Any) -> str:
 
 def _blocks(ctx: _Context) -> str:
     """The model drawn as blocks (PlotNeuralNet's style, no LaTeX), or why not."""
-    from netsight.diagram import diagram
+    from netsight.diagram.blocks import SMALLEST_FONT_PT, render_blocks
+    from netsight.diagram.stages import extract, layout
 
+    dpi = 150
     try:
-        picture = diagram(ctx.model, input_data=ctx.images[:1], format="blocks")
+        network = extract(ctx.model, None, ctx.images[:1])
+        # 17 cm at 150 dpi is about 1,000 px, drawn unscaled with text of 10 px and up;
+        # a long row of stages needs the full 25 cm for its captions (and scrolls)
+        width = 17.0 if len(network.stages) <= 12 else 25.0
+        picture = render_blocks(layout(network, width=width), dpi=dpi)
     except Exception as exc:  # a drawing is a bonus: say why it is missing, go on
         return f"<p class=note>no block drawing: {html.escape(f'{type(exc).__name__}: {exc}')}</p>"
     caption = "the model drawn: one block per stage, sized by its output"
-    return f'<div class="blocks">{_figure_html(_data_uri(picture), caption)}</div>'
+    font_px = SMALLEST_FONT_PT * dpi / 72
+    return f'<div class="blocks">{_figure_html(_data_uri(picture), caption, font_px=font_px)}</div>'
 
 
 def _structure(ctx: _Context, summary: Any) -> str:
@@ -851,7 +858,7 @@ img.input { width: 160px; image-rendering: pixelated; }
 .row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 figure { margin: 0 0 1em; } figure img { max-width: 100%; }
 figure img.wide { width: 100%; max-width: 1150px; }
-.blocks img { max-width: 100%; }
+.blocks { overflow-x: auto; } .blocks img { max-width: none; }
 figcaption, .note { color: #555; font-size: 13px; }
 .diagram img { max-width: 100%; }
 .skipped-note { color: #8a5a00; }

@@ -25,13 +25,23 @@ from matplotlib.patches import FancyArrowPatch, Patch, Polygon
 from matplotlib.path import Path as MplPath
 from torch import nn
 
-from netsight.diagram.stages import COLORS, KIND_LABELS, Layout, extract, fmt_size, layout
+from netsight.diagram.stages import (
+    COLORS,
+    KIND_LABELS,
+    PAGE_WIDTH,
+    Layout,
+    extract,
+    fmt_size,
+    layout,
+)
 
-__all__ = ["block_picture", "render_blocks"]
+__all__ = ["SMALLEST_FONT_PT", "block_picture", "render_blocks"]
 
 _FORMATS = ("png", "svg")
 _CM = 1 / 2.54  # inches per centimetre
 _FONT = {"tiny": 5.0, "small": 7.0}
+#: The smallest text of a block picture, in points (``size_pt * dpi / 72`` pixels).
+SMALLEST_FONT_PT = min(_FONT.values())
 _ANCHORS = {
     "north": ("center", "top"),
     "north west": ("left", "top"),
@@ -190,6 +200,7 @@ def block_picture(
     format: str = "png",
     title: str | None = None,
     dpi: int = 150,
+    width: float = PAGE_WIDTH,
     dtypes: Sequence[torch.dtype] | None = None,
     mode: str = "eval",
     execution: str = "auto",
@@ -211,6 +222,10 @@ def block_picture(
             :func:`netsight.diagram.graph.record_dataflow`.
         title: the heading (default: the model's class and input size).
         dpi: resolution of a PNG.
+        width: centimetres for the row of boxes (default: an A4 landscape page).
+            The text keeps its size (:data:`SMALLEST_FONT_PT` and up), so a narrower
+            picture reads better on a screen: at ``dpi`` 150 a width of 17 cm is about
+            1,000 px with text of at least 10 px.
 
     Returns:
         The image file's bytes.
@@ -233,7 +248,8 @@ def block_picture(
                 mode=mode,
                 execution=execution,
                 forward_kwargs=forward_kwargs,
-            )
+            ),
+            width=width,
         ),
         format=format,
         title=title,
