@@ -203,7 +203,7 @@ def _monitor_run(path: Path) -> None:
         mon.epoch_end(val_loss=float(loss), val_acc=0.1)
 
 
-_MODEL_FILE = '''
+_MODEL_FILE = """
 from torch import nn
 
 
@@ -215,7 +215,8 @@ class MyNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.conv(x).relu())
-'''
+"""
+
 
 def _model_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -394,9 +395,7 @@ def _shell_block(block: Block) -> None:
 
 
 @pytest.mark.parametrize("section", SECTIONS, ids=[s.title for s in SECTIONS])
-def test_readme_section(
-    section: Section, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_readme_section(section: Section, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.syspath_prepend(str(tmp_path))  # a module the section writes imports
@@ -434,12 +433,17 @@ def test_the_runner_refuses_a_skip_without_reason() -> None:
 
 
 def test_a_failing_block_names_its_readme_line(tmp_path: Path) -> None:
-    text = "# t\n\n```python\nx = 1\ny = x / 0\n```\n\n```bash\nnetsight bogus\nls\n```\n"
+    text = (
+        "# t\n\n```python\nx = 1\ny = x / 0\n```\n\n"
+        "```bash\nnetsight --version\n\nnetsight bogus   # a comment\n```\n"
+    )
     (section,) = parse(text)
     with pytest.raises(AssertionError, match=r"^README.md line 5 \(python block from line 4\)"):
         _python_block(section.blocks[0], {})
-    with pytest.raises(AssertionError, match=r"^README.md line 9: `netsight bogus` exited"):
+    with pytest.raises(
+        AssertionError, match=r"^README.md line 11: `netsight bogus # a comment` exited with 2"
+    ):
         _shell_block(section.blocks[1])
-    section.blocks[1].text = "ls -l\n"
-    with pytest.raises(AssertionError, match=r"^README.md line 9: 'ls -l' is not a netsight"):
+    section.blocks[1].text = "netsight --version\nls -l\n"
+    with pytest.raises(AssertionError, match=r"^README.md line 10: 'ls -l' is not a netsight"):
         _shell_block(section.blocks[1])
