@@ -50,7 +50,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     common.add_class_names_option(p)
     common.add_out_dir_option(p, "cam")
-    common.add_image_options(p, "each image's own (a single N means N,N)")
+    common.add_image_options(p, "each image's own")
     p.add_argument(
         "--alpha",
         type=_unit_float,
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     out = common.out_dir(args, "cam", [MANIFEST, "grid.png"])
     model = common.model_from_args(args, random_note="predictions are meaningless")
     names = common.class_names_from_args(args, model)
-    size = common.image_size(args, square=True)
+    size = common.image_size(args)
     batches = [
         load_image(p, size=size, model=model, mean=args.mean, std=args.std) for p in args.images
     ]

@@ -393,24 +393,24 @@ def add_image_options(p: argparse.ArgumentParser, own: str) -> None:
         "--size",
         type=parse_shape,
         metavar="H,W",
-        help=f"resize to H,W (default: the model's usual input size when netsight knows it, "
-        f"else {own})",
+        help=f"resize to H,W (a single N means N,N) (default: the model's usual input size "
+        f"when netsight knows it, else {own})",
     )
     add_normalisation_options(p)
 
 
-def image_size(args: argparse.Namespace, *, square: bool = False) -> tuple[int, int] | None:
-    """``--size`` as (H, W), or the model's usual size; ``square``: one N means N,N."""
+def image_size(args: argparse.Namespace) -> tuple[int, int] | None:
+    """``--size`` as (H, W) (one N means N,N), or the model's usual size."""
     size: tuple[int, ...] | None = args.size
     if size is None:
         default = default_input_size(args.model)
         size = default[-2:] if default is not None else None
-    elif square and len(size) == 1:
+    elif len(size) == 1:
         size = (size[0], size[0])
     if size is None:
         return None
     if len(size) != 2:
-        raise UsageError(f"--size: expected H,W, got {','.join(map(str, size))}")
+        raise UsageError(f"--size: expected H,W or N, got {','.join(map(str, size))}")
     return size[0], size[1]
 
 

@@ -20,7 +20,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     common.add_model_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files Pillow can read")
     common.add_out_file_option(p, "out/report/NAME.html, NAME from MODEL")
-    common.add_image_options(p, "the first image's own (a single N means N,N)")
+    common.add_image_options(p, "the first image's own")
     common.add_methods_option(p, _REPORT_METHODS)
     common.add_layer_option(p, "CAM target layer (default: chosen per model)")
     p.add_argument(
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         )
     model = common.model_from_args(args, random_note="predictions are meaningless")
     class_names = common.class_names_from_args(args, model)
-    size = common.image_size(args, square=True)
+    size = common.image_size(args)
     batch = []
     for path in args.images:
         x = load_image(path, size=size, model=model, mean=args.mean, std=args.std)
