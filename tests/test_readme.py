@@ -200,7 +200,7 @@ def _monitor_run(path: Path) -> None:
             mon.step(loss=loss, outputs=model(x), targets=y)
             opt.step()
             opt.zero_grad()
-        mon.epoch_end(val_loss=float(loss), val_acc=0.1)
+        mon.epoch_end(val_loss=loss.item(), val_acc=0.1)
 
 
 _MODEL_FILE = """
