@@ -432,8 +432,8 @@ def emit(text: str, out: str | None) -> None:
 
 def check_out(out: str | os.PathLike[str] | None, overwrite: bool, *, make: bool = False) -> None:
     """Fail before the work, not after it, when the output file cannot or may not be
-    written: a directory, a missing parent (``make``: created instead, for a default
-    place under ``out/``), or an existing file without ``--overwrite``."""
+    written: a directory, a missing parent (unless ``make``: the caller creates it when
+    it writes), or an existing file without ``--overwrite``."""
     if out is None:
         return
     path = Path(out)
@@ -443,10 +443,8 @@ def check_out(out: str | os.PathLike[str] | None, overwrite: bool, *, make: bool
         raise FileExistsError(
             f"{path} already exists; pass --overwrite to replace it, or --out another file"
         )
-    if not path.parent.is_dir():
-        if not make:
-            raise UsageError(f"--out {out}: directory {path.parent} does not exist")
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if not make and not path.parent.is_dir():
+        raise UsageError(f"--out {out}: directory {path.parent} does not exist")
 
 
 def _overwrite_option(p: argparse.ArgumentParser, what: str) -> None:

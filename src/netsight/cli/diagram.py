@@ -67,15 +67,19 @@ def run(args: argparse.Namespace) -> int:
                 f"--out {args.out}: cannot tell the format from {suffix!r}; pass --format "
                 f"({', '.join(_DIAGRAM_FORMATS)})"
             )
+    out = args.out
+    if out is None and fmt not in ("dot", "tex"):  # dot and tex go to stdout unless --out
+        out = common.default_out_file(args, "diagram", "png" if fmt == "blocks" else fmt)
+        common.check_out(out, args.overwrite, make=True)
     sizes = common.input_sizes(args)
     model = common.model_from_args(args)
     if fmt == "tex":
         common.emit(diagram(model, input_size=sizes, format="tex"), args.out)
         return 0
-    out = args.out or common.default_out_file(args, "diagram", "png" if fmt == "blocks" else fmt)
-    common.check_out(out, args.overwrite, make=args.out is None)
     if fmt == "blocks":
-        path = atomic_write_bytes(out, diagram(model, input_size=sizes, format="blocks"))
+        data = diagram(model, input_size=sizes, format="blocks")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)  # out/diagram/, once it is drawn
+        path = atomic_write_bytes(out, data)
         print(f"netsight: wrote {path}", file=sys.stderr)
         return 0
     d = diagram(
@@ -89,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
     for note in d.notes:
         print(f"netsight: note: {note}", file=sys.stderr)
     if fmt == "dot":
-        common.emit(d.dot, args.out)
+        common.emit(d.dot, out)
         return 0
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     path = d.save(out)
     print(f"netsight: wrote {path} ({len(d.nodes)} nodes)", file=sys.stderr)
     return 0

@@ -56,12 +56,12 @@ def run(args: argparse.Namespace) -> int:
     from netsight.images import load_image
     from netsight.report import report
 
-    out = Path(args.out or common.default_out_file(args, "report", "html"))
-    common.check_out(out, args.overwrite, make=True)
     if args.labels is not None and len(args.labels) != len(args.images):
         raise common.UsageError(
             f"--labels: {len(args.labels)} labels for {len(args.images)} images"
         )
+    out = Path(args.out or common.default_out_file(args, "report", "html"))
+    common.check_out(out, args.overwrite, make=True)
     model = common.model_from_args(args, random_note="predictions are meaningless")
     class_names = common.class_names_from_args(args, model)
     size = common.image_size(args)
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         depth=args.depth,
         progress=sys.stderr.isatty(),
     )
+    out.parent.mkdir(parents=True, exist_ok=True)
     path = result.save(out)
     for section in result.sections:
         state = f"skipped: {section.skipped}" if section.skipped else f"{section.seconds:.1f} s"
