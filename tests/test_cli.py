@@ -184,7 +184,11 @@ def test_out_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
 def test_out_file_replaces_whole(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     target = tmp_path / "summary.json"
     target.write_text("x" * 1_000_000)
-    code, _, _ = run(capsys, "summary", "zoo:Vgg16Net", "--format", "json", "--out", str(target))
+    argv = ["summary", "zoo:Vgg16Net", "--format", "json", "--out", str(target)]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert f"netsight: error: {target} already exists; pass --overwrite" in err
+    code, _, _ = run(capsys, *argv, "--overwrite")
     assert code == 0
     assert json.loads(target.read_text())["totals"]["total_params"] == 15_118_538
 

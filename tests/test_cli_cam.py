@@ -226,7 +226,7 @@ def test_weights_decide_the_default_target(
     ]
     assert run(capsys, *argv)[0] == 0
     (record,) = manifest(out)["images"]
-    assert record["predicted"] == {"class": 3, "probability": pytest.approx(1.0)}
+    assert record["predicted"] == {"class": 3, "name": None, "probability": pytest.approx(1.0)}
     assert record["target"]["class"] == 3
 
 

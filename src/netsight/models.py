@@ -2,7 +2,8 @@
 
 A *model spec* is a short string that names a network, as the command line takes it:
 
-* ``torchvision:NAME``: a torchvision model with random weights (``resnet18``);
+* ``torchvision:NAME``: a torchvision model with random weights (``resnet18``; drawn
+  from the global RNG: seed it, as the CLI's ``--seed`` does, for the same weights);
 * ``timm:NAME``: a timm model with random weights (needs ``pip install 'netsight[timm]'``);
 * ``zoo:NAME``: one of netsight's reference models (``zoo:Vgg16Net``);
 * ``path/to/file.py:NAME``: a class, zero-argument factory or ``nn.Module`` instance
@@ -12,7 +13,8 @@ A *model spec* is a short string that names a network, as the command line takes
 :func:`load_weights` loads a checkpoint into a model with
 ``torch.load(..., weights_only=True)`` unless the caller says the file is trusted,
 unwraps the usual checkpoint layouts and checks keys and shapes before it touches
-the model.
+the model. :func:`class_names` gives the class names of a torchvision classifier
+(ImageNet's, from torchvision's weight metadata; nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from netsight.hooks import model_device
 __all__ = [
     "ModelSpecError",
     "UntrustedCheckpointError",
+    "class_names",
     "default_input_size",
     "load_model",
     "load_weights",
@@ -446,6 +449,85 @@ def default_input_size(spec: str) -> tuple[int, ...] | None:
     if key.startswith("vit_") and 224 in crops:
         crop_size = 224
     return (1, 3, crop_size, crop_size)
+
+
+def _torchvision_classifiers() -> set[str]:
+    import torchvision
+
+    models = torchvision.models
+    found = set(models.list_models(module=models))
+    return found | set(models.list_models(module=models.quantization))
+
+
+def _torchvision_categories(name: str) -> list[str] | None:
+    """The ``categories`` of the first published weights of a torchvision classifier."""
+    import torchvision
+
+    key = name.lower()
+    if key not in _torchvision_classifiers():
+        return None
+    try:
+        entries = list(torchvision.models.get_model_weights(key))
+    except (ValueError, KeyError):  # pragma: no cover - every classifier has weights
+        return None
+    for entry in entries:
+        categories = entry.meta.get("categories")
+        if isinstance(categories, list) and all(isinstance(c, str) for c in categories):
+            return list(categories)
+    return None
+
+
+def _output_features(model: nn.Module) -> int | None:
+    """The ``out_features`` of the model's last ``nn.Linear`` (its class count, for
+    torchvision's classifiers)."""
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    return last.out_features if last is not None else None
+
+
+def class_names(model: str | nn.Module) -> list[str] | None:
+    """The names of a torchvision classifier's classes, when netsight knows them.
+
+    They come from torchvision's weight metadata (``Weights.meta["categories"]``: the
+    ImageNet-1k names for every image classifier), which ships with torchvision:
+    nothing is downloaded. A model built with random weights has them too: the names
+    belong to the architecture's published classes, not to any weights.
+
+    Example:
+        >>> class_names("torchvision:resnet18")[:3]
+        ['tench', 'goldfish', 'great white shark']
+        >>> class_names("zoo:Vgg16Net") is None
+        True
+
+    Args:
+        model: a model spec (``torchvision:resnet18``), or a model built by
+            torchvision's classification builders; a model whose last ``nn.Linear``
+            does not have as many outputs as there are names gets ``None``.
+
+    Returns:
+        One name per class index, or ``None`` when netsight does not know them
+        (other specs, detectors, segmenters, video models, ``timm:`` models).
+
+    Raises:
+        ModelSpecError: a malformed spec.
+    """
+    if isinstance(model, str):
+        kind, _, name = _split_spec(model)
+        return _torchvision_categories(name) if kind == "torchvision" else None
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model: expected a model spec or a torch.nn.Module, got {type(model).__name__}"
+        )
+    module = type(model).__module__
+    if not module.startswith("torchvision.models.") or module.count(".") != 2:
+        return None  # detection, segmentation, video, optical_flow live one level deeper
+    # Every torchvision image classifier is published for ImageNet-1k: the same names.
+    names = _torchvision_categories("resnet18")
+    if names is None or _output_features(model) != len(names):
+        return None
+    return names
 
 
 # --------------------------------------------------------------------------- load_weights

@@ -131,6 +131,7 @@ class CAMComparison:
         seconds: method -> seconds spent computing its maps.
         evaluation: the faithfulness scores (``faithfulness_steps > 0``), or ``None``.
         evaluation_error: why faithfulness could not be measured, or ``None``.
+        class_names: the name of each class index (``class_names=``), or ``None``.
     """
 
     model_class: str
@@ -156,6 +157,16 @@ class CAMComparison:
     seconds: Mapping[str, float]
     evaluation: CAMEvaluation | None = None
     evaluation_error: str | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def class_name(self, index: int) -> str | None:
+        """The name of class ``index``, or ``None`` without ``class_names``."""
+        names = self.class_names
+        return names[index] if names is not None and 0 <= index < len(names) else None
+
+    def _class_label(self, index: int) -> str:
+        name = self.class_name(index)
+        return f"{index} {_shorten(name, 20)}" if name is not None else str(index)
 
     def file_stem(self, image: int, method: str) -> str:
         """The stem of one overlay (and map) file: ``IMAGE__METHOD``."""
@@ -244,10 +255,12 @@ class CAMComparison:
                     "input_shape": list(self.shapes[index]),
                     "predicted": {
                         "class": self.predicted[index],
+                        "name": self.class_name(self.predicted[index]),
                         "probability": _finite_or_none(self.probabilities[index]),
                     },
                     "target": {
                         "class": self.targets[index],
+                        "name": self.class_name(self.targets[index]),
                         "score": _finite_or_none(self.scores[index]),
                     },
                     "methods": per_method,
@@ -304,13 +317,19 @@ class CAMComparison:
                 (
                     picture[:, :, 0] if picture.shape[2] == 1 else picture,
                     f"{_shorten(Path(self.sources[row]).name)}\n"
-                    f"target {target}, logit {self.scores[row]:.3g}\n"
-                    f"top-1 {self.predicted[row]} (p={self.probabilities[row]:.2f})",
+                    f"target {self._class_label(target)}, logit {self.scores[row]:.3g}\n"
+                    f"top-1 {self._class_label(self.predicted[row])} "
+                    f"(p={self.probabilities[row]:.2f})",
                 )
             ]
             for method in self.methods:
                 layers = _shorten(", ".join(self.layers[method][row]))
-                cells.append((overlays[(row, method)], f"{method}\nclass {target}\n{layers}"))
+                cells.append(
+                    (
+                        overlays[(row, method)],
+                        f"{method}\nclass {self._class_label(target)}\n{layers}",
+                    )
+                )
             for ax, (image, label) in zip(axes[row], cells, strict=True):
                 ax.imshow(image, cmap="gray" if getattr(image, "ndim", 3) == 2 else None)
                 ax.set_title(label, fontsize=7)
@@ -414,6 +433,7 @@ def compare(
     approx: int | None = None,
     faithfulness_steps: int = 0,
     regions: torch.Tensor | Sequence[Any] | None = None,
+    class_names: Sequence[str] | None = None,
     strict: bool = False,
     progress: bool = False,
 ) -> CAMComparison:
@@ -449,6 +469,8 @@ def compare(
             measurement: ``(B, 4)`` boxes ``(x0, y0, x1, y1)``, or one box, mask or
             ``None`` per image (the forms :func:`netsight.cam.evaluate` takes), in the
             order of the images across all batches.
+        class_names: the name of each class index (e.g.
+            :func:`netsight.models.class_names`), for ``cam.json`` and the grid.
         strict: raise a method's failure (and the evaluation's) instead of
             recording it in ``skipped`` (``evaluation_error``).
         progress: show a progress bar.
@@ -483,6 +505,8 @@ def compare(
         raise ValueError(f"faithfulness_steps: expected 0 (off) or more, got {faithfulness_steps}")
     if regions is not None and len(regions) != count:
         raise ValueError(f"regions: {len(regions)} regions for {count} images")
+    if isinstance(class_names, str):
+        raise TypeError("class_names: expected a sequence of names, got one string")
     if layer is not None:
         resolve_layers(model, layer)  # an unknown name fails here, with close matches
 
@@ -603,4 +627,5 @@ def compare(
         seconds=seconds,
         evaluation=evaluation,
         evaluation_error=evaluation_error,
+        class_names=tuple(str(n) for n in class_names) if class_names is not None else None,
     )

@@ -34,71 +34,53 @@ def _class_index(text: str) -> int:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from netsight.cam import METHODS
-
     common.add_model_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files Pillow can read")
-    p.add_argument(
-        "--method",
-        type=common.parse_cam_methods,
-        default=("gradcam",),
-        metavar="NAME[,NAME...]",
-        help=f"methods to run, comma-separated, from: {', '.join(METHODS)}; or all "
-        f"(every method this model supports) (default: gradcam)",
-    )
+    common.add_methods_option(p, ("gradcam",))
     p.add_argument(
         "--target",
         type=_class_index,
         metavar="CLASS",
         help="class index to explain in every image (default: each image's top-1 class)",
     )
-    p.add_argument(
-        "--layer",
-        metavar="NAME",
-        help="target layer name or glob (default: the last layer with a spatial map); "
+    common.add_layer_option(
+        p,
+        "target layer name or glob (default: the last layer with a spatial map); "
         "see `netsight layers MODEL`; saliency ignores it",
     )
-    common.add_out_dir_option(p, "out/cam")
-    common.add_image_options(p, "each image's own (a single N means N,N)")
+    common.add_class_names_option(p)
+    common.add_out_dir_option(p, "cam")
+    common.add_image_options(p, "each image's own")
     p.add_argument(
         "--alpha",
         type=_unit_float,
         default=0.5,
         metavar="A",
-        help="heat-map weight in the overlays, 0 to 1 (default: 0.5)",
+        help="heat-map weight in the overlays, 0 to 1",
     )
-    p.add_argument(
-        "--colormap",
-        "--cmap",
-        dest="colormap",
-        default="jet",
-        metavar="NAME",
-        help="matplotlib colormap of the heat maps (default: jet)",
-    )
+    common.add_colormap_option(p, "jet")
     p.add_argument(
         "--batch-size",
         type=common.parse_positive_int,
         metavar="N",
-        help="inputs per forward in the perturbation methods (scorecam, ablationcam; "
-        "default: the method's own)",
+        help="inputs per forward in the perturbation methods (scorecam, ablationcam) "
+        "(default: the method's own)",
     )
     p.add_argument(
         "--approx",
         type=common.parse_positive_int,
         metavar="K",
         help="scorecam and ablationcam: the documented approximation with at most K "
-        "extra forwards per image (see the README; default: exact)",
+        "extra forwards per image (see the README) (default: exact)",
     )
+    common.add_faithfulness_option(p)
     p.add_argument(
         "--evaluate",
+        dest="faithfulness_steps",
         type=common.parse_positive_int,
         nargs="?",
         const=20,
-        metavar="STEPS",
-        help="also measure faithfulness: deletion and insertion AUC, average drop and "
-        "increase of each method's maps, next to a random and a centred map "
-        "(netsight.cam.evaluate; STEPS deletion/insertion steps, default 20); printed "
-        "and written to cam.json",
+        help=argparse.SUPPRESS,  # the old spelling of --faithfulness-steps
     )
     p.add_argument(
         "--save-maps",
@@ -108,7 +90,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _print_cam_table(found: Any, out: Path) -> None:
+def _class(index: int, names: list[str] | None) -> str:
+    """``281 tabby`` with names, else ``281``."""
+    if names is not None and 0 <= index < len(names):
+        return f"{index} {names[index]}"
+    return str(index)
+
+
+def _print_cam_table(found: Any, out: Path, names: list[str] | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -119,7 +108,7 @@ def _print_cam_table(found: Any, out: Path) -> None:
         for method in found.methods:
             table.add_row(
                 Path(source).name,
-                str(found.targets[index]),
+                _class(found.targets[index], names),
                 f"{found.scores[index]:.3g}",
                 method,
                 ", ".join(found.layers[method][index]),
@@ -140,15 +129,16 @@ def run(args: argparse.Namespace) -> int:
 
     check_colormap(args.colormap, "--colormap")  # before any work
     out = common.out_dir(args, "cam", [MANIFEST, "grid.png"])
-    model = common.model_from_args(args)
-    size = common.image_size(args, square=True)
+    model = common.model_from_args(args, random_note="predictions are meaningless")
+    names = common.class_names_from_args(args, model)
+    size = common.image_size(args)
     batches = [
         load_image(p, size=size, model=model, mean=args.mean, std=args.std) for p in args.images
     ]
     found = compare(
         model,
         batches,
-        args.method,
+        args.methods,
         args.target,
         layer=args.layer,
         names=args.images,
@@ -156,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         std=args.std,
         batch_size=args.batch_size,
         approx=args.approx,
-        faithfulness_steps=args.evaluate or 0,
+        class_names=names,
+        faithfulness_steps=args.faithfulness_steps,
         strict=args.traceback,
         progress=sys.stdout.isatty(),
     )
@@ -180,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         maps=args.save_maps,
         **common.provenance(args),
     )
-    _print_cam_table(found, out)
+    _print_cam_table(found, out, names)
     if found.evaluation is not None:
         print()
         print(found.evaluation.table(), end="")
@@ -195,8 +186,9 @@ COMMAND = common.Command(
     configure,
     run,
     description="Explain the class the model picks (or --target) for each IMAGE with "
-    "each --method: one overlay PNG per (image, method), grid.png (rows: images, "
-    "columns: the image then each method) and cam.json in --out. A method that cannot "
+    "each of --methods: one overlay PNG per (image, method), grid.png (rows: images, "
+    "columns: the image then each method) and cam.json in --out, classes named from "
+    "--classes or, for torchvision classifiers, ImageNet's names. A method that cannot "
     "run on the model is skipped with its reason; the exit code is 1 when an explicitly "
     "requested method was skipped, 2 when none ran.",
 )

@@ -15,15 +15,27 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--out",
         default="out",
         metavar="DIR",
-        help="where the files go (default: out); the demo's own files from an earlier run "
-        "there are replaced, its trained weights reused",
+        help="where the files go; the demo's own files from an earlier run there are "
+        "replaced, its trained weights reused",
     )
     p.add_argument(
         "--quick",
         action="store_true",
         help="train one epoch on 64 digits (seconds, a smoke test) instead of the full run",
     )
-    p.add_argument("--epochs", type=int, metavar="N", help="training epochs (default: 4)")
+    p.add_argument(
+        "--epochs",
+        type=common.parse_positive_int,
+        metavar="N",
+        help="training epochs (default: 4, 1 with --quick)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the initialisation, the data split and the shuffling",
+    )
     p.add_argument(
         "--retrain",
         action="store_true",
@@ -38,9 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = DemoConfig.quick() if args.quick else DemoConfig()
     if args.epochs is not None:
-        if args.epochs < 1:
-            raise common.UsageError(f"--epochs: expected at least 1, got {args.epochs}")
         config = dataclasses.replace(config, epochs=args.epochs)
+    config = dataclasses.replace(config, seed=args.seed)
     run_demo(args.out, config=config, retrain=args.retrain)
     return 0
 

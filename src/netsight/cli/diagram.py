@@ -26,41 +26,38 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         choices=_DIAGRAM_FORMATS,
-        help="output format (default: from the --out suffix, else svg); dot and tex need "
-        "no binary; svg, png and pdf run Graphviz's dot",
+        help="output format; dot and tex need no binary; svg, png and pdf run Graphviz's "
+        "dot (default: from the --out suffix, else svg)",
     )
     p.add_argument(
         "--depth",
         type=common.parse_depth,
         default=3,
         metavar="N",
-        help="nesting depth drawn (default: 3)",
+        help="nesting depth drawn",
     )
     p.add_argument(
         "--roll",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="draw repeated identical blocks once, marked 'x N' (default: on)",
+        help="draw repeated identical blocks once, marked 'x N'",
     )
     p.add_argument(
         "--direction",
         choices=Direction.values(),
         default=Direction.TB.value,
-        help="layout direction: top to bottom, left to right, bottom to top, right to left "
-        "(default: TB)",
+        help="layout direction: top to bottom, left to right, bottom to top, right to left",
     )
-    p.add_argument(
-        "--out",
-        metavar="FILE",
-        help="output file (default: stdout for dot and tex, MODEL.FORMAT otherwise)",
+    common.add_out_file_option(
+        p, "stdout for dot and tex, else out/diagram/NAME.FORMAT, NAME from MODEL"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from netsight._io import atomic_write_bytes, safe_filename
+    from netsight._io import atomic_write_bytes
     from netsight.diagram import diagram
 
-    common.check_out(args.out)
+    common.check_out(args.out, args.overwrite)
     fmt: str | None = args.format
     if fmt is None:
         suffix = Path(args.out).suffix.lower().lstrip(".") if args.out else ""
@@ -70,17 +67,19 @@ def run(args: argparse.Namespace) -> int:
                 f"--out {args.out}: cannot tell the format from {suffix!r}; pass --format "
                 f"({', '.join(_DIAGRAM_FORMATS)})"
             )
+    out = args.out
+    if out is None and fmt not in ("dot", "tex"):  # dot and tex go to stdout unless --out
+        out = common.default_out_file(args, "diagram", "png" if fmt == "blocks" else fmt)
+        common.check_out(out, args.overwrite, make=True)
     sizes = common.input_sizes(args)
     model = common.model_from_args(args)
     if fmt == "tex":
         common.emit(diagram(model, input_size=sizes, format="tex"), args.out)
         return 0
-    out = (
-        args.out
-        or f"{safe_filename(args.model.split(':')[-1])}.{'png' if fmt == 'blocks' else fmt}"
-    )
     if fmt == "blocks":
-        path = atomic_write_bytes(out, diagram(model, input_size=sizes, format="blocks"))
+        data = diagram(model, input_size=sizes, format="blocks")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)  # out/diagram/, once it is drawn
+        path = atomic_write_bytes(out, data)
         print(f"netsight: wrote {path}", file=sys.stderr)
         return 0
     d = diagram(
@@ -94,9 +93,10 @@ def run(args: argparse.Namespace) -> int:
     for note in d.notes:
         print(f"netsight: note: {note}", file=sys.stderr)
     if fmt == "dot":
-        common.emit(d.dot, args.out)
+        common.emit(d.dot, out)
         return 0
-    path = d.save(Path(out).with_suffix("." + fmt) if not args.out else out)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    path = d.save(out)
     print(f"netsight: wrote {path} ({len(d.nodes)} nodes)", file=sys.stderr)
     return 0
 

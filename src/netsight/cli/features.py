@@ -25,16 +25,19 @@ _FEATURES_FILES = (
 def configure(p: argparse.ArgumentParser) -> None:
     common.add_model_options(p)
     p.add_argument("image", metavar="IMAGE", help="an image file Pillow can read")
-    p.add_argument(
-        "--layers",
-        nargs="+",
-        metavar="LAYER",
-        help="layer names or globs (default: every convolution); see `netsight layers MODEL`",
+    common.add_layers_option(
+        p, "layer names or globs (default: every convolution); see `netsight layers MODEL`"
     )
-    common.add_out_dir_option(p, "out/features")
+    common.add_out_dir_option(p, "features")
     common.add_image_options(p, "the image's own")
-    p.add_argument("--max-channels", type=int, default=64, metavar="N", help="tiles per layer grid")
-    p.add_argument("--cmap", default="viridis", help="matplotlib colormap (default: viridis)")
+    p.add_argument(
+        "--max-channels",
+        type=common.parse_positive_int,
+        default=64,
+        metavar="N",
+        help="tiles per layer grid",
+    )
+    common.add_colormap_option(p, "viridis")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     # what export_features always writes, and the grids of an earlier run
     names = [*_FEATURES_FILES, *(p.name for p in sorted(out.glob("features_*.png")))]
     out = common.out_dir(args, "features", names)
-    model = common.model_from_args(args)
+    model = common.model_from_args(args, random_note="the maps show an untrained model")
     x = load_image(
         args.image,
         size=common.image_size(args),
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         std=args.std,
     )
     paths = export_features(
-        model, x, out, layers=args.layers, max_channels=args.max_channels, cmap=args.cmap
+        model, x, out, layers=args.layers, max_channels=args.max_channels, cmap=args.colormap
     )
     common.report_written(paths)
     stats_text = (out / "layer_stats.txt").read_text(encoding="utf-8").splitlines()

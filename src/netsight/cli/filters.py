@@ -13,31 +13,32 @@ __all__ = ["COMMAND"]
 
 def configure(p: argparse.ArgumentParser) -> None:
     common.add_model_options(p)
-    p.add_argument(
-        "--layer",
-        nargs="+",
-        metavar="LAYER",
-        help="convolution layer name(s) (default: the first convolution)",
-    )
-    common.add_out_dir_option(p, "out/filters")
+    common.add_layers_option(p, "convolution layer names or globs (default: the first convolution)")
+    common.add_out_dir_option(p, "filters")
     p.add_argument(
         "--mode",
         default=FilterMode.AUTO.value,
         choices=FilterMode.values(),
         help="rgb tiles for 3-channel inputs, one tile per (filter, input channel), "
-        "or the per-filter mean (default: auto)",
+        "or the per-filter mean",
     )
-    p.add_argument("--max-tiles", type=int, default=256, metavar="N", help="cap on tiles")
+    p.add_argument(
+        "--max-tiles",
+        type=common.parse_positive_int,
+        default=256,
+        metavar="N",
+        help="cap on tiles per layer",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from netsight.filters import MANIFEST, save_filters
 
     out = common.out_dir(args, "filters", [MANIFEST])
-    model = common.model_from_args(args)
+    model = common.model_from_args(args, random_note="the kernels are untrained")
     paths = save_filters(
         model,
-        args.layer,
+        args.layers,
         out,
         mode=args.mode,
         max_tiles=args.max_tiles,
@@ -52,4 +53,6 @@ COMMAND = common.Command(
     "convolution kernels drawn as image grids",
     configure,
     run,
+    description="Draw the kernels of each of --layers (convolutions) as an image grid: "
+    "one PNG per layer and filters.json in --out.",
 )

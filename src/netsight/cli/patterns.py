@@ -13,8 +13,8 @@ __all__ = ["COMMAND"]
 
 def configure(p: argparse.ArgumentParser) -> None:
     common.add_model_options(p)
-    p.add_argument(
-        "--layer", required=True, metavar="NAME", help="the layer whose channels to maximise"
+    common.add_layer_option(
+        p, "the layer whose channels to maximise (required)", required=True, greedy=True
     )
     p.add_argument(
         "--channels",
@@ -22,18 +22,23 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="K[,K...]",
         help="channel indices (default: the first --max-channels)",
     )
-    p.add_argument("--max-channels", type=common.parse_positive_int, default=16, metavar="N")
+    p.add_argument(
+        "--max-channels",
+        type=common.parse_positive_int,
+        default=16,
+        metavar="N",
+        help="channels without --channels",
+    )
     p.add_argument(
         "--size", type=common.parse_positive_int, default=64, metavar="N", help="picture side"
     )
     p.add_argument(
         "--steps", type=common.parse_positive_int, default=128, metavar="N", help="Adam steps"
     )
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    p.add_argument("--lr", type=float, default=0.05, metavar="LR", help="learning rate")
     p.add_argument("--pixel", action="store_true", help="optimise pixels, not a 1/f spectrum")
-    p.add_argument("--seed", type=int, default=0)
     common.add_normalisation_options(p)
-    common.add_out_dir_option(p, "out/patterns")
+    common.add_out_dir_option(p, "patterns")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     stem = f"patterns_{safe_filename(args.layer)}"
     out = common.out_dir(args, "patterns", [f"{stem}.json", f"{stem}.png"])
-    model = common.model_from_args(args)
+    model = common.model_from_args(args, random_note="the pictures show an untrained model")
     found = maximize(
         model,
         args.layer,

@@ -19,39 +19,36 @@ _REPORT_METHODS = ("gradcam", "gradcam++", "layercam")
 def configure(p: argparse.ArgumentParser) -> None:
     common.add_model_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files Pillow can read")
-    p.add_argument("--out", default="out/report.html", metavar="FILE", help="the page to write")
+    common.add_out_file_option(p, "out/report/NAME.html, NAME from MODEL")
     common.add_image_options(p, "the first image's own")
+    common.add_methods_option(p, _REPORT_METHODS)
+    common.add_layer_option(p, "CAM target layer (default: chosen per model)")
     p.add_argument(
-        "--methods",
-        type=common.parse_cam_methods,
-        metavar="M[,M...]|all",
-        help=f"CAM methods (default: {','.join(_REPORT_METHODS)})",
+        "--labels",
+        type=common.parse_ints,
+        metavar="K[,K...]",
+        help="the true class of each image (default: none, predictions are not marked)",
     )
-    p.add_argument("--layer", metavar="NAME", help="CAM target layer (default: chosen per model)")
+    common.add_class_names_option(p)
     p.add_argument(
-        "--labels", type=common.parse_ints, metavar="K[,K...]", help="the true class of each image"
+        "--run",
+        dest="run_dir",
+        metavar="DIR",
+        help="a TrainingMonitor run directory to include (default: none)",
     )
-    p.add_argument("--classes", metavar="FILE", help="a text file with one class name per line")
-    p.add_argument(
-        "--run", dest="run_dir", metavar="DIR", help="a TrainingMonitor run directory to include"
-    )
-    p.add_argument(
-        "--faithfulness-steps",
-        type=int,
-        default=10,
-        metavar="N",
-        help="deletion/insertion steps of the CAM faithfulness table; 0 leaves it out (default 10)",
-    )
+    common.add_faithfulness_option(p)
     p.add_argument(
         "--pattern-steps",
-        type=int,
+        type=common.parse_depth,
         default=64,
         metavar="N",
         help="activation-maximisation steps for the last convolution's filter patterns; "
-        "0 leaves them out (default 64)",
+        "0 leaves them out",
     )
     p.add_argument("--no-diagram", action="store_true", help="leave the dataflow graph out")
-    p.add_argument("--depth", type=common.parse_depth, default=3, help="summary depth (default 3)")
+    p.add_argument(
+        "--depth", type=common.parse_depth, default=3, metavar="N", help="summary table depth"
+    )
     p.add_argument("--title", help="page title (default: the model's class name)")
 
 
@@ -59,23 +56,14 @@ def run(args: argparse.Namespace) -> int:
     from netsight.images import load_image
     from netsight.report import report
 
-    out = Path(args.out)
-    if out.exists() and out.is_dir():
-        raise common.UsageError(
-            f"--out {args.out}: is a directory; give a file name such as report.html"
-        )
     if args.labels is not None and len(args.labels) != len(args.images):
         raise common.UsageError(
             f"--labels: {len(args.labels)} labels for {len(args.images)} images"
         )
-    class_names = None
-    if args.classes:
-        try:
-            lines = Path(args.classes).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise common.UsageError(f"--classes {args.classes}: {exc.strerror or exc}") from None
-        class_names = [line.strip() for line in lines if line.strip()]
-    model = common.model_from_args(args)
+    out = Path(args.out or common.default_out_file(args, "report", "html"))
+    common.check_out(out, args.overwrite, make=True)
+    model = common.model_from_args(args, random_note="predictions are meaningless")
+    class_names = common.class_names_from_args(args, model)
     size = common.image_size(args)
     batch = []
     for path in args.images:
@@ -83,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if size is None:  # the first image fixes the size of the others
             size = (x.shape[-2], x.shape[-1])
         batch.append(x)
-    methods: str | tuple[str, ...] | None = args.methods
+    methods: str | tuple[str, ...] = args.methods
     if methods == "all":
         from netsight.cam import METHODS
 
@@ -97,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         mean=args.mean if args.mean is not None else [0.5],
         std=args.std if args.std is not None else [0.5],
         title=args.title,
-        cam_methods=methods if methods is not None else _REPORT_METHODS,
+        cam_methods=methods,
         cam_layer=args.layer,
         faithfulness_steps=args.faithfulness_steps,
         pattern_steps=args.pattern_steps,
@@ -123,5 +111,6 @@ COMMAND = common.Command(
     description="Run everything netsight shows on MODEL and IMAGE(s) and write one "
     "self-contained HTML page (pictures embedded): the layer summary, the dataflow "
     "graph, filters, feature maps, layer statistics, class activation maps and, with "
-    "--run, a TrainingMonitor run's curves, gradient flow and diagnostics.",
+    "--run, a TrainingMonitor run's curves, gradient flow and diagnostics. The CAM "
+    "faithfulness table is off unless --faithfulness-steps (it can take minutes).",
 )

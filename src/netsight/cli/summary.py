@@ -9,7 +9,7 @@ import torch
 
 from netsight.cli import common
 from netsight.options import SummaryFormat
-from netsight.summary import Column, Summary, summary
+from netsight.summary import DEFAULT_COLUMNS, Column, Summary, summary
 
 __all__ = ["COMMAND"]
 
@@ -39,20 +39,20 @@ def _columns(text: str) -> list[Column]:
 def configure(p: argparse.ArgumentParser) -> None:
     common.add_model_options(p)
     common.add_input_options(p)
-    p.add_argument(
-        "--depth", type=common.parse_depth, default=3, metavar="N", help="table depth (default: 3)"
-    )
+    p.add_argument("--depth", type=common.parse_depth, default=3, metavar="N", help="table depth")
     p.add_argument(
         "--columns",
         type=_columns,
         metavar="COL[,COL...]",
-        help="columns to show, from: " + ", ".join(c.value for c in Column),
+        help="columns to show, from: "
+        + ", ".join(c.value for c in Column)
+        + f" (default: {','.join(c.value for c in DEFAULT_COLUMNS)})",
     )
     p.add_argument(
         "--format",
         choices=SummaryFormat.values(),
         default=SummaryFormat.TEXT.value,
-        help="output format (default: text)",
+        help="output format",
     )
     p.add_argument(
         "--meta",
@@ -60,11 +60,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="build the model on the meta device: any size, no memory for weights "
         "(e.g. zoo:LlamaDecoder, a 7B-parameter shape)",
     )
-    p.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    common.add_out_file_option(p, "stdout")
 
 
 def run(args: argparse.Namespace) -> int:
-    common.check_out(args.out)
+    common.check_out(args.out, args.overwrite)
     model = common.model_from_args(args, device="meta" if args.meta else None)
     sizes = common.input_sizes(args)
     dtypes: list[torch.dtype] | None = args.dtype
