@@ -2,6 +2,8 @@
 # (a .venv with torch from local disk, the package, test tools, Debian packages)
 # and are idempotent: a second run only re-installs what changed.
 SHELL := /bin/bash
+# a pipeline fails when its first command fails (pip behind the log filter below)
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,6 +13,11 @@ STAMP_TORCH := $(VENV)/.stamp-torch
 STAMP_PKG := $(VENV)/.stamp-pkg
 STAMP_SYS := $(VENV)/.stamp-sysdeps
 STAMP_BENCH := $(VENV)/.stamp-bench
+# Quiet setup logs: pip is quiet (-q, no version check), and the one warning this
+# machine's pip configuration prints per package (a find-links directory that does not
+# exist here) is dropped; every other line, and pip's exit status, go through.
+PIP_INSTALL := $(PIP) install -q --disable-pip-version-check
+QUIET := 2>&1 | { grep -v "is neither a file nor a directory" || true; }
 
 .PHONY: demo test lint typecheck pytest setup sysdeps bench clean
 
@@ -18,16 +25,16 @@ setup: $(STAMP_PKG) $(STAMP_SYS)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP_INSTALL) --upgrade pip $(QUIET)
 
 # torch first, pinned: here it comes from local disk (about 2 minutes, 5.5 GB, once).
 $(STAMP_TORCH): | $(VENV)/bin/python
-	$(PIP) install -q $(TORCH_PINS) 2>&1 | grep -v "is neither a file nor a directory" || true
+	$(PIP_INSTALL) $(TORCH_PINS) $(QUIET)
 	$(PY) -c "import torch, torchvision"
 	touch $@
 
 $(STAMP_PKG): pyproject.toml $(STAMP_TORCH)
-	$(PIP) install -q -e '.[test,demo]'
+	$(PIP_INSTALL) -e '.[test,demo]' $(QUIET)
 	touch $@
 
 # Debian packages the suite needs (listed in scripts/system-deps.txt); installed only if missing.
@@ -59,7 +66,7 @@ test: lint typecheck pytest
 
 # The benchmarks' peers at pinned versions (pyproject's `bench` extra; see BENCHMARKS.md).
 $(STAMP_BENCH): pyproject.toml $(STAMP_PKG)
-	$(PIP) install -q -e '.[test,demo,bench]'
+	$(PIP_INSTALL) -e '.[test,demo,bench]' $(QUIET)
 	touch $@
 
 bench: setup $(STAMP_BENCH)

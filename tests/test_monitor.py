@@ -289,7 +289,7 @@ def test_dead_relu_units_on_the_probe(tmp_path: Path) -> None:
     found = [d for d in mon.diagnostics if d.kind == "dead_units"]
     assert len(found) == 1 and found[0].value == pytest.approx(0.75)
     rows = read_scalars(mon.run_dir / "scalars.csv")
-    assert [r["value"] for r in rows if r["tag"] == "dead_fraction/1"] == [0.75]
+    assert [r["value"] for r in rows if r["tag"] == "units/dead_fraction/1"] == [0.75]
 
 
 def test_overfitting_when_validation_rises_and_training_falls(tmp_path: Path) -> None:

@@ -92,7 +92,7 @@ def test_layers_named_without_ddp_prefix(ddp_run: tuple[Path, list[dict[str, Any
     assert all(r["layers"] == LAYERS for r in ranks)
     tags = {r["tag"] for r in read_scalars(logs / "ddp" / "scalars.csv")}
     assert {f"grad_norm/{n}" for n in LAYERS} <= tags
-    assert "dead_fraction/relu" in tags  # the probe forward ran on rank 0 alone
+    assert "units/dead_fraction/relu" in tags  # the probe forward ran on rank 0 alone
     assert not [t for t in tags if "module." in t]
 
 

@@ -121,6 +121,11 @@ def test_tensorboard_server_serves_what_the_monitor_logged(tmp_path: Path) -> No
             tags = server.get("/data/plugin/scalars/tags")
             assert set(tags) == {"tiny"}
             assert set(tags["tiny"]) == set(expected)
+            # TensorBoard groups cards by the prefix before the first "/" in name order:
+            # the per-layer dead fractions sit after the loss and accuracy groups
+            groups = sorted({t.split("/")[0] for t in tags["tiny"]})
+            assert any(t.startswith("units/dead_fraction/") for t in tags["tiny"])
+            assert groups.index("units") > max(groups.index("epoch"), groups.index("train"))
             for tag in ("train/loss", "train/accuracy", "epoch/val_loss", "grad_norm/total"):
                 assert len(expected[tag]) >= 2, tag
             server.poll(

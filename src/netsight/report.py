@@ -697,11 +697,12 @@ _BASELINES = ("random", "center")
 
 def _verdict(name: str, scores: Any, base: dict[str, Any]) -> str:
     """One sentence: does ``name`` beat both baselines on deletion (and pointing)?"""
+    # compared as printed (3 decimals, 0.1 %): a difference the page cannot show is a tie
     judged = []
-    deletion = [b for b in _BASELINES if scores.deletion < base[b].deletion]
+    deletion = [b for b in _BASELINES if round(scores.deletion, 3) < round(base[b].deletion, 3)]
     judged.append(("deletion", deletion))
     if scores.pointing is not None and all(base[b].pointing is not None for b in _BASELINES):
-        pointing = [b for b in _BASELINES if scores.pointing > base[b].pointing]
+        pointing = [b for b in _BASELINES if round(scores.pointing, 3) > round(base[b].pointing, 3)]
         judged.append(("pointing", pointing))
     won = [what for what, beaten in judged if len(beaten) == len(_BASELINES)]
     lost = [what for what, beaten in judged if len(beaten) < len(_BASELINES)]

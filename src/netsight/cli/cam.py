@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         class_names=names,
         faithfulness_steps=args.faithfulness_steps,
         strict=args.traceback,
-        progress=sys.stdout.isatty(),
+        progress=True,  # a bar on a terminal, plain lines on stderr otherwise
     )
     for method in found.methods:
         for source, notes in zip(found.sources, found.notes[method], strict=True):

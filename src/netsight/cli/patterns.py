@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from netsight.cli import common
 
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         std=args.std,
         max_channels=args.max_channels,
         seed=args.seed,
-        progress=sys.stdout.isatty(),
+        progress=True,  # a bar on a terminal, plain lines on stderr otherwise
     )
     paths = found.save(out, **common.provenance(args))
     for channel, before, after in zip(found.channels, found.start, found.activation, strict=True):

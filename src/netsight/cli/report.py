@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -92,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         run=args.run_dir,
         diagram=not args.no_diagram,
         depth=args.depth,
-        progress=sys.stderr.isatty(),
+        progress=True,  # a bar on a terminal, plain lines on stderr otherwise
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     path = result.save(out)

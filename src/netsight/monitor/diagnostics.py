@@ -190,28 +190,59 @@ def check_updates(
 
 
 def check_dead_units(
-    alive: dict[str, tuple[int, int]], *, step: int, epoch: int, thresholds: Thresholds
+    alive: dict[str, tuple[int, int]],
+    *,
+    step: int,
+    epoch: int,
+    thresholds: Thresholds,
+    samples: int | None = None,
+    flat: frozenset[str] | set[str] = frozenset(),
+    reported: dict[str, float] | None = None,
 ) -> list[Diagnostic]:
     """ReLU layers where most units never fire on the probe batch.
 
-    ``alive`` maps a layer to ``(units that fired at least once, units)``.
+    ``alive`` maps a layer to ``(units that fired at least once, units)``;
+    ``samples`` is the probe batch's size (what the finding rests on); ``flat`` names
+    the layers whose output has no spatial dimensions (a classifier head's Linear +
+    ReLU, where many silent units are common, unlike a convolution going dark).
+    With ``reported`` (layer -> dead fraction last reported, updated here), a layer
+    is reported once and again only when its fraction moves by 10 points or more, not
+    every epoch.
     """
     found = []
     for name, (fired, units) in alive.items():
         dead = units - fired
-        if units and dead / units > thresholds.dead_fraction:
-            found.append(
-                Diagnostic(
-                    "dead_units",
-                    step,
-                    epoch,
-                    f"dead units: {dead} of {units} units of {name!r} are zero on every probe "
-                    f"image ({dead / units:.0%}); a large negative bias or a too-large learning "
-                    f"rate does this: try a smaller learning rate, LeakyReLU or normalisation",
-                    layer=name,
-                    value=dead / units,
-                )
+        if not units or dead / units <= thresholds.dead_fraction:
+            continue
+        fraction = dead / units
+        if reported is not None:
+            last = reported.get(name)
+            if last is not None and abs(fraction - last) < 0.1:
+                continue
+            reported[name] = fraction
+        basis = f"every one of the {samples} probe images" if samples else "every probe image"
+        if name in flat:
+            advice = (
+                "common in a classifier head (a Linear + ReLU, often before dropout) and "
+                "harmless while the accuracy is good; worth a look if it keeps growing"
             )
+        else:
+            advice = (
+                "a layer with spatial maps going dark is a problem: a large negative bias or "
+                "a too-large learning rate does this; try a smaller learning rate, LeakyReLU "
+                "or normalisation"
+            )
+        found.append(
+            Diagnostic(
+                "dead_units",
+                step,
+                epoch,
+                f"dead units: {dead} of {units} units of {name!r} ({fraction:.0%}) are zero "
+                f"on {basis}; {advice}",
+                layer=name,
+                value=fraction,
+            )
+        )
     return found
 
 

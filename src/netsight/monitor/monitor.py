@@ -239,6 +239,7 @@ class TrainingMonitor:
         self.warn = warn
         self.mean, self.std = mean, std
         self.probe_x, self.probe_y = self._probe(probe)
+        self._dead_reported: dict[str, float] = {}  # layer -> dead fraction last reported
         self.feature_layers = feature_layers
         self.rank = _rank()
         self.diagnostics: list[Diagnostic] = []
@@ -620,6 +621,7 @@ class TrainingMonitor:
         features = self._feature_modules()
         relus = {n: m for n, m in self.model.named_modules() if isinstance(m, _RELUS)}
         fired: dict[str, torch.Tensor] = {}
+        flat: set[str] = set()
         kept: dict[str, torch.Tensor] = {}
         names = {id(m): n for n, m in self.model.named_modules()}
 
@@ -632,6 +634,8 @@ class TrainingMonitor:
             if name in features and name not in kept:
                 kept[name] = out.detach().clone()
             if isinstance(module, _RELUS) and out.dim() >= 2:
+                if out.dim() == 2:
+                    flat.add(name)
                 units = (out.detach() > 0).transpose(0, 1).reshape(out.shape[1], -1).any(1)
                 fired[name] = units if name not in fired else fired[name] | units
 
@@ -649,10 +653,21 @@ class TrainingMonitor:
         )
         alive = {n: (int(t.sum()), int(t.numel())) for n, t in fired.items()}
         self._report(
-            check_dead_units(alive, step=step, epoch=self.epoch + 1, thresholds=self.thresholds)
+            check_dead_units(
+                alive,
+                step=step,
+                epoch=self.epoch + 1,
+                thresholds=self.thresholds,
+                samples=int(x.shape[0]) if x.dim() else None,
+                flat=flat,
+                reported=self._dead_reported,
+            )
         )
         for name, (on, units) in alive.items():
-            self._scalar(f"dead_fraction/{name}", (units - on) / units if units else 0.0, step)
+            # under "units/", after the loss and accuracy groups TensorBoard shows first
+            self._scalar(
+                f"units/dead_fraction/{name}", (units - on) / units if units else 0.0, step
+            )
         self._probe_images(x, predictions, step)
         self._feature_images(kept, step)
 
@@ -687,14 +702,16 @@ class TrainingMonitor:
             if self._writer is not None:
                 self._writer.add_image(f"features/{name}", grid.image, step)
             if self.plots:
-                from PIL import Image
+                from netsight.features import plot_feature_maps
 
-                image = (grid.image.permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy()
-                buffer = io.BytesIO()
-                Image.fromarray(image).save(buffer, format="PNG")
-                # whole or not at all: a failed write leaves no partial file to glob
-                path = self.run_dir / f"features_{safe_filename(name)}.png"
-                atomic_write_bytes(path, buffer.getvalue())
+                # the readable figure: one colour scale with its bar, channel numbers, a
+                # title with the layer and the epoch (written whole or not at all)
+                fig = plot_feature_maps(
+                    activation.cpu(),
+                    max_channels=32,
+                    title=f"{name}, probe image 0, epoch {self.epoch + 1}",
+                )
+                self._emit(fig, [f"features_{safe_filename(name)}.png"], None, step)
 
     # ------------------------------------------------------------------ files
     def _plots(self, epoch_mean: dict[str, float], epoch_max: dict[str, float], step: int) -> None:

@@ -10,6 +10,10 @@ import torch
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from netsight._figures import FONT_PT
+
+_SMALL, _LABEL, _TITLE = FONT_PT["small"], FONT_PT["label"], FONT_PT["title"]
+
 __all__ = ["plot_curves", "plot_gradient_flow", "plot_gradient_heatmap", "plot_probe"]
 
 
@@ -17,26 +21,38 @@ def plot_curves(history: Sequence[Mapping[str, float]]) -> Figure:
     """Loss (left) and accuracy (right) per epoch, training and validation where known.
 
     ``history`` holds one mapping per epoch with keys such as ``train_loss``,
-    ``val_loss``, ``train_accuracy``, ``val_acc``.
+    ``val_loss``, ``train_accuracy``, ``val_acc``. A loss that spans more than a
+    decade (one early validation loss of 13.9 above losses of 0.1, say) is drawn on
+    a log scale, so it does not flatten the rest; the axis says so.
     """
     fig = Figure(figsize=(10, 4), layout="constrained")
+    fig.suptitle("Loss and accuracy by epoch", fontsize=_TITLE)
     loss_ax, acc_ax = fig.subplots(1, 2)
     epochs = np.arange(1, len(history) + 1)
     keys = sorted({k for row in history for k in row})
     for ax, word in ((loss_ax, "loss"), (acc_ax, "acc")):
-        drawn = False
+        drawn: list[float] = []
         for key in keys:
             if word not in key:
                 continue
             values = [row.get(key, np.nan) for row in history]
             ax.plot(epochs, values, marker="o", label=key)
-            drawn = True
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss" if word == "loss" else "accuracy")
-        ax.set_title("Loss" if word == "loss" else "Accuracy")
+            drawn += [v for v in values if np.isfinite(v)]
+        label = "loss" if word == "loss" else "accuracy"
+        positive = [v for v in drawn if v > 0]
+        spans_a_decade = bool(positive) and max(positive) / min(positive) > 10
+        if word == "loss" and len(positive) == len(drawn) and spans_a_decade:
+            ax.set_yscale("log")
+            label = "loss (log scale)"
+        ax.set_xlabel("epoch", fontsize=_LABEL)
+        ax.set_ylabel(label, fontsize=_LABEL)
+        ax.set_title("Loss" if word == "loss" else "Accuracy", fontsize=_TITLE)
+        ax.tick_params(labelsize=_SMALL)
         ax.grid(alpha=0.3)
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
         if drawn:
-            ax.legend()
+            ax.legend(fontsize=_SMALL)
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
     return fig
@@ -51,7 +67,7 @@ def plot_gradient_flow(
 ) -> Figure:
     """The tutorials' gradient-flow bar chart, on a log scale and with the max too:
     mean and max ``|grad|`` per layer, input side on the left."""
-    fig = Figure(figsize=(max(6.0, 0.35 * len(layers) + 2), 4.5), layout="constrained")
+    fig = Figure(figsize=(min(12.5, max(6.0, 0.3 * len(layers) + 2)), 4.8), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(layers))
     floor = 1e-12
@@ -70,12 +86,13 @@ def plot_gradient_flow(
         label="mean |grad|",
     )
     ax.set_yscale("log")
-    ax.set_xticks(x, list(layers), rotation=90, fontsize=7)
+    ax.set_xticks(x, list(layers), rotation=90, fontsize=_SMALL)
     ax.set_xlim(-1, len(layers))
-    ax.set_xlabel("layer")
-    ax.set_ylabel("|gradient|")
-    ax.set_title(title)
-    ax.legend()
+    ax.set_xlabel("layer (input side on the left)", fontsize=_LABEL)
+    ax.set_ylabel("|gradient|", fontsize=_LABEL)
+    ax.set_title(title, fontsize=_TITLE)
+    ax.tick_params(axis="y", labelsize=_SMALL)
+    ax.legend(fontsize=_SMALL)
     ax.grid(axis="y", alpha=0.3)
     return fig
 
@@ -85,7 +102,7 @@ def plot_gradient_heatmap(layers: Sequence[str], epochs: Sequence[Sequence[float
     ``epochs[e][l]`` is layer ``l`` at epoch ``e`` (NaN where not measured)."""
     data = np.asarray(epochs, dtype=float).T if epochs else np.zeros((len(layers), 0))
     fig = Figure(
-        figsize=(max(5.0, 0.5 * data.shape[1] + 3), max(3.0, 0.22 * len(layers) + 1.5)),
+        figsize=(max(5.0, 0.5 * data.shape[1] + 3), max(3.0, 0.2 * len(layers) + 1.5)),
         layout="constrained",
     )
     ax = fig.subplots()
@@ -99,11 +116,14 @@ def plot_gradient_heatmap(layers: Sequence[str], epochs: Sequence[Sequence[float
             norm=norm,
             interpolation="nearest",
         )
-        fig.colorbar(image, ax=ax, label="mean |grad|")
-    ax.set_yticks(np.arange(len(layers)), list(layers), fontsize=7)
+        bar = fig.colorbar(image, ax=ax)
+        bar.set_label("mean |grad|", fontsize=_LABEL)
+        bar.ax.tick_params(labelsize=_SMALL)
+    ax.set_yticks(np.arange(len(layers)), list(layers), fontsize=_SMALL)
     ax.set_xticks(np.arange(data.shape[1]), [str(e + 1) for e in range(data.shape[1])])
-    ax.set_xlabel("epoch")
-    ax.set_title("Gradient flow by epoch")
+    ax.tick_params(axis="x", labelsize=_SMALL)
+    ax.set_xlabel("epoch", fontsize=_LABEL)
+    ax.set_title("Gradient flow by epoch", fontsize=_TITLE)
     return fig
 
 
@@ -129,11 +149,19 @@ def plot_probe(
     )
     tile_h, tile_w = height + pad, width + pad
     zoom = max(1.0, 64.0 / width)  # screen pixels per image pixel: small inputs get bigger
-    fig = Figure(figsize=(grid.shape[2] * zoom / 100, grid.shape[1] * zoom / 100))
-    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    picture_h = grid.shape[1] * zoom / 100  # inches at 100 dpi
+    head = 0.4  # inches for the title
+    fig = Figure(figsize=(max(grid.shape[2] * zoom / 100, 3.0), picture_h + head))
+    fig.suptitle(
+        "Probe batch: y = label, p = prediction (green right, red wrong)",
+        fontsize=_LABEL,
+        y=1.0 - 0.08 / (picture_h + head),
+        va="top",
+    )
+    ax = fig.add_axes((0.0, 0.0, 1.0, picture_h / (picture_h + head)))
     picture = grid.permute(1, 2, 0).numpy()
     ax.imshow(picture, interpolation="nearest")
-    fontsize = max(5.0, min(9.0, 0.5 * pad * zoom))
+    fontsize = max(_SMALL, min(9.0, 0.5 * pad * zoom))
 
     def name(index: int) -> str:
         return class_names[index] if class_names and 0 <= index < len(class_names) else str(index)
