@@ -58,9 +58,9 @@ typecheck: setup
 # oneDNN's (NETSIGHT_TEST_NO_ONEDNN=1), so a tolerance that holds on one kernel family
 # only fails here, not on someone else's machine.
 pytest: setup
-	$(VENV)/bin/pytest -n 2 --dist loadgroup -q
+	$(VENV)/bin/pytest -n 2 --dist loadgroup -q --durations=15
 	ATEN_CPU_CAPABILITY=default NETSIGHT_TEST_NO_ONEDNN=1 \
-	  $(VENV)/bin/pytest -n 2 --dist loadgroup -q -m parity -p no:cacheprovider
+	  $(VENV)/bin/pytest -n 2 --dist loadgroup -q -m parity -p no:cacheprovider --durations=15
 
 test: lint typecheck pytest
 

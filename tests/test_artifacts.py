@@ -224,7 +224,11 @@ def test_save_filters(tmp_path: Path) -> None:
     assert manifest["schema"] == "netsight.filters/1" and "torchvision_version" in manifest
     (entry,) = manifest["layers"]
     assert entry["layer"] == "conv1" and entry["file"] == "filters_conv1.png"
-    assert entry["note"] == netsight.filter_grid(model, "conv1").note
+    # the figure's note: the grid's, less the zoom of the TensorBoard image (the figure
+    # draws its tiles at whatever size the page gives them)
+    grid_note = netsight.filter_grid(model, "conv1").note
+    assert "zoomed" in grid_note and "zoomed" not in entry["note"]
+    assert entry["note"] == grid_note.rsplit("; tiles zoomed", 1)[0]
     with pytest.raises(FileExistsError, match=r"filters output \(filters.json\)"):
         netsight.save_filters(model, ["conv2"], tmp_path)
     paths = netsight.save_filters(model, ["conv1", "conv2"], tmp_path, mode="mean", overwrite=True)
