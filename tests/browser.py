@@ -23,7 +23,8 @@ from typing import Any
 #: The width every page is measured and drawn at (a laptop browser window).
 WIDTH = 1280
 
-_FLAGS = (
+#: How the tests start Chromium: headless, no sandbox, GPU or background network.
+BROWSER_FLAGS = (
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -113,7 +114,7 @@ class Layout:
 
 def _run(browser: str, profile: Path, *args: str, timeout: float = 180) -> str:
     result = subprocess.run(
-        [browser, *_FLAGS, f"--user-data-dir={profile}", *args],
+        [browser, *BROWSER_FLAGS, f"--user-data-dir={profile}", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import shutil
 import subprocess
 import textwrap
 from pathlib import Path
@@ -17,6 +16,7 @@ from PIL import Image
 from torch import nn
 
 import netsight
+from browser import BROWSER_FLAGS, chromium
 from helpers import assert_unchanged, snapshot
 from netsight.cli import main
 from netsight.report import report
@@ -219,29 +219,15 @@ def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
     assert netsight.count_hooks(model) == 0
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("no chromium (Debian package chromium)")
     torch.manual_seed(0)
     model = SmallCNN()
     page = report(model, torch.randn(2, 1, 16, 16)).save(tmp_path / "report.html")
     flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
+        *BROWSER_FLAGS,
         f"--user-data-dir={tmp_path / 'profile'}",
         "--virtual-time-budget=5000",
     ]

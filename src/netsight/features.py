@@ -382,7 +382,7 @@ def plot_mean_maps(
         >>> fig = plot_mean_maps(cap, image=x, title="VGG-16: mean feature maps")
     """
     from netsight._figures import FONT_PT
-    from netsight.images import NONFINITE_COLOR, color_scale, titled_figure
+    from netsight.images import color_scale, draw_map, titled_figure
 
     maps = mean_maps(activations, index=index)
     picture = _input_picture(image, index, mean, std) if image is not None else None
@@ -407,16 +407,7 @@ def plot_mean_maps(
         data = m.cpu().numpy()
         finite = np.isfinite(data)
         scale = color_scale(data, cmap=cmap)
-        shown = ax.imshow(
-            np.where(finite, data, np.nan),
-            cmap=scale.cmap,
-            norm=scale.norm,
-            interpolation="nearest",
-        )
-        if not finite.all():
-            overlay = np.zeros((*data.shape, 4), dtype=np.float32)
-            overlay[~finite] = (*NONFINITE_COLOR, 1.0)
-            ax.imshow(overlay, interpolation="nearest")
+        shown = draw_map(ax, data, scale)
         flag = "" if finite.all() else f", {int((~finite).sum())} NaN/Inf"
         ax.set_title(f"{name}\n{m.shape[0]}x{m.shape[1]}{flag}", fontsize=small)
         ax.set_axis_off()

@@ -284,19 +284,11 @@ def filter_grid(
     if value_range is not None and not float(value_range[0]) < float(value_range[1]):
         raise ValueError(f"value_range: expected (low, high) with low < high, got {value_range}")
 
-    name, module = _find_layer(model, layer)
-    weight = _weight_of(name, module)
+    name, module, weight, kernel, chosen_mode = _layer_weights(model, layer, mode, max_tiles)
     transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
     groups = int(getattr(module, "groups", 1))
     filters, per_group = int(weight.shape[0]), int(weight.shape[1])
-    kernel = tuple(int(k) for k in weight.shape[2:])
     kernels = filters * per_group
-    chosen_mode = _choose_mode(mode, per_group, groups, kernels, max_tiles)
-    if chosen_mode == "rgb" and per_group != 3:
-        raise ValueError(
-            f"mode='rgb' needs 3 {'output' if transposed else 'input'} channels per group, "
-            f"but layer {name!r} has {per_group}; use mode='channels' or 'mean'"
-        )
 
     # Only the part that is drawn is copied (a 2048-channel layer stays cheap).
     if chosen_mode == "channels":
@@ -308,13 +300,7 @@ def filter_grid(
     else:
         n_filters, n_channels = min(filters, max_tiles), per_group
         part = weight[:n_filters]
-    depth_note = ""
-    if len(kernel) == 3:  # (kt, kh, kw): the middle depth slice
-        middle = kernel[0] // 2
-        part = part[:, :, middle]
-        depth_note = f"middle depth slice {middle} of 0-{kernel[0] - 1} drawn"
-    elif len(kernel) == 1:  # (k,): tiles one pixel high
-        part = part.unsqueeze(2)
+    part, depth_note = _planar(part, kernel)
     tiles = part.to(device="cpu", dtype=torch.float32, copy=True)  # (F, C, h, w)
 
     nonfinite = _count_nonfinite(weight)
@@ -487,19 +473,11 @@ class _Drawing:
 def _select(model: nn.Module, layer: str | nn.Module, mode: str, max_tiles: int) -> _Drawing:
     if max_tiles < 1:
         raise ValueError(f"max_tiles: expected >= 1, got {max_tiles}")
-    name, module = _find_layer(model, layer)
-    weight = _weight_of(name, module)
+    name, module, weight, kernel, chosen_mode = _layer_weights(model, layer, mode, max_tiles)
     transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
     groups = int(getattr(module, "groups", 1))
     filters, per_group = int(weight.shape[0]), int(weight.shape[1])
-    kernel = tuple(int(k) for k in weight.shape[2:])
     kernels = filters * per_group
-    chosen_mode = _choose_mode(mode, per_group, groups, kernels, max_tiles)
-    if chosen_mode == "rgb" and per_group != 3:
-        raise ValueError(
-            f"mode='rgb' needs 3 {'output' if transposed else 'input'} channels per group, "
-            f"but layer {name!r} has {per_group}; use mode='channels' or 'mean'"
-        )
     grid = chosen_mode == "channels" and per_group > 1
     if grid:
         cols = min(
@@ -510,13 +488,7 @@ def _select(model: nn.Module, layer: str | nn.Module, mode: str, max_tiles: int)
     else:
         rows, cols = min(filters, max_tiles), per_group
         part = weight[:rows]
-    depth_note = ""
-    if len(kernel) == 3:  # (kt, kh, kw): the middle depth slice
-        middle = kernel[0] // 2
-        part = part[:, :, middle]
-        depth_note = f"middle depth slice {middle} of 0-{kernel[0] - 1} drawn"
-    elif len(kernel) == 1:  # (k,): tiles one pixel high
-        part = part.unsqueeze(2)
+    part, depth_note = _planar(part, kernel)
     part = part.to(device="cpu", dtype=torch.float32, copy=True)  # (F, C, h, w)
     nonfinite = _count_nonfinite(weight)
     drawn_nonfinite = int((~torch.isfinite(part)).sum())
@@ -754,6 +726,37 @@ def _rgb_tiles(tiles: torch.Tensor, scale_each: bool) -> torch.Tensor:
     return torch.where(bad, flag, rgb)
 
 
+def _layer_weights(
+    model: nn.Module, layer: str | nn.Module, mode: str, max_tiles: int
+) -> tuple[str, nn.Module, torch.Tensor, tuple[int, ...], str]:
+    """``(name, module, weight, kernel size, mode)`` of the convolution to draw; the
+    mode is ``mode`` resolved for this layer (``"auto"`` chosen; ``"rgb"`` checked)."""
+    name, module = _find_layer(model, layer)
+    weight = _weight_of(name, module)
+    transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+    groups = int(getattr(module, "groups", 1))
+    filters, per_group = int(weight.shape[0]), int(weight.shape[1])
+    kernel = tuple(int(k) for k in weight.shape[2:])
+    chosen = _choose_mode(mode, per_group, groups, filters * per_group, max_tiles)
+    if chosen == "rgb" and per_group != 3:
+        raise ValueError(
+            f"mode='rgb' needs 3 {'output' if transposed else 'input'} channels per group, "
+            f"but layer {name!r} has {per_group}; use mode='channels' or 'mean'"
+        )
+    return name, module, weight, kernel, chosen
+
+
+def _planar(part: torch.Tensor, kernel: Sequence[int]) -> tuple[torch.Tensor, str]:
+    """Kernels ``(F, C, *kernel)`` as 2-D tiles ``(F, C, h, w)``, and what was done:
+    a 3-D kernel's middle depth slice, a 1-D kernel as tiles one pixel high."""
+    if len(kernel) == 3:  # (kt, kh, kw): the middle depth slice
+        middle = kernel[0] // 2
+        return part[:, :, middle], f"middle depth slice {middle} of 0-{kernel[0] - 1} drawn"
+    if len(kernel) == 1:  # (k,): tiles one pixel high
+        return part.unsqueeze(2), ""
+    return part, ""
+
+
 def plot_filters(
     model: nn.Module,
     layer: str | nn.Module,
@@ -941,7 +944,7 @@ def plot_kernel_and_map(
         >>> fig = plot_kernel_and_map(model, "features.0", cap, channels=range(6))
     """
     from netsight._figures import FONT_PT
-    from netsight.images import NONFINITE_COLOR, color_scale, titled_figure
+    from netsight.images import color_scale, draw_map, titled_figure
 
     name, module = _find_layer(model, layer)
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
@@ -1042,18 +1045,7 @@ def plot_kernel_and_map(
                 )
             ax.set_title(f"kernel {channel}", fontsize=small)
         else:
-            data = shown_maps[pair].numpy()
-            finite = np.isfinite(data)
-            map_image = ax.imshow(
-                np.where(finite, data, np.nan),
-                cmap=map_scale.cmap,
-                norm=map_scale.norm,
-                interpolation="nearest",
-            )
-            if not finite.all():
-                overlay = np.zeros((*data.shape, 4), dtype=np.float32)
-                overlay[~finite] = (*NONFINITE_COLOR, 1.0)
-                ax.imshow(overlay, interpolation="nearest")
+            map_image = draw_map(ax, shown_maps[pair].numpy(), map_scale)
             ax.set_title(f"map {channel}", fontsize=small)
     used = [ax for ax in axes.flat if ax.axison]
     for image, where, text in (

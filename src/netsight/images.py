@@ -42,6 +42,7 @@ __all__ = [
     "color_scale",
     "colorize",
     "denormalize",
+    "draw_map",
     "draw_tiles",
     "expected_channels",
     "label_rows_and_columns",
@@ -708,6 +709,21 @@ def draw_tiles(
         for index, text in enumerate(labels[: plan.count]):
             x, y = plan.origin(index)
             ax.text(x, y - 0.3 * plan.padding / 2, text, ha="left", va="bottom", fontsize=font_pt)
+    return image
+
+
+def draw_map(ax: Any, data: np.ndarray, scale: ColorScale) -> Any:
+    """Draw one scalar map ``(H, W)`` on ``ax`` (``imshow``, nearest interpolation,
+    ``scale``'s norm and colormap) and return the image, for a colour bar; NaN/Inf
+    pixels are painted :data:`NONFINITE_COLOR` on top."""
+    finite = np.isfinite(data)
+    image = ax.imshow(
+        np.where(finite, data, np.nan), cmap=scale.cmap, norm=scale.norm, interpolation="nearest"
+    )
+    if not finite.all():
+        overlay = np.zeros((*data.shape, 4), dtype=np.float32)
+        overlay[~finite] = (*NONFINITE_COLOR, 1.0)
+        ax.imshow(overlay, interpolation="nearest")
     return image
 
 
