@@ -84,6 +84,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # `make test` runs two xdist workers on two cores: one torch thread each, so the
+    # workers do not oversubscribe the cores (a detection model's test took 15 s with
+    # two threads per worker, 10 s with one). A run without xdist keeps torch's default.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
     # NETSIGHT_TEST_NO_ONEDNN=1 runs the convolutions on PyTorch's native CPU kernels
     # instead of oneDNN's: another kernel family with another rounding, as another
     # machine's oneDNN may pick (oneDNN chooses its kernels by CPU, whatever
