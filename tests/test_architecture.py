@@ -21,7 +21,7 @@ PACKAGE = SRC / "netsight"
 #: name or is a package prefix of it wins.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "__main__", "cli", "explore"),  # faces
-    ("report", "demo"),  # pages: readers of every capability
+    ("report", "demo", "live"),  # pages: readers of every capability
     (
         "summary",
         "diagram",

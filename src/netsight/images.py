@@ -14,6 +14,7 @@ that a colour bar explains (:func:`draw_tiles`).
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from collections.abc import Sequence
@@ -257,7 +258,7 @@ def expected_channels(model: nn.Module) -> int | None:
 
 
 def load_image(
-    path: str | Path,
+    path: str | Path | bytes,
     *,
     size: int | tuple[int, int] | None = None,
     channels: int | None = None,
@@ -276,7 +277,8 @@ def load_image(
     to exactly ``size``; memory then follows ``size`` rather than the file.
 
     Args:
-        path: the file.
+        path: the file, or the bytes of one (an upload held in memory; decoded
+            with the same limits).
         size: resize to ``(H, W)`` (an int makes a square).
         channels: 1 or 3; by default the first convolution of ``model`` decides,
             else the file's own (grayscale stays 1, everything else 3).
@@ -294,9 +296,14 @@ def load_image(
         PIL.Image.DecompressionBombWarning: the image has more pixels than
             ``PIL.Image.MAX_IMAGE_PIXELS`` (but not twice as many); it is loaded.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"image: no such file {str(file)!r}")
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        source: Any = io.BytesIO(bytes(path))
+        file = Path("uploaded image")
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"image: no such file {str(file)!r}")
+        source = file
     target = None if size is None else (size, size) if isinstance(size, int) else tuple(size)
     if target is not None and (
         len(target) != 2 or not all(isinstance(n, int) and n > 0 for n in target)
@@ -306,7 +313,7 @@ def load_image(
         with warnings.catch_warnings():
             # Pillow's own warning names neither the file nor its size: ours below does
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened_file = Image.open(file)
+            opened_file = Image.open(source)
         with opened_file as opened:
             _warn_if_huge(file, opened)
             img = _read_reduced(opened, target)

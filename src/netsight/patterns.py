@@ -26,7 +26,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,6 +248,7 @@ def maximize(
     max_channels: int = 16,
     seed: int = 0,
     progress: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> Patterns:
     """Find, for each channel of ``layer``, an input that maximises its mean activation.
 
@@ -276,6 +277,8 @@ def maximize(
         max_channels: how many channels at most when ``channels`` is not given.
         seed: seeds the starting noise and the jitter (a private generator).
         progress: show a progress bar.
+        on_step: called as ``on_step(done, steps)`` after every optimisation step
+            (e.g. to stream progress to a page); it may raise to stop the run.
 
     Returns:
         :class:`Patterns` with the pictures and the objective before and after.
@@ -377,6 +380,8 @@ def maximize(
                 optimizer.step()
                 history.append(values.detach().float().cpu())
                 bar.advance()
+                if on_step is not None:
+                    on_step(len(history), steps)
         finally:
             bar.close()
         with torch.no_grad():

@@ -10,6 +10,7 @@ gradient of its own score.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -39,6 +40,33 @@ class GradientCAM(BaseCAM):
     def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         """The signed ``(B, h, w)`` map from ``(B, C, h, w)`` activations and gradients."""
         raise NotImplementedError
+
+    def maps_from(
+        self,
+        activations: Mapping[str, torch.Tensor],
+        gradients: Mapping[str, torch.Tensor],
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """The ``(B, H, W)`` maps from activations and gradients taken elsewhere (for
+        example from an autograd graph kept since an earlier forward), made exactly as
+        :meth:`explain` makes them (ReLU, resize to ``size``, normalise, fuse), without
+        running the model.
+
+        Args:
+            activations: ``{layer: output}`` of the target layer(s).
+            gradients: ``{layer: d score / d output}``, the same keys.
+            size: the input's ``(H, W)``.
+        """
+        missing = [name for name in activations if name not in gradients]
+        if missing or not activations:
+            raise ValueError(f"gradients: missing for {missing or 'every layer'}")
+        raw = {
+            name: self.combine(
+                self.spatial(name, a.detach()), self.spatial(name, gradients[name].detach())
+            )
+            for name, a in activations.items()
+        }
+        return self._maps(raw, size, quiet=False)
 
     def _compute(
         self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]
