@@ -18,6 +18,15 @@ Three steps, kept apart:
    "x N". The result is a :class:`Graph` of frozen :class:`Node` and :class:`Edge`.
 3. :func:`to_dot` writes DOT text (every user string escaped for HTML-like
    labels) and :func:`render` runs Graphviz's ``dot`` on it.
+
+For an interactive explorer (record once, redraw on every click):
+``build_graph(flow, expanded=..., collapsed=..., unrolled=...)`` opens or
+closes single modules and unrolls single runs by qualified name;
+:attr:`Node.expandable`, :attr:`Node.rolled_names`, :attr:`Cluster.names` and
+:meth:`Graph.module_nodes` map drawn boxes back to modules and modules to
+boxes. ``record_dataflow(..., partial=True)`` keeps what a failing forward
+recorded (:attr:`Dataflow.error`, :attr:`Dataflow.failed_call`); the failed
+node is drawn with a red border and the error in the title.
 """
 
 from __future__ import annotations
