@@ -5,6 +5,12 @@ text (always available, no binary needed), the graph's nodes and edges, and
 ``save``/``render`` through Graphviz's ``dot``. ``format="tex"``/``"tikz"``,
 ``"pdf-3d"`` and ``"blocks"`` hand over to :mod:`netsight.diagram.tikz` and
 :mod:`netsight.diagram.blocks`.
+
+The graph's steps are public for tools that redraw it (an interactive
+explorer): :func:`record_dataflow` once (``partial=True`` keeps what a failing
+forward recorded), then :func:`build_graph` with ``expanded``, ``collapsed``
+and ``unrolled`` module names per view, :func:`to_dot` and :func:`render`;
+:meth:`Graph.module_nodes` maps module names to the node ids drawn.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from netsight._io import atomic_write_bytes, atomic_write_text
 from netsight.diagram.graph import (
     CATEGORY_COLORS,
     RENDER_FORMATS,
+    Cluster,
+    Dataflow,
     Edge,
     Graph,
     GraphvizNotFoundError,
@@ -36,12 +44,18 @@ from netsight.options import DiagramFormat, Direction
 
 __all__ = [
     "CATEGORY_COLORS",
+    "Cluster",
+    "Dataflow",
     "Diagram",
     "Edge",
     "Graph",
     "GraphvizNotFoundError",
     "Node",
+    "build_graph",
     "diagram",
+    "record_dataflow",
+    "render",
+    "to_dot",
 ]
 
 _TEXT_SUFFIXES = (".dot", ".gv")

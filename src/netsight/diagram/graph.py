@@ -18,11 +18,22 @@ Three steps, kept apart:
    "x N". The result is a :class:`Graph` of frozen :class:`Node` and :class:`Edge`.
 3. :func:`to_dot` writes DOT text (every user string escaped for HTML-like
    labels) and :func:`render` runs Graphviz's ``dot`` on it.
+
+For an interactive explorer (record once, redraw on every click):
+``build_graph(flow, expanded=..., collapsed=..., unrolled=...)`` opens or
+closes single modules and unrolls single runs by qualified name;
+:attr:`Node.expandable`, :attr:`Node.rolled_names`, :attr:`Cluster.names` and
+:meth:`Graph.module_nodes` map drawn boxes back to modules and modules to
+boxes. ``record_dataflow(..., partial=True)`` keeps what a failing forward
+recorded (:attr:`Dataflow.error`, :attr:`Dataflow.failed_call`); the failed
+node is drawn with a red border and the error in the title.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
 import enum
 import html
 import itertools
@@ -30,7 +41,7 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +50,7 @@ from torch import nn
 from torch.nn.modules import module as module_module
 from torch.overrides import TorchFunctionMode
 
-from netsight.errors import GraphvizNotFoundError
+from netsight.errors import GraphvizNotFoundError, TraceError
 from netsight.hooks import HookSet
 from netsight.options import Execution, Mode
 from netsight.trace import runner
@@ -49,6 +60,7 @@ from netsight.trace.runner import Failure, Forward, gc_paused
 __all__ = [
     "CATEGORY_COLORS",
     "Call",
+    "Cluster",
     "Dataflow",
     "Edge",
     "Graph",
@@ -158,10 +170,11 @@ class Call:
         depth: number of enclosing calls.
         step: index of its :class:`Step` (kind ``MODULE``).
         start: steps ``[start, end)`` happened during the call, its own included.
-        end: see ``start`` (-1 if the call never returned).
+        end: see ``start``; in a partial :class:`Dataflow` (a failed forward) a
+            call still open at the failure ends at the number of steps recorded.
         children: indices of the calls made directly inside it.
         in_shapes: shapes of the tensors it was called with.
-        out_shapes: shapes of the tensors it returned.
+        out_shapes: shapes of the tensors it returned (``()`` if it never returned).
         registered: False for a module held in a plain list, dict or attribute,
             not in the model's tree.
     """
@@ -248,6 +261,12 @@ class Dataflow:
         execution: ``"meta"`` or ``"real"``.
         notes: things the reader of the drawing must know (fallbacks,
             value-dependent control flow).
+        error: for a partial dataflow (``record_dataflow(..., partial=True)`` of
+            a forward that failed), the :class:`~netsight.trace.TraceError`'s
+            message; None when the forward completed.
+        failed_call: for a partial dataflow, the index in :attr:`calls` of the
+            innermost call open when the forward failed (None when the forward
+            completed, or when it failed outside every module call).
     """
 
     model_type: str
@@ -257,6 +276,8 @@ class Dataflow:
     outputs: tuple[tuple[int, Shape], ...]
     execution: str
     notes: tuple[str, ...]
+    error: str | None = None
+    failed_call: int | None = None
 
 
 #: Tensor methods that turn a value into Python control flow.
@@ -285,6 +306,8 @@ class _Recorder(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.names: Mapping[int, list[str]] = {}
+        self.model_type = ""  # class name of the model that runs
+        self.real = False  # a real pass (else meta)
         self.holdings: Mapping[int, str] = {}
         self.inputs: list[int] = []  # steps of the model's inputs
         self.unregistered: list[str] = []  # names of unregistered modules that ran
@@ -305,6 +328,8 @@ class _Recorder(TorchFunctionMode):
         their own hooks, modules held outside the tree through global ones) and
         watch the functional ops: this mode is the forward's context."""
         self.names = forward.names
+        self.model_type = type(forward.model).__name__
+        self.real = forward.real
         self.holdings = _plain_holdings(forward.model, forward.names, forward.modules)
         self.inputs = self.add_inputs(forward.args, forward.kwargs)
         hooks.add_call_hooks(forward.modules, self.pre_hook, self.post_hook)
@@ -490,6 +515,7 @@ def record_dataflow(
     mode: Mode | str = "eval",
     execution: Execution | str = "auto",
     forward_kwargs: Mapping[str, Any] | None = None,
+    partial: bool = False,
 ) -> Dataflow:
     """Run ``model`` once and record its dataflow (see the module docstring).
 
@@ -504,39 +530,54 @@ def record_dataflow(
         execution: ``"auto"`` (meta first, real if the model needs values),
             ``"meta"`` or ``"real"``.
         forward_kwargs: extra keyword arguments for ``model.forward``.
+        partial: when the forward fails, return what was recorded up to the
+            failure instead of raising: a :class:`Dataflow` with
+            :attr:`~Dataflow.error` (the TraceError's message) and
+            :attr:`~Dataflow.failed_call` (the innermost call open at the
+            failure), from the last pass the runner tried. Calls still open end
+            at the last step recorded and have no output shapes; the model has
+            no outputs. :func:`build_graph` marks the failed call's node
+            (:attr:`Node.failed`) and :func:`to_dot` draws it red.
 
     The run follows netsight's rules (:func:`netsight.trace.runner.run`, with the
     diagram's recorder); unlike a summary it keeps the meta pass when the
     input's dtype differs from the parameters': the drawing needs shapes only.
 
     Raises:
-        TraceError: the forward failed; the message names the layer, its input,
-            the call stack and the layers that ran before it.
+        TraceError: the forward failed (and ``partial`` is False); the message
+            names the layer, its input, the call stack and the layers that ran
+            before it.
     """
-    result = runner.run(
-        model,
-        _Recorder,
-        input_size,
-        input_data,
-        dtypes=dtypes,
-        mode=mode,
-        execution=execution,
-        forward_kwargs=forward_kwargs,
-        dtype_check=False,
-    )
+    if not isinstance(partial, bool):
+        raise TypeError(f"partial: expected True or False, got {partial!r}")
+    made: list[_Recorder] = []  # the recorders of the passes tried, the last one last
+
+    def recorder() -> _Recorder:
+        rec = _Recorder()
+        made.append(rec)
+        return rec
+
+    try:
+        result = runner.run(
+            model,
+            recorder,
+            input_size,
+            input_data,
+            dtypes=dtypes,
+            mode=mode,
+            execution=execution,
+            forward_kwargs=forward_kwargs,
+            dtype_check=False,
+        )
+    except TraceError as exc:
+        if not partial or not made:
+            raise
+        return _partial_flow(made[-1], exc, tried=len(made))
     rec = result.recorder
     notes: list[str] = []
     if result.fallback_reason is not None:
         notes.append(f"traced on real tensors (the meta pass failed: {result.fallback_reason})")
-    if rec.unregistered:
-        shown = ", ".join(dict.fromkeys(rec.unregistered))
-        if len(shown) > 120:
-            shown = shown[:119] + "…"
-        notes.append(
-            f"modules the model does not register ran (held in plain lists, dicts or "
-            f"attributes; not in model.parameters(), not moved by .to()): {shown}; "
-            f"drawn as 'unregistered'"
-        )
+    notes += _unregistered_notes(rec)
     outputs = tuple(
         (rec.producer.get(id(t), -1), tuple(t.shape)) for t in tensors_in(result.output, deep=True)
     )
@@ -549,6 +590,43 @@ def record_dataflow(
         outputs=outputs,
         execution=result.execution.value,
         notes=tuple(notes + rec.notes),
+    )
+
+
+def _unregistered_notes(rec: _Recorder) -> list[str]:
+    if not rec.unregistered:
+        return []
+    shown = ", ".join(dict.fromkeys(rec.unregistered))
+    if len(shown) > 120:
+        shown = shown[:119] + "…"
+    return [
+        f"modules the model does not register ran (held in plain lists, dicts or "
+        f"attributes; not in model.parameters(), not moved by .to()): {shown}; "
+        f"drawn as 'unregistered'"
+    ]
+
+
+def _partial_flow(rec: _Recorder, exc: TraceError, *, tried: int) -> Dataflow:
+    """What ``rec`` recorded before the forward failed with ``exc``: calls still
+    open end at the last step recorded; the model has no outputs."""
+    failed = rec.stack[-1] if rec.stack else None
+    for index in rec.stack:
+        rec.calls[index].end = len(rec.steps)
+    notes: list[str] = []
+    if rec.real and tried > 1:
+        notes.append("traced on real tensors (the meta pass failed too)")
+    notes += _unregistered_notes(rec)
+    rec.alive.clear()
+    return Dataflow(
+        model_type=rec.model_type,
+        steps=tuple(step.done() for step in rec.steps),
+        calls=tuple(call.done() for call in rec.calls),
+        inputs=tuple(rec.inputs),
+        outputs=(),
+        execution="real" if rec.real else "meta",
+        notes=tuple(notes + rec.notes),
+        error=str(exc),
+        failed_call=failed,
     )
 
 
@@ -618,6 +696,15 @@ class Node:
         params: parameters of the module (of one block when rolled).
         repeat: how many identical consecutive blocks it stands for.
         cluster: the rolled expanded block it is drawn inside, if any.
+        expandable: a module node whose module has children: naming it in
+            ``build_graph(expanded=...)`` draws them instead.
+        rolled_names: when the node stands for more than one module call (a
+            rolled node, or a node inside a rolled block's cluster), the
+            qualified names of every call it stands for, in call order (the
+            node's own :attr:`name` first): ``("layer1.0", "layer1.1")``;
+            ``()`` otherwise.
+        failed: the forward of a partial :class:`Dataflow` failed in this node
+            (its module call, or one inside it, was open at the failure).
     """
 
     id: str
@@ -629,6 +716,9 @@ class Node:
     params: int = 0
     repeat: int = 1
     cluster: str | None = None
+    expandable: bool = False
+    rolled_names: tuple[str, ...] = ()
+    failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -641,11 +731,21 @@ class Edge:
 
 @dataclass(frozen=True)
 class Cluster:
-    """A rolled block drawn expanded: its first instance, boxed and marked "x N"."""
+    """A rolled block drawn expanded: its first instance, boxed and marked "x N".
+
+    Attributes:
+        id: DOT identifier (``cluster_<call index>``).
+        label: what the box says (``"layer1.0 … layer1.1: BasicBlock x 2"``).
+        repeat: how many blocks it stands for.
+        names: the qualified names of those blocks, in call order (the drawn
+            first one first); their common parent's name in
+            ``build_graph(unrolled=...)`` draws each of them.
+    """
 
     id: str
     label: str
     repeat: int
+    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -659,6 +759,20 @@ class Graph:
     notes: tuple[str, ...]
     depth: int
     execution: str
+    #: the message of the error a partial :class:`Dataflow` ended with (None: none)
+    error: str | None = None
+    #: (qualified module name, node id) pairs; see :meth:`module_nodes`
+    module_index: tuple[tuple[str, str], ...] = ()
+
+    def module_nodes(self) -> dict[str, str]:
+        """Qualified module name -> id of the node that draws it, for every
+        module call drawn: a module drawn as a box maps to its node, a module
+        inside a box to that box, every block a rolled node (or a node in a
+        rolled cluster) stands for to that node. Modules drawn open (their
+        insides shown) and modules that never ran are not in it. A module
+        called more than once maps to the node of its first call. The model
+        itself is ``""``."""
+        return dict(self.module_index)
 
     def node(self, name: str) -> Node:
         """The node named ``name`` (module name, op or input name)."""
@@ -688,9 +802,16 @@ def _signature(flow: Dataflow, index: int) -> tuple[Any, ...]:
     )
 
 
-def _runs(flow: Dataflow, depth: int) -> list[list[int]]:
-    """Runs of consecutive identical sibling calls at depth <= ``depth`` whose
-    only link to the rest is the chain from one to the next."""
+def _runs(
+    flow: Dataflow,
+    is_open: Callable[[int], bool],
+    layout: Callable[[int], tuple[bool, ...]],
+    unrolled: Collection[str],
+) -> list[list[int]]:
+    """Runs of consecutive identical sibling calls whose only link to the rest
+    is the chain from one to the next, among the children of the calls drawn
+    open (``is_open``: neither a box nor inside one) and not ``unrolled``;
+    blocks drawn differently (``layout``) do not roll together."""
     calls = flow.calls
     steps = flow.steps
     # step -> steps that read it
@@ -712,10 +833,10 @@ def _runs(flow: Dataflow, depth: int) -> list[list[int]]:
         return True
 
     runs: list[list[int]] = []
-    for call in calls:
-        if call.depth + 1 > depth or len(call.children) < 2:
+    for index, call in enumerate(calls):
+        if len(call.children) < 2 or call.name in unrolled or not is_open(index):
             continue
-        sigs = [_signature(flow, c) for c in call.children]
+        sigs = [(_signature(flow, c), layout(c)) for c in call.children]
         run = [call.children[0]]
         for prev_i, cur_i in enumerate(range(1, len(call.children))):
             prev, cur = call.children[prev_i], call.children[cur_i]
@@ -734,45 +855,150 @@ def _own_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def build_graph(flow: Dataflow, *, depth: int = 3, roll: bool = True) -> Graph:
+def _module_names(flow: Dataflow, value: Any, what: str) -> frozenset[str]:
+    """``value`` (a collection of qualified module names) checked against the
+    calls of ``flow``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Collection):
+        raise TypeError(
+            f"{what}: expected a collection of qualified module names "
+            f"(e.g. {{'layer1'}}), got {value!r}"
+        )
+    names = frozenset(value)
+    wrong = sorted((repr(n) for n in names if not isinstance(n, str)), key=str)
+    if wrong:
+        raise TypeError(f"{what}: module names must be strings, got {', '.join(wrong)}")
+    known = dict.fromkeys(c.name for c in flow.calls)
+    unknown = sorted(n for n in names if n not in known)
+    if unknown:
+        candidates = [n for n in known if n]
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+            if close:
+                hints.append(f"{name!r}: did you mean {', '.join(map(repr, close))}?")
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        raise ValueError(
+            f"{what}: no module call named {', '.join(map(repr, unknown))} in "
+            f"{flow.model_type}{hint}; the names are qualified module names that ran, "
+            f"such as {', '.join(map(repr, candidates[:5]))}"
+        )
+    return names
+
+
+def build_graph(
+    flow: Dataflow,
+    *,
+    depth: int = 3,
+    roll: bool = True,
+    expanded: Collection[str] = (),
+    collapsed: Collection[str] = (),
+    unrolled: Collection[str] = (),
+) -> Graph:
     """Collapse a :class:`Dataflow` to ``depth`` and (optionally) roll repeats.
+
+    A module call is drawn as one box when its name is in ``collapsed``, or
+    when it is at ``depth`` or deeper and its name is not in ``expanded``; the
+    first such call on the path from the model wins (everything inside it is
+    in its box). A call without submodules is always one box. The names are
+    qualified module names (:attr:`Call.name`, ``""`` for the model); a name
+    stands for every call of that module.
 
     Args:
         flow: from :func:`record_dataflow`.
         depth: module calls at this depth are single nodes; the model itself is
             depth 0, its children depth 1.
         roll: draw runs of identical consecutive sibling blocks once, marked "x N".
+        expanded: modules whose children are drawn although they are at
+            ``depth`` or deeper (expanding ``layer1`` at depth 1 draws
+            ``layer1.0``, ``layer1.1``, ...; those stay boxes unless expanded too).
+        collapsed: modules drawn as one box although they are above ``depth``
+            (wins over ``expanded``).
+        unrolled: parents whose runs of repeated blocks are not rolled: each
+            block is drawn (``{"layer1"}`` draws ``layer1.0`` and ``layer1.1``).
+            A rolled node's :attr:`Node.rolled_names` and a rolled cluster's
+            :attr:`Cluster.names` say which blocks it stands for. Blocks are
+            rolled only when they are drawn alike, so expanding one block of a
+            rolled node (and not the others) draws the blocks apart; expand
+            every name in its ``rolled_names`` to expand the rolled node.
+
+    Raises:
+        ValueError: a bad ``depth``, or a name in ``expanded``, ``collapsed``
+            or ``unrolled`` that is not a module call of ``flow`` (with the
+            closest names).
+        TypeError: those are not collections of strings.
     """
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
         raise ValueError(f"depth: expected an integer >= 0, got {depth!r}")
+    expand = _module_names(flow, expanded, "expanded")
+    collapse = _module_names(flow, collapsed, "collapsed")
+    unroll = _module_names(flow, unrolled, "unrolled")
     calls, steps = flow.calls, flow.steps
 
-    # roll: steps of the 2nd..Nth block stand for the same step of the 1st
-    same_as: dict[int, int] = {}
-    rolled: dict[int, tuple[int, int]] = {}  # first call -> (repeat, last call)
-    if roll:
-        for run in _runs(flow, depth):
-            first = calls[run[0]]
-            rolled[run[0]] = (len(run), run[-1])
-            for other in run[1:]:
-                c = calls[other]
-                for s in range(c.start, c.end):
-                    same_as[s] = first.start + (s - c.start)
+    def boxed(index: int) -> bool:
+        """Whether call ``index`` is drawn as one box, were it visible."""
+        call = calls[index]
+        return call.name in collapse or (call.depth >= depth and call.name not in expand)
 
-    def shown_call(index: int) -> int | None:
-        """The call drawn as one node for a step owned by call ``index``, or
-        None when that call is expanded (depth < ``depth`` with children)."""
+    def chain_of(index: int) -> list[int]:
+        """The calls from the model's down to ``index``."""
         chain = []
         i = index
         while i >= 0:
             chain.append(i)
             i = calls[i].parent
-        chain.reverse()  # root first; chain[k] is at depth k
-        if len(chain) > depth:
-            return chain[depth]
+        chain.reverse()
+        return chain
+
+    def shown_call(index: int) -> int | None:
+        """The call drawn as one node for a step owned by call ``index``, or
+        None when that call is drawn open (its insides shown)."""
+        for i in chain_of(index):
+            if boxed(i):
+                return i
         if not calls[index].children:
             return index
         return None
+
+    def is_open(index: int) -> bool:
+        return shown_call(index) is None
+
+    call_ends: list[int] = []  # call -> index of the first call after its insides
+    for index, call in enumerate(calls):
+        j = index + 1
+        while j < len(calls) and call.start <= calls[j].step < call.end:
+            j += 1
+        call_ends.append(j)
+
+    def layout(index: int) -> tuple[bool, ...]:
+        return tuple(boxed(j) for j in range(index, call_ends[index]))
+
+    # roll: steps of the 2nd..Nth block stand for the same step of the 1st
+    same_as: dict[int, int] = {}
+    rolled: dict[int, tuple[int, int]] = {}  # first call -> (repeat, last call)
+    run_of: dict[int, list[int]] = {}  # first call -> the calls of its run
+    if roll:
+        for run in _runs(flow, is_open, layout, unroll):
+            first = calls[run[0]]
+            rolled[run[0]] = (len(run), run[-1])
+            run_of[run[0]] = run
+            for other in run[1:]:
+                c = calls[other]
+                for s in range(c.start, c.end):
+                    same_as[s] = first.start + (s - c.start)
+
+    def drawn_step(step: int) -> int:
+        """The step drawn for ``step`` (itself unless it is in a rolled block)."""
+        seen = 0
+        while step in same_as and seen <= len(steps):
+            step = same_as[step]
+            seen += 1
+        return step
+
+    # module call -> every call it stands for (itself first), rolled ones included
+    twins: dict[int, list[int]] = {}
+    for index, call in enumerate(calls):
+        drawn = steps[drawn_step(call.step)]
+        twins.setdefault(drawn.call if drawn.kind is StepKind.MODULE else index, []).append(index)
 
     def cluster_of(index: int) -> int | None:
         i = index
@@ -801,7 +1027,8 @@ def build_graph(flow: Dataflow, *, depth: int = 3, roll: bool = True) -> Graph:
             label = (
                 f"{calls[c].name} … {calls[last].name}: {type(calls[c].module).__name__} x {repeat}"
             )
-            clusters[c] = Cluster(f"cluster_{c}", label, repeat)
+            names = tuple(calls[i].name for i in run_of[c])
+            clusters[c] = Cluster(f"cluster_{c}", label, repeat, names)
         return clusters[c].id
 
     def module_node(index: int) -> str:
@@ -816,6 +1043,7 @@ def build_graph(flow: Dataflow, *, depth: int = 3, roll: bool = True) -> Graph:
         type_name = type(call.module).__name__
         if not call.registered:
             type_name += " (unregistered)"
+        stands_for = twins.get(index, [index])
         node = Node(
             id=new_id(),
             kind="module",
@@ -826,6 +1054,8 @@ def build_graph(flow: Dataflow, *, depth: int = 3, roll: bool = True) -> Graph:
             params=_own_params(call.module),
             repeat=repeat,
             cluster=cluster_id(call.parent),
+            expandable=bool(call.children),
+            rolled_names=tuple(calls[i].name for i in stands_for) if len(stands_for) > 1 else (),
         )
         nodes.append(node)
         node_of_call[index] = node.id
@@ -895,6 +1125,22 @@ def build_graph(flow: Dataflow, *, depth: int = 3, roll: bool = True) -> Graph:
         for nid in resolved.get(src, ()) if src >= 0 else ():
             edges[(nid, node.id)] = None
 
+    module_index: dict[str, str] = {}
+    for index, call in enumerate(calls):
+        shown = shown_call(index)
+        if shown is None:
+            continue
+        for nid in resolved.get(calls[shown].step, ())[:1]:
+            module_index.setdefault(call.name, nid)
+
+    if flow.failed_call is not None and 0 <= flow.failed_call < len(calls):
+        shown = shown_call(flow.failed_call)
+        failed_ids = set(resolved.get(calls[shown].step, ())) if shown is not None else set()
+        nodes = [
+            dataclasses.replace(n, failed=True) if n.id in failed_ids and n.kind == "module" else n
+            for n in nodes
+        ]
+
     return Graph(
         model_type=flow.model_type,
         nodes=tuple(nodes),
@@ -903,6 +1149,8 @@ def build_graph(flow: Dataflow, *, depth: int = 3, roll: bool = True) -> Graph:
         notes=flow.notes,
         depth=depth,
         execution=flow.execution,
+        error=flow.error,
+        module_index=tuple(module_index.items()),
     )
 
 
@@ -911,6 +1159,14 @@ def build_graph(flow: Dataflow, *, depth: int = 3, roll: bool = True) -> Graph:
 
 def _fmt_shape(shape: Shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+#: Border of the node a partial graph's forward failed in, and of the error in its title.
+FAILED_COLOR = "#d62728"
+
+
+def _shorten(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _esc(text: str) -> str:
@@ -944,6 +1200,10 @@ def _label(node: Node) -> str:
 def to_dot(graph: Graph, *, direction: str = "TB", legend: bool = True) -> str:
     """DOT text for ``graph``; every user string is escaped.
 
+    For a partial graph (a failed forward) the title adds the error's first
+    line (the failing layer) and the exception, and the failed node
+    (:attr:`Node.failed`) has a red border.
+
     Args:
         graph: from :func:`build_graph`.
         direction: ``"TB"`` (top to bottom) or ``"LR"`` (left to right).
@@ -960,6 +1220,12 @@ def to_dot(graph: Graph, *, direction: str = "TB", legend: bool = True) -> str:
         '  edge [color="#555555", arrowsize=0.7];',
     ]
     title = [f"<B>{_esc(graph.model_type)}</B>"]
+    if graph.error is not None:
+        lines = [line.strip() for line in graph.error.splitlines() if line.strip()]
+        # the first line names the failing layer, the second is the exception
+        title += [
+            f'<FONT COLOR="{FAILED_COLOR}">{_esc(_shorten(line))}</FONT>' for line in lines[:2]
+        ]
     title += [_esc(note) for note in graph.notes]
     out.append(f'  label=<{"<BR/>".join(title)}>; labelloc="t";')
 
@@ -973,6 +1239,8 @@ def to_dot(graph: Graph, *, direction: str = "TB", legend: bool = True) -> str:
             shape = ", shape=note, style=filled"
         elif node.repeat > 1:
             shape = ', peripheries=2, style="rounded,filled"'
+        if node.failed:
+            shape += f', color="{FAILED_COLOR}", penwidth=2.5'
         color = CATEGORY_COLORS.get(node.category, "#ffffff")
         return f'{indent}{node.id} [label={_label(node)}, fillcolor="{color}"{shape}];'
 
