@@ -576,23 +576,28 @@ class Session:
                     "type": n.type_name,
                     "kind": n.kind,
                     "repeat": n.repeat,
-                    "expandable": bool(getattr(n, "expandable", False)),
-                    "rolled": list(getattr(n, "rolled_names", ()) or ()),
-                    "failed": bool(getattr(n, "failed", False)),
+                    "expandable": n.expandable,
+                    "rolled": list(n.rolled_names),
+                    "failed": n.failed,
                     "shape": [list(s) for s in n.out_shapes],
                 }
                 for n in built.nodes
             }
-            module_nodes = (
-                built.module_nodes()
-                if hasattr(built, "module_nodes")
-                else {n.name: n.id for n in built.nodes if n.kind == "module"}
-            )
+            clusters = {
+                c.id: {
+                    "label": c.label,
+                    "repeat": c.repeat,
+                    "names": list(c.names),
+                    "parent": c.names[0].rpartition(".")[0] if c.names else None,
+                }
+                for c in built.clusters
+            }
             answer = {
                 "svg": svg,
                 "nodes": nodes,
-                "layers": module_nodes,
-                "error": getattr(flow, "error", None),
+                "clusters": clusters,
+                "layers": built.module_nodes(),
+                "error": flow.error,
             }
             self._svgs[key] = answer
             while len(self._svgs) > 16:
@@ -605,10 +610,7 @@ class Session:
             kwargs: dict[str, Any] = (
                 {"input_data": x} if x is not None else {"input_size": (1, 3, *self._size())}
             )
-            try:
-                self._flow = dataflow.record_dataflow(self.model, partial=True, **kwargs)  # type: ignore[call-arg]
-            except TypeError:
-                self._flow = dataflow.record_dataflow(self.model, **kwargs)
+            self._flow = dataflow.record_dataflow(self.model, partial=True, **kwargs)
         return self._flow
 
     # ------------------------------------------------------------------ a layer

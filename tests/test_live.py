@@ -1,0 +1,249 @@
+"""netsight.live.Session: the library behind the explorer, checked against plain
+PyTorch (a forward hook, a softmax) and netsight's own CAM classes."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+
+import netsight
+from netsight.live import ActivationCache, Session, SessionError
+from helpers import assert_unchanged, snapshot
+
+
+@pytest.fixture(scope="module")
+def resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=10).eval()
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    return torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def _reference(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """The layer's output by a plain forward hook."""
+    got: list[torch.Tensor] = []
+    handle = dict(model.named_modules())[layer].register_forward_hook(
+        lambda m, a, o: got.append(o.detach().clone())
+    )
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return got[0]
+
+
+def test_predictions_are_the_softmax_of_the_models_output(resnet: nn.Module, x: torch.Tensor):
+    session = Session(resnet, class_names=[f"c{i}" for i in range(10)])
+    info = session.add_image(x, name="noise")
+    with torch.no_grad():
+        probs = torch.softmax(resnet(x)[0], 0)
+    values, indices = torch.topk(probs, 5)
+    assert [p["index"] for p in info["predictions"]] == indices.tolist()
+    assert [p["name"] for p in info["predictions"]] == [f"c{i}" for i in indices.tolist()]
+    got = torch.tensor([p["probability"] for p in info["predictions"]])
+    torch.testing.assert_close(got, values, rtol=1e-4, atol=1e-5)
+    assert info["picture"].startswith("data:image/png;base64,")
+
+
+@pytest.mark.parametrize("layer", ["conv1", "layer1.0.bn1", "layer2.1", "layer4.1.conv2"])
+def test_kept_activation_equals_a_plain_forward_hook(resnet: nn.Module, x: torch.Tensor, layer):
+    # bn1 is followed by ReLU(inplace=True): what is kept must be the BN's own output
+    session = Session(resnet)
+    session.add_image(x)
+    forwards = session.forwards
+    kept = session.activation("i1", layer)
+    assert session.forwards == forwards, "a kept layer must not cost a forward"
+    torch.testing.assert_close(kept, _reference(resnet, x, layer), rtol=1e-4, atol=1e-5)
+
+
+def test_a_layer_not_kept_costs_one_stopped_forward(resnet: nn.Module, x: torch.Tensor):
+    session = Session(resnet, budget=0)  # keeps nothing
+    session.add_image(x)
+    assert len(session.cache) == 0
+    for k, layer in enumerate(["layer3.0.conv1", "layer1.1.relu"], start=1):
+        before = session.forwards
+        got = session.activation("i1", layer)
+        assert session.forwards == before + 1
+        torch.testing.assert_close(got, _reference(resnet, x, layer), rtol=1e-4, atol=1e-5)
+        assert k
+
+
+def test_the_cache_stays_within_its_budget_least_recently_used_out():
+    cache = ActivationCache(budget=3 * 400)
+    tensors = {k: torch.zeros(100) for k in "abcd"}  # 400 bytes each
+    for key in "abc":
+        cache.put(("i", key, 0), tensors[key])
+    assert cache.get(("i", "a", 0)) is not None  # a is now the most recent
+    cache.put(("i", "d", 0), tensors["d"])
+    assert ("i", "b", 0) not in cache and ("i", "a", 0) in cache
+    assert cache.bytes <= cache.budget
+    cache.put(("i", "big", 0), torch.zeros(1000))  # larger than the budget: not kept
+    assert ("i", "big", 0) not in cache and cache.bytes <= cache.budget
+
+
+def test_layer_answer_has_a_grid_of_every_channel_and_statistics(resnet, x):
+    session = Session(resnet)
+    session.add_image(x)
+    answer = session.layer("i1", "layer1.0.conv1")
+    grid = answer["grid"]
+    assert grid["total"] == resnet.layer1[0].conv1.out_channels == len(grid["channels"])
+    reference = _reference(resnet, x, "layer1.0.conv1")
+    assert answer["stats"]["sparsity"] == pytest.approx(float((reference == 0).float().mean()))
+    assert answer["stats"]["dead_channels"] == int((reference[0].amax(dim=(1, 2)) <= 0).sum())
+    assert answer["kernels"]["picture"].startswith("data:image/png")
+    png = Image.open(io.BytesIO(_decode(grid["picture"])))
+    assert list(png.size[::-1]) == grid["size"]
+    assert answer["row"]["params"] == sum(p.numel() for p in resnet.layer1[0].conv1.parameters())
+    head = session.layer("i1", "fc")
+    assert head["grid"] is None and "no spatial maps" in head["note"]
+
+
+def test_channel_zoom_reports_the_maps_range(resnet, x):
+    session = Session(resnet)
+    session.add_image(x)
+    answer = session.channel("i1", "conv1", 5)
+    reference = _reference(resnet, x, "conv1")[0, 5]
+    assert answer["min"] == pytest.approx(float(reference.min()), abs=1e-5)
+    assert answer["max"] == pytest.approx(float(reference.max()), abs=1e-5)
+    assert answer["kernel"]["how"] == "RGB, grey at 0"
+    with pytest.raises(SessionError, match="64 channels"):
+        session.channel("i1", "conv1", 64)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
+def test_cam_from_the_kept_graph_equals_the_cam_class(resnet, x, method):
+    session = Session(resnet)
+    session.add_image(x)
+    explainer = netsight.cam.METHODS[method]
+    for layer in ("layer4", "layer2.1"):
+        for target in (0, 7):
+            answer = session.cam("i1", layer, target, method)
+            assert answer["reused_graph"], "a gradient CAM must reuse the kept graph"
+            expected = explainer(resnet, target_layers=layer)(x, target)[0]
+            picture = netsight.overlay(session._picture(session._images["i1"]), expected)
+            assert answer["picture"] == _data_url(picture), (layer, target)
+
+
+def test_cam_without_a_kept_graph_runs_the_method(resnet, x):
+    session = Session(resnet, budget=0)
+    session.add_image(x)
+    answer = session.cam("i1", "layer4", 3, "gradcam")
+    assert not answer["reused_graph"]
+    assert session.cam("i1", "layer4", 3, "eigencam")["method"] == "eigencam"
+
+
+def test_the_model_is_left_as_it_came(x):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    model.train()
+    model.layer1[0].conv1.weight.requires_grad_(False)
+    model.fc.weight.grad = torch.ones_like(model.fc.weight)
+    before = snapshot(model)
+    session = Session(model)
+    session.add_image(x)
+    session.layer("i1", "layer2.0.conv1")
+    session.channel("i1", "conv1", 1)
+    session.cam("i1", "layer3", 2, "gradcam")
+    session.cam("i1", "layer3", 2, "scorecam")
+    with pytest.raises(SessionError):
+        session.layer("i1", "no.such.layer")
+    session.patterns("layer1.0.conv1", [0, 1], steps=2, size=32)
+    session.graph()
+    assert_unchanged(model, before)
+
+
+def test_a_forward_that_fails_is_reported_with_the_layer():
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.conv(x).flatten(1))
+
+    session = Session(Broken())
+    info = session.add_image(torch.randn(1, 3, 16, 16))
+    assert info["error"] and "head" in info["error"]
+    assert info["predictions"] == []
+    assert netsight.count_hooks(session.model) == 0
+    assert session.graph()["svg"].lstrip().startswith(("<?xml", "<svg", "<!--"))
+
+
+def test_uploaded_bytes_are_decoded_like_files(resnet, tmp_path, monkeypatch):
+    session = Session(resnet, size=(64, 64))
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 50), (200, 30, 30)).save(buffer, format="PNG")
+    info = session.add_image(buffer.getvalue(), name="red.png")
+    assert info["shape"] == [1, 3, 64, 64] and len(info["predictions"]) == 5
+    with pytest.raises(ValueError, match="not an image"):
+        session.add_image(b"GIF89a but not really", name="bad.gif")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 80x50 is over twice that
+    with pytest.raises(ValueError, match="too large to decode safely"):
+        session.add_image(buffer.getvalue(), name="bomb.png")
+
+
+def test_patterns_report_progress(resnet):
+    session = Session(resnet)
+    seen: list[tuple[int, int]] = []
+    answer = session.patterns(
+        "layer1.0.conv1", [0, 3], steps=4, size=32, on_step=lambda d, t: seen.append((d, t))
+    )
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert answer["channels"] == [0, 3]
+
+
+def _decode(url: str) -> bytes:
+    import base64
+
+    return base64.b64decode(url.split(",", 1)[1])
+
+
+def _data_url(picture: Image.Image) -> str:
+    from netsight.live import png_data_url
+
+    return png_data_url(picture)
+
+
+def test_graph_expands_collapses_and_unrolls(resnet, x):
+    session = Session(resnet)
+    session.add_image(x)
+    default = session.graph()
+    assert default["layers"]["layer1.1.conv1"] in default["nodes"] or default["clusters"]
+    collapsed = session.graph(collapsed=["layer1"])
+    layer1 = [n for n in collapsed["nodes"].values() if n["name"] == "layer1"]
+    assert layer1 and layer1[0]["expandable"]
+    unrolled = session.graph(unrolled=["layer1"])
+    names = {n["name"] for n in unrolled["nodes"].values()}
+    assert {"layer1.0.conv1", "layer1.1.conv1"} <= names
+    with pytest.raises(ValueError, match="no.such"):
+        session.graph(expanded=["no.such"])
+
+
+def test_a_failing_model_draws_its_graph_up_to_the_failing_module():
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.conv(x).flatten(1))
+
+    session = Session(Broken())
+    session.add_image(torch.randn(1, 3, 16, 16))
+    graph = session.graph()
+    assert graph["error"] and "head" in graph["error"]
+    failed = [n["name"] for n in graph["nodes"].values() if n["failed"]]
+    assert failed == ["head"]
+    assert "conv" in {n["name"] for n in graph["nodes"].values()}
