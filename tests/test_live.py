@@ -12,8 +12,8 @@ from PIL import Image
 from torch import nn
 
 import netsight
-from netsight.live import ActivationCache, Session, SessionError
 from helpers import assert_unchanged, snapshot
+from netsight.live import ActivationCache, Session, SessionError
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +226,7 @@ def test_graph_expands_collapses_and_unrolls(resnet, x):
     unrolled = session.graph(unrolled=["layer1"])
     names = {n["name"] for n in unrolled["nodes"].values()}
     assert {"layer1.0.conv1", "layer1.1.conv1"} <= names
-    with pytest.raises(ValueError, match="no.such"):
+    with pytest.raises(ValueError, match=r"no\.such"):
         session.graph(expanded=["no.such"])
 
 
