@@ -327,6 +327,55 @@ def test_module_names_are_text_never_markup(evil: Server, open_page: Any) -> Non
     assert page.errors == []
 
 
+def test_saving_the_report_and_a_picture(evil: Server, open_page: Any) -> None:
+    """Downloads carry the token (fetched, saved from a blob) and safe file names."""
+    page = open_page(evil)
+    with page.page.expect_download(timeout=60_000) as report:
+        page.page.click("#save-report")
+    assert report.value.suggested_filename == "netsight-report-Sequential.html"
+    assert "<html" in Path(report.value.path()).read_text(encoding="utf-8").lower()
+    page.page.locator("#layer-list tr.layer-row").first.click()
+    page.grid_width()
+    with page.page.expect_download() as png:
+        page.page.click("#layer-panel .grid-controls button.png")
+    name = png.value.suggested_filename
+    assert name.endswith(".png") and "img_src_x_onerror_alert_1" in name
+    assert not set(name) & set("<>()= /")
+    assert Path(png.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.errors == []
+
+
+def test_wheel_zooms_and_drag_pans_the_graph(resnet: Server, open_page: Any) -> None:
+    page = open_page(resnet)
+
+    def view() -> list[float]:
+        box = page.page.get_attribute("#graph svg", "viewBox") or ""
+        return [float(v) for v in box.split()]
+
+    box = page.page.locator("#graph").bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    start = view()
+    page.page.mouse.move(x, y)
+    page.page.mouse.wheel(0, -300)
+    page.page.wait_for_function(
+        f"() => parseFloat(document.querySelector('#graph svg').getAttribute('viewBox')"
+        f".split(' ')[2]) < {start[2] * 0.9}"
+    )
+    zoomed = view()
+    page.page.mouse.down()
+    page.page.mouse.move(x + 60, y + 80, steps=5)
+    page.page.mouse.up()
+    panned = view()
+    assert panned[2] == pytest.approx(zoomed[2])
+    assert panned[0] < zoomed[0] and panned[1] < zoomed[1]
+    page.page.click("#graph-fit")
+    fitted = view()
+    full = resnet.get("api/graph")["svg"]
+    height = float(full.split('viewBox="')[1].split('"')[0].split()[3])
+    assert fitted[3] >= height
+
+
 def test_two_pages_at_once(resnet: Server, open_page: Any) -> None:
     first = open_page(resnet)
     second = open_page(resnet)

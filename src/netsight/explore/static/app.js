@@ -848,7 +848,8 @@
       this.gridBox = el("div", { cls: "grid-box" });
       this.extra = el("div", { cls: "maps" });
       this.values = el("div", { cls: "values" });
-      [this.summary, this.error, this.stats, this.gridHead, this.gridBox, this.values, this.extra].forEach((n) => r.appendChild(n));
+      this.body = el("div", { cls: "layer-body" }, [el("div", { cls: "layer-main" }, [this.gridHead, this.gridBox, this.values]), this.extra]);
+      [this.summary, this.error, this.stats, this.body].forEach((n) => r.appendChild(n));
       this.summary.appendChild(el("p", { cls: "muted", text: "click a layer in the graph or the list" }));
     }
 
@@ -959,6 +960,8 @@
         const name = () => (d.name || "model") + "_" + this.imageName() + "_channels_p" + (g.page + 1);
         this.gridHead.appendChild(pngButton(() => g.picture, name));
         const img = el("img", { cls: "grid", src: g.picture, alt: "channels of " + d.name, title: "click a channel to zoom it" });
+        // tiles drawn at least twice their size when there is room, never wider than the panel
+        img.style.width = Math.min(Math.max(g.size[1] * 2, 240), 640) + "px";
         img.addEventListener("click", (e) => this.clickGrid(e, img, g));
         this.gridBox.appendChild(img);
         if (g.note) this.gridBox.appendChild(el("div", { cls: "muted note", text: g.note }));
