@@ -24,6 +24,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 import netsight.explore as E  # noqa: E402
 from browser import WIDTH  # noqa: E402
+from netsight.explore.server import ExploreWarning  # noqa: E402
 from netsight.zoo import Vgg16Net  # noqa: E402
 
 EVIL = "<img src=x onerror=alert(1)>"
@@ -97,6 +98,23 @@ def evil() -> Iterator[Server]:
     model.add_module("flat", nn.Flatten())
     model.add_module("fc", nn.Linear(4, 3))
     server = Server(model.eval(), torch.randn(1, 3, 16, 16), class_names=[EVIL, "b", "c"])
+    yield server
+    server.ex.stop()
+
+
+class Boom(nn.Module):
+    """A layer that always fails."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom <b>here</b>")
+
+
+@pytest.fixture(scope="module")
+def failing() -> Iterator[Server]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), Boom(), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.warns(ExploreWarning):
+        server = Server(model.eval(), torch.randn(1, 3, 16, 16))
     yield server
     server.ex.stop()
 
@@ -279,6 +297,35 @@ def test_uploading_an_image_adds_a_thumbnail_with_predictions(
     )
 
 
+def test_dropping_an_image_on_the_page_uploads_it(vgg: Server, open_page: Any) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    data = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(data, format="PNG")
+    page = open_page(vgg)
+    before = page.page.locator("#images .thumb").count()
+    page.page.evaluate(
+        """b64 => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+            document.querySelector("#layer-panel").dispatchEvent(
+                new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }""",
+        base64.b64encode(data.getvalue()).decode(),
+    )
+    page.page.wait_for_selector("#images .thumb.selected:has-text('dropped.png')")
+    assert page.page.locator("#images .thumb").count() == before + 1
+    page.page.locator("#images .thumb.selected .remove").click()
+    page.page.wait_for_function(
+        f"() => document.querySelectorAll('#images .thumb').length === {before}"
+    )
+    assert page.errors == []
+
+
 def test_collapsing_and_expanding_a_module(resnet: Server, open_page: Any) -> None:
     page = open_page(resnet)
     full = page.nodes()
@@ -374,6 +421,23 @@ def test_wheel_zooms_and_drag_pans_the_graph(resnet: Server, open_page: Any) -> 
     full = resnet.get("api/graph")["svg"]
     height = float(full.split('viewBox="')[1].split('"')[0].split()[3])
     assert fitted[3] >= height
+
+
+def test_a_model_that_fails_shows_where(failing: Server, open_page: Any) -> None:
+    page = open_page(failing)
+    page.page.wait_for_selector("#graph-error:not(.hidden)")
+    assert "boom <b>here</b>" in page.page.text_content("#graph-error")
+    assert page.page.locator("#graph svg g.node.failed").count() == 1
+    assert page.page.locator("#graph b").count() == 0
+    assert "boom" in page.page.text_content("#cam-error")
+    assert "boom" in page.page.text_content("#images .thumb .error")
+    # the layers before the failure still show their maps
+    graph = failing.get("api/graph")
+    conv = next(n for n, info in graph["nodes"].items() if info["type"] == "Conv2d")
+    page.click_node(conv)
+    page.wait_layer("0")
+    assert page.grid_width() > 0
+    assert page.errors == []
 
 
 def test_two_pages_at_once(resnet: Server, open_page: Any) -> None:

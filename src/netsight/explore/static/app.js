@@ -526,9 +526,7 @@
     state.node = id;
     renderNodeActions(info, id);
     const target = info.rolled && info.rolled.length > 1 ? info.rolled[0] : info.name;
-    if (info.kind === "module" || info.kind === "failed" || state.layers.some((l) => l.name === target)) {
-      if (state.layers.some((l) => l.name === target)) selectLayer(target, 0, { fromGraph: true });
-    }
+    if (info.kind === "module" || state.layers.some((l) => l.name === target)) selectLayer(target, 0, { fromGraph: true });
     const svg = $("graph").querySelector("svg");
     svg.querySelectorAll(".selected").forEach((n) => n.classList.remove("selected"));
     const g = svg.querySelector('g.node[data-node="' + CSS.escape(id) + '"]');
@@ -664,7 +662,8 @@
     try {
       state.images = await api("api/images", { key: "images" });
       if (!state.image || !state.images.some((i) => i.id === state.image)) {
-        const ok = state.images.find((i) => !i.error);
+        // an image the model failed on still has the maps of the layers before the failure
+        const ok = state.images.find((i) => !i.error) || state.images[0];
         state.image = ok ? ok.id : null;
       }
       renderImages();
@@ -1069,6 +1068,12 @@
   async function runCam() {
     const box = $("cam");
     if (!state.image) return;
+    const info = state.images.find((i) => i.id === state.image);
+    if (info && info.error) {
+      clear(box);
+      setError($("cam-error"), "CAM: the model failed on this image: " + info.error);
+      return;
+    }
     const which = $("cam-layer").value;
     const layer = which === "selected" ? state.layer || "" : "";
     try {
@@ -1078,7 +1083,6 @@
       );
       setError($("cam-error"), "");
       clear(box);
-      const info = state.images.find((i) => i.id === state.image);
       camPicture = { src: d.picture, name: "cam_" + d.method + "_" + (info ? info.name : state.image) + "_class" + d.class };
       box.appendChild(el("img", { src: d.picture, alt: "class activation map" }));
       box.appendChild(
