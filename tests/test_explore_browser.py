@@ -334,11 +334,35 @@ def test_collapsing_and_expanding_a_module(resnet: Server, open_page: Any) -> No
     page.page.click("#node-actions button:text-is('collapse layer2')")
     page.wait_nodes(f"< {full}")
     fewer = page.nodes()
+    assert "collapsed layer2" in page.page.text_content("#graph-state")
     collapsed = resnet.get("api/graph?collapsed=layer2")
     assert fewer == len(collapsed["nodes"])
     page.click_node(collapsed["layers"]["layer2"])
     page.page.click("#node-actions button.expand")
     page.wait_nodes(f"=== {full}")
+    assert page.errors == []
+
+
+def test_depth_expand_and_reset(resnet: Server, open_page: Any) -> None:
+    page = open_page(resnet)
+    full = page.nodes()
+    page.page.fill("#graph-depth", "1")
+    page.page.press("#graph-depth", "Enter")
+    page.wait_nodes(f"< {full}")
+    shallow = page.nodes()
+    graph = resnet.get("api/graph?depth=1")
+    assert shallow == len(graph["nodes"])
+    layer3 = graph["layers"]["layer3"]
+    assert graph["nodes"][layer3]["expandable"]
+    assert "expandable" in (page.page.get_attribute(f'g.node[data-node="{layer3}"]', "class") or "")
+    page.click_node(layer3)
+    page.wait_layer("layer3")
+    page.page.click("#node-actions button.expand")
+    page.wait_nodes(f"> {shallow}")
+    assert "expanded layer3" in page.page.text_content("#graph-state")
+    page.page.click("#graph-state button.reset")
+    page.wait_nodes(f"=== {shallow}")
+    assert page.page.locator("#graph-state .chip").count() == 0
     assert page.errors == []
 
 

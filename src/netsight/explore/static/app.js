@@ -13,6 +13,7 @@
     model: null,
     layers: [], // rows of /api/model
     graph: null, // last /api/graph answer
+    depth: null, // null: the server's default
     expanded: [],
     collapsed: [],
     unrolled: [],
@@ -223,11 +224,12 @@
   async function loadGraph() {
     try {
       const data = await api(
-        "api/graph?" + q({ expanded: state.expanded, collapsed: state.collapsed, unrolled: state.unrolled }),
+        "api/graph?" + q({ depth: state.depth, expanded: state.expanded, collapsed: state.collapsed, unrolled: state.unrolled }),
         { key: "graph" }
       );
       state.graph = data;
       renderGraph();
+      renderGraphState();
     } catch (err) {
       if (!aborted(err)) setError($("graph-error"), "graph: " + err.message);
     }
@@ -280,6 +282,36 @@
     box.appendChild(svg);
     fitWidth();
     if (state.layer) markSelected(state.layer, false);
+  }
+
+  // what the graph was asked to draw differently, each undoable
+  function renderGraphState() {
+    const box = $("graph-state");
+    clear(box);
+    const chips = [];
+    const undo = (list, name) => () => {
+      state[list] = state[list].filter((n) => n !== name);
+      loadGraph();
+    };
+    state.expanded.forEach((n) => chips.push(["expanded", n, undo("expanded", n)]));
+    state.collapsed.forEach((n) => chips.push(["collapsed", n, undo("collapsed", n)]));
+    state.unrolled.forEach((n) => chips.push(["unrolled", n, undo("unrolled", n)]));
+    for (const [what, name, action] of chips) {
+      box.appendChild(
+        el("span", { cls: "chip " + what }, [what + " ", el("b", { text: name || "(model)" }), el("button", { type: "button", cls: "small", title: "undo", "aria-label": "undo", text: "×", onclick: action })])
+      );
+    }
+    if (chips.length) {
+      box.appendChild(
+        actionButton("reset", "draw the graph as at first", () => {
+          state.expanded = [];
+          state.collapsed = [];
+          state.unrolled = [];
+          loadGraph();
+        }, "reset")
+      );
+    }
+    show(box, chips.length > 0);
   }
 
   function applyView() {
@@ -394,6 +426,15 @@
       else if (g.dataset.cluster) selectCluster(g.dataset.cluster);
     });
     $("graph-fit").addEventListener("click", fit);
+    $("graph-depth").addEventListener("change", (e) => {
+      const v = e.target.value.trim();
+      const depth = v === "" ? null : Math.max(0, Math.min(32, Number(v) || 0));
+      if (depth === state.depth) return;
+      state.depth = depth;
+      state.expanded = [];
+      state.collapsed = [];
+      loadGraph();
+    });
     $("graph-zoom-in").addEventListener("click", () => zoom(1 / 1.25));
     $("graph-zoom-out").addEventListener("click", () => zoom(1.25));
     window.addEventListener("resize", () => {
@@ -652,6 +693,7 @@
       if (id && state.graph.nodes[id]) renderNodeActions(state.graph.nodes[id], id);
     }
     $("patterns-layer").textContent = name;
+    show($("channel-box"), false);
     panelA.load();
     if (state.compare && panelB.mode === "images") panelB.load();
     if ($("cam-layer").value === "selected") runCam();
@@ -878,6 +920,9 @@
       const image = this.imageId();
       const layer = this.layerName();
       if (this.side === "b" && !state.compare) return;
+      const which = layer + "\u0000" + this.layerCall();
+      if (this.shown !== which) this.page = 0;
+      this.shown = which;
       if (!image || layer === null || layer === undefined) return;
       this.root.classList.add("loading");
       try {
