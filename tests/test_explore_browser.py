@@ -486,6 +486,12 @@ def test_search_finds_a_layer(resnet: Server, open_page: Any) -> None:
     assert all("layer3.1.conv" in t for t in found)
     page.page.locator("#search-results li.match").first.click()
     page.wait_layer("layer3.1.conv1")
+    row = page.page.locator("#layer-list tr.selected")
+    assert row.get_attribute("data-layer") == "layer3.1.conv1"
+    listed = page.page.locator("#layer-list").bounding_box()
+    shown = row.bounding_box()
+    assert listed is not None and shown is not None
+    assert listed["y"] <= shown["y"] <= listed["y"] + listed["height"] - shown["height"]
     node_id = resnet.get("api/graph")["layers"]["layer3.1.conv1"]
     assert page.page.locator(f'#graph svg g.node.selected[data-node="{node_id}"]').count() == 1
     # the selected box is centred in the graph's box

@@ -677,6 +677,13 @@
     for (const tr of document.querySelectorAll("#layer-list tr.layer-row")) {
       if (tr.dataset.layer === state.layer && Number(tr.dataset.call) === state.call) {
         tr.classList.add("selected");
+        // scroll the list only (not the page) so the row shows
+        const list = $("layer-list");
+        const top = tr.getBoundingClientRect().top - list.getBoundingClientRect().top + list.scrollTop;
+        const head = 20;
+        if (top - head < list.scrollTop || top + tr.offsetHeight > list.scrollTop + list.clientHeight) {
+          list.scrollTop = Math.max(0, top - list.clientHeight / 2);
+        }
         break;
       }
     }
@@ -975,7 +982,7 @@
       ];
       if (s.nonfinite) statFacts.push(["non-finite", s.nonfinite]);
       for (const [k, v] of statFacts) {
-        const item = el("span", { cls: "stat stat-" + k.replace(/[^a-z]+/g, "-") }, [el("span", { cls: "k", text: k + " " }), el("b", { text: v === undefined ? "–" : String(v) })]);
+        const item = el("span", { cls: "stat stat-" + k.replace(/[^a-z]+/g, "-") }, [el("span", { cls: "k", text: k + " " }), el("b", { text: v === undefined || v === null ? "–" : String(v) })]);
         this.stats.appendChild(item);
       }
       clear(this.gridHead);
