@@ -464,6 +464,43 @@ def test_a_model_that_fails_shows_where(failing: Server, open_page: Any) -> None
     assert page.errors == []
 
 
+def test_readable_two_column_layout(resnet: Server, open_page: Any) -> None:
+    page = open_page(resnet)
+    page.page.click("#layer-list tr[data-layer='layer1.0.conv1']")
+    page.grid_width()
+    left = page.page.locator("#left").bounding_box()
+    right = page.page.locator("#right").bounding_box()
+    assert left is not None and right is not None
+    assert left["x"] + left["width"] <= right["x"]
+    assert left["width"] >= 400 and right["width"] >= 600
+    smallest = page.page.evaluate(
+        """() => {
+            let min = 100, sample = "";
+            const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+            while (walker.nextNode()) {
+                const node = walker.currentNode, el = node.parentElement;
+                if (!node.textContent.trim() || !el || el.closest("svg, option")) continue;
+                if (el.getClientRects().length === 0) continue;
+                const size = parseFloat(getComputedStyle(el).fontSize);
+                if (size < min) { min = size; sample = node.textContent.trim().slice(0, 30); }
+            }
+            return [min, sample];
+        }"""
+    )
+    assert smallest[0] >= 12, smallest
+
+
+def test_a_newer_request_replaces_an_older_one(resnet: Server, open_page: Any) -> None:
+    page = open_page(resnet)
+    for name in ("layer4.0.conv1", "layer2.1.conv2", "layer3.0.downsample.0", "layer1.1.conv1"):
+        page.page.click(f"#layer-list tr[data-layer='{name}']")
+    page.wait_layer("layer1.1.conv1")
+    page.idle()
+    assert page.page.text_content("#layer-panel .channels-count") == "64 channels"
+    assert page.page.text_content("#status-text") == "ready"
+    assert page.errors == []
+
+
 def test_two_pages_at_once(resnet: Server, open_page: Any) -> None:
     first = open_page(resnet)
     second = open_page(resnet)
