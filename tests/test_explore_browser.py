@@ -256,7 +256,13 @@ def test_changing_the_class_redraws_the_cam(resnet: Server, open_page: Any) -> N
         arg=before,
         timeout=60_000,
     )
-    assert f"class {options[1]}" in page.page.text_content("#cam")
+    assert f"#{options[1]}" in page.page.text_content("#cam .cam-class-name")
+    page.page.click("#layer-list tr[data-layer='layer3.1.conv2']")
+    page.page.select_option("#cam-layer", "selected")
+    page.page.wait_for_function(
+        "() => document.querySelector('#cam').textContent.includes('layer3.1.conv2')",
+        timeout=60_000,
+    )
     page.page.select_option("#cam-method", "gradcam++")
     page.page.wait_for_function(
         "() => document.querySelector('#cam').textContent.includes('gradcam++')", timeout=60_000

@@ -104,7 +104,7 @@
 
   function classLabel(index, name) {
     const n = name === undefined ? className(index) : name;
-    return n ? n + " (" + index + ")" : "class " + index;
+    return n ? n + " (" + index + ")" : "#" + index;
   }
 
   function safeName(text) {
