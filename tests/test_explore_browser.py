@@ -507,6 +507,36 @@ def test_a_newer_request_replaces_an_older_one(resnet: Server, open_page: Any) -
     assert page.errors == []
 
 
+def test_starting_without_images(open_page: Any, tmp_path: Path) -> None:
+    from PIL import Image
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    )
+    server = Server(model.eval(), torch.empty(0, 3, 24, 24), size=(24, 24))
+    try:
+        page = open_page(server)
+        assert page.nodes() >= 5
+        assert "no images yet" in page.page.text_content("#images")
+        page.page.click("#layer-list tr[data-layer='0']")
+        page.page.wait_for_selector("#layer-panel .no-image")
+        picture = tmp_path / "red.png"
+        Image.new("RGB", (24, 24), (255, 0, 0)).save(picture)
+        page.page.set_input_files("#upload", str(picture))
+        page.page.wait_for_selector("#images .thumb.selected")
+        assert page.grid_width() > 0
+        assert page.page.text_content("#layer-panel .channels-count") == "6 channels"
+        page.page.wait_for_selector("#cam img")
+        assert page.errors == []
+    finally:
+        server.ex.stop()
+
+
 def test_two_pages_at_once(resnet: Server, open_page: Any) -> None:
     first = open_page(resnet)
     second = open_page(resnet)

@@ -930,7 +930,12 @@
       const which = layer + "\u0000" + this.layerCall();
       if (this.shown !== which) this.page = 0;
       this.shown = which;
-      if (!image || layer === null || layer === undefined) return;
+      if (layer === null || layer === undefined) return;
+      if (!image) {
+        clear(this.summary);
+        this.summary.appendChild(el("p", { cls: "muted no-image", text: "add an image to see what " + (layer || "the model") + " makes of it" }));
+        return;
+      }
       this.root.classList.add("loading");
       try {
         const data = await api(
