@@ -63,19 +63,25 @@ def as_json(data: bytes) -> Any:
     return json.loads(data.decode("utf-8"))
 
 
-def png_bytes(size: tuple[int, int] = (40, 30), color: tuple[int, int, int] = (10, 200, 30)) -> bytes:
+def png_bytes(
+    size: tuple[int, int] = (40, 30), color: tuple[int, int, int] = (10, 200, 30)
+) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("path", ["/", "/api/model", "/api/images", "/api/layer?image=i1&layer=conv1"])
+@pytest.mark.parametrize(
+    "path", ["/", "/api/model", "/api/images", "/api/layer?image=i1&layer=conv1"]
+)
 def test_every_api_call_and_the_page_need_the_token(server: Explorer, path: str):
     assert request(server, path, token=False)[0] == 403
     assert request(server, path, headers={"X-Netsight-Token": "wrong"})[0] == 403
     status, _, _ = request(server, path)
     assert status == 200
-    status, _, _ = request(server, f"{path}{'&' if '?' in path else '?'}token={server.token}", token=False)
+    status, _, _ = request(
+        server, f"{path}{'&' if '?' in path else '?'}token={server.token}", token=False
+    )
     assert status == 200
 
 
@@ -133,7 +139,9 @@ def test_uploads_are_decoded_limited_and_refused_with_a_message(server: Explorer
     assert status == 200
     info = as_json(body)
     assert info["name"] == "green.png" and len(info["predictions"]) == 5
-    status, body, _ = request(server, "/api/images?name=x.png", method="POST", body=b"no image here")
+    status, body, _ = request(
+        server, "/api/images?name=x.png", method="POST", body=b"no image here"
+    )
     assert status == 400 and "not an image" in as_json(body)["error"]
     big = b"\x89PNG" + bytes(2 << 20)
     status, body, _ = request(server, "/api/images?name=big.png", method="POST", body=big)
@@ -160,7 +168,11 @@ def test_bad_questions_get_a_message(server: Explorer):
 def test_patterns_stream_progress_then_the_result(server: Explorer):
     body = json.dumps({"layer": "layer1.0.conv1", "channels": [0, 2], "steps": 3}).encode()
     status, data, headers = request(
-        server, "/api/patterns", method="POST", body=body, headers={"Content-Type": "application/json"}
+        server,
+        "/api/patterns",
+        method="POST",
+        body=body,
+        headers={"Content-Type": "application/json"},
     )
     assert status == 200 and headers["content-type"].startswith("application/x-ndjson")
     lines = [json.loads(line) for line in data.decode().splitlines()]
@@ -190,7 +202,9 @@ def test_two_clients_at_once_are_both_served(server: Explorer):
 
 def test_stop_ends_the_server_and_its_thread():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
     model(torch.zeros(1, 3, 8, 8))
     with explore(model, torch.zeros(1, 3, 8, 8), open_browser=False) as handle:
         assert request(handle, "/api/model")[0] == 200
@@ -218,7 +232,10 @@ def test_the_cli_serves_and_stops_on_sigterm_within_two_seconds(tmp_path: Path):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
-        assert "http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+        assert "http://127.0.0.1:" in line, (
+            line,
+            proc.stderr.read() if proc.poll() is not None and proc.stderr else "",
+        )
         url = line.split(" at ", 1)[1].strip()
         port = int(url.split(":")[2].split("/")[0])
         token = url.split("token=")[1]

@@ -54,15 +54,29 @@ def test_predictions_are_the_softmax_of_the_models_output(resnet: nn.Module, x: 
     assert info["picture"].startswith("data:image/png;base64,")
 
 
-@pytest.mark.parametrize("layer", ["conv1", "layer1.0.bn1", "layer2.1", "layer4.1.conv2"])
+@pytest.mark.parametrize("layer", ["conv1", "layer2.1", "layer4.1.conv2", "layer1.0.relu"])
 def test_kept_activation_equals_a_plain_forward_hook(resnet: nn.Module, x: torch.Tensor, layer):
-    # bn1 is followed by ReLU(inplace=True): what is kept must be the BN's own output
     session = Session(resnet)
     session.add_image(x)
     forwards = session.forwards
     kept = session.activation("i1", layer)
     assert session.forwards == forwards, "a kept layer must not cost a forward"
     torch.testing.assert_close(kept, _reference(resnet, x, layer), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", ["layer1.0.bn1", "layer1.0.bn2"])
+def test_an_output_changed_in_place_later_is_not_kept_but_made_again(resnet, x, layer):
+    # bn1 is followed by ReLU(inplace=True) and bn2 by `out += identity`: after the
+    # forward the tensor they returned holds something else
+    session = Session(resnet)
+    session.add_image(x)
+    assert session.changed_in_place > 0
+    forwards = session.forwards
+    got = session.activation("i1", layer)
+    assert session.forwards == forwards + 1
+    reference = _reference(resnet, x, layer)
+    torch.testing.assert_close(got, reference, rtol=1e-4, atol=1e-5)
+    assert (got < 0).any(), "a BatchNorm's own output has negative values"
 
 
 def test_a_layer_not_kept_costs_one_stopped_forward(resnet: nn.Module, x: torch.Tensor):

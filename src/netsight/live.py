@@ -47,7 +47,14 @@ from netsight.cam.gradient import GradientCAM
 from netsight.diagram import graph as dataflow
 from netsight.features import feature_grid, run_forward
 from netsight.hooks import HookSet, StopForward, preserve_state, unwrap_compiled
-from netsight.images import colorize, denormalize, load_image, normalize_maps, to_pil
+from netsight.images import (
+    colorize,
+    denormalize,
+    expected_channels,
+    load_image,
+    normalize_maps,
+    to_pil,
+)
 from netsight.options import Normalization
 from netsight.trace import LayerRecord, Trace, TraceError, trace
 
@@ -255,6 +262,11 @@ class Session:
         self._modules: dict[str, nn.Module] = dict(self.model.named_modules())
         self._counter = 0
         self.forwards = 0  # full or stopped forwards run (for tests and benchmarks)
+        self.changed_in_place = 0  # outputs of the last first forward changed in place later
+        self._auto_layers: dict[tuple[int, ...], str] = {}
+        self._first_input: torch.Tensor | None = None
+        self.load_errors: list[str] = []  # problems met loading images in the background
+        self.pending_images = 0  # images still waiting for their first forward
 
     # ------------------------------------------------------------------ images
     def add_image(
@@ -332,6 +344,13 @@ class Session:
             return self.class_names[index]
         return None
 
+    def prepare(self, source: torch.Tensor | str | os.PathLike[str] | bytes) -> torch.Tensor:
+        """An image as the model's ``(1, C, H, W)`` input (loaded, resized to the
+        session's size, normalised), without running the model; the first one
+        prepared fixes the size and is what the graph and the summary trace."""
+        with self.lock:
+            return self._to_input(source)
+
     def _to_input(self, source: torch.Tensor | str | os.PathLike[str] | bytes) -> torch.Tensor:
         if isinstance(source, torch.Tensor):
             tensor = source.detach()
@@ -352,6 +371,8 @@ class Session:
             )
         if self.size is None:
             self.size = (int(tensor.shape[-2]), int(tensor.shape[-1]))
+        if self._first_input is None:
+            self._first_input = tensor
         elif tuple(tensor.shape[-2:]) != tuple(self.size):
             tensor = torch.nn.functional.interpolate(
                 tensor, size=self.size, mode="bilinear", align_corners=False, antialias=True
@@ -384,21 +405,23 @@ class Session:
             yield
 
     def _first_forward(self, image: _Image) -> None:
-        """One forward with autograd recording; keep every module's output."""
-        kept: dict[LayerKey, torch.Tensor] = {}
+        """One forward with autograd recording; keep every module's output.
+
+        Outputs are kept as they are, not copied; one the model changes in place later
+        in the forward (a BatchNorm's output under ``ReLU(inplace=True)``, a block's
+        ``out += identity``) no longer holds what the module returned, so it is not
+        kept: a click on it costs a forward stopped there, which copies it.
+        """
+        kept: dict[LayerKey, tuple[torch.Tensor, int]] = {}
         calls: dict[str, int] = {}
 
         def make_hook(name: str) -> Callable[..., Any]:
-            def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
                 tensor = _first_tensor(output)
                 call = calls.get(name, 0)
                 calls[name] = call + 1
-                if tensor is None or not tensor.is_floating_point():
-                    return None
-                kept[(name, call)] = tensor
-                # downstream gets a copy, so an in-place op after this layer (ReLU's
-                # inplace=True) never changes what is kept
-                return _with_first(output, tensor.clone())
+                if tensor is not None and tensor.is_floating_point():
+                    kept[(name, call)] = (tensor, tensor._version)
 
             return hook
 
@@ -414,14 +437,16 @@ class Session:
                 run_forward(self.model, image.tensor)  # raises the error naming the layer
             raise
         first = _first_tensor(output)
-        image.output = first.detach() if first is not None else None
+        image.output = first.detach().clone() if first is not None else None
+        intact = {key: t for key, (t, version) in kept.items() if t._version == version}
+        self.changed_in_place = len(kept) - len(intact)
         size = 0
-        for (name, call), tensor in kept.items():
+        for (name, call), tensor in intact.items():
             self.cache.put((image.id, name, call), tensor.detach())
             size += tensor.untyped_storage().nbytes()
         graph_bytes = 2 * size  # the kept outputs and about as much saved for backward
         if first is not None and first.requires_grad and graph_bytes <= self.budget // 2:
-            self._graphs[image.id] = _Graph(output, kept, graph_bytes)
+            self._graphs[image.id] = _Graph(output, intact, graph_bytes)
             while sum(g.bytes for g in self._graphs.values()) > self.budget // 2:
                 self._graphs.popitem(last=False)
 
@@ -479,11 +504,7 @@ class Session:
     def _records(self) -> tuple[LayerRecord, ...]:
         if self._trace is None and self._trace_error is None:
             try:
-                if self._images:
-                    first = next(iter(self._images.values()))
-                    self._trace = trace(self.model, input_data=first.tensor)
-                else:
-                    self._trace = trace(self.model, input_size=(1, 3, *self._size()))
+                self._trace = trace(self.model, **self._example())
             except TraceError as exc:
                 self._trace_error = str(exc)
         return self._trace.records if self._trace is not None else ()
@@ -519,9 +540,9 @@ class Session:
                 if t is not None
                 else sum(p.numel() for p in self.model.parameters()),
                 "mult_adds": t.total_mult_adds if t is not None else None,
-                "input": list(next(iter(self._images.values())).tensor.shape)
-                if self._images
-                else [1, 3, *self._size()],
+                "input": list(self._first_input.shape)
+                if self._first_input is not None
+                else list(self._example()["input_size"]),
                 "classes": len(self.class_names)
                 if self.class_names is not None
                 else self._classes(),
@@ -529,6 +550,8 @@ class Session:
                 "methods": [m for m in METHODS if m != "saliency"] + ["saliency"],
                 "trace_error": self._trace_error,
                 "budget": self.budget,
+                "pending_images": self.pending_images,
+                "load_errors": list(self.load_errors),
             }
 
     def _classes(self) -> int | None:
@@ -547,16 +570,18 @@ class Session:
     ) -> dict[str, Any]:
         """The dataflow graph as SVG with what each box stands for:
         ``{svg, nodes: {id: {...}}, layers: {module name: node id}, error}``."""
+        key = (
+            depth,
+            tuple(sorted(expanded)),
+            tuple(sorted(collapsed)),
+            tuple(sorted(unrolled)),
+        )
+        found = self._svgs.get(key)  # drawn already: no need to wait for the model
+        if found is not None:
+            return found
         with self.lock:
-            key = (
-                depth,
-                tuple(sorted(expanded)),
-                tuple(sorted(collapsed)),
-                tuple(sorted(unrolled)),
-            )
             found = self._svgs.get(key)
             if found is not None:
-                self._svgs.move_to_end(key)
                 return found
             flow = self._dataflow()
             options: dict[str, Any] = {}
@@ -606,12 +631,23 @@ class Session:
 
     def _dataflow(self) -> dataflow.Dataflow:
         if self._flow is None:
-            x = next(iter(self._images.values())).tensor if self._images else None
-            kwargs: dict[str, Any] = (
-                {"input_data": x} if x is not None else {"input_size": (1, 3, *self._size())}
-            )
-            self._flow = dataflow.record_dataflow(self.model, partial=True, **kwargs)
+            self._flow = dataflow.record_dataflow(self.model, partial=True, **self._example())
         return self._flow
+
+    def _example(self) -> dict[str, Any]:
+        """What the structural passes run on: the first image prepared, else an input
+        of the model's channel count at the session's size (shapes only matter)."""
+        if self._first_input is not None:
+            return {"input_data": self._first_input}
+        channels = expected_channels(self.model) or 3
+        return {"input_size": (1, channels, *self._size())}
+
+    def warm(self) -> None:
+        """Trace the model and draw its default graph now, so that a page opened next
+        gets them at once (the explorer calls it before the images' forwards)."""
+        with self.lock:
+            self.graph()
+            self._records()
 
     # ------------------------------------------------------------------ a layer
     def layer(
@@ -631,7 +667,9 @@ class Session:
         scaling = Normalization.parse(normalize, "normalize")
         with self.lock:
             module = self._module(layer)
+            was_kept = (image_id, layer, call) in self.cache
             activation = self.activation(image_id, layer, call)
+            forward_ms = 0.0 if was_kept else timer.ms()
             row = next(
                 (self._row(r) for r in self._records() if r.name == layer and r.call == call), None
             )
@@ -646,6 +684,8 @@ class Session:
                 "mean": None,
                 "kernels": None,
                 "note": None,
+                "kept": was_kept,
+                "forward_ms": forward_ms,
             }
             maps = _spatial(activation)
             if maps is None:
@@ -760,9 +800,7 @@ class Session:
                 raise SessionError(f"class: the model has {classes} classes, got {target}")
             cls = METHODS[method]
             if layer is None and cls.uses_layers:
-                from netsight.cam.base import find_target_layer
-
-                layer = find_target_layer(self.model, image.tensor)
+                layer = self.target_layer(image_id)
             explainer = cls(self.model, target_layers=layer if cls.uses_layers else None)
             size = (int(image.tensor.shape[-2]), int(image.tensor.shape[-1]))
             graph = self._graphs.get(image_id)
@@ -783,6 +821,7 @@ class Session:
                     self._graphs.move_to_end(image_id)
             if not reused:
                 maps = explainer(image.tensor, target)
+            map_ms = timer.ms()
             picture = overlay(self._picture(image), maps[0], alpha=alpha)
             probs = torch.softmax(image.output[0].float(), 0) if image.output.dim() == 2 else None
             return {
@@ -793,8 +832,22 @@ class Session:
                 "class_name": self._class_name(target),
                 "probability": float(probs[target]) if probs is not None else None,
                 "reused_graph": reused,
+                "map_ms": map_ms,
                 "ms": timer.ms(),
             }
+
+    def target_layer(self, image_id: str) -> str:
+        """The layer a CAM uses by default for an image's input shape: netsight's
+        automatic choice (the last layer with a spatial map), found once per shape."""
+        from netsight.cam.base import find_target_layer
+
+        with self.lock:
+            image = self._image(image_id)
+            shape = tuple(image.tensor.shape)
+            if shape not in self._auto_layers:
+                with self._as_is():
+                    self._auto_layers[shape] = find_target_layer(self.model, image.tensor)
+            return self._auto_layers[shape]
 
     # ------------------------------------------------------------------ patterns
     def patterns(
