@@ -88,7 +88,7 @@ def main() -> None:
         diagrams.append(time.perf_counter() - started)
         started = time.perf_counter()
         handle = explore(model, images[:1], open_browser=False, wait=False)
-        graph_s, graph = _get(handle.port, handle.token, "/api/graph")
+        _, graph = _get(handle.port, handle.token, "/api/graph")
         firsts.append(time.perf_counter() - started)
         handle.wait_loaded()
         if repeat < 2:
