@@ -16,7 +16,10 @@ def test_the_example_notebook_runs_and_shows_the_explorer_inline(tmp_path: Path)
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
-        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute()  # raises CellExecutionError on the first failing cell
     outputs = {i: cell.get("outputs", []) for i, cell in enumerate(notebook.cells)}
