@@ -239,10 +239,17 @@ def test_the_cli_serves_and_stops_on_sigterm_within_two_seconds(tmp_path: Path):
         url = line.split(" at ", 1)[1].strip()
         port = int(url.split(":")[2].split("/")[0])
         token = url.split("token=")[1]
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conn.request("GET", "/api/images", headers={"X-Netsight-Token": token})
-        images = json.loads(conn.getresponse().read())
-        conn.close()
+        # the URL comes first; the graph, then the images, load behind it
+        for _ in range(300):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("GET", "/api/model", headers={"X-Netsight-Token": token})
+            pending = json.loads(conn.getresponse().read())["pending_images"]
+            conn.request("GET", "/api/images", headers={"X-Netsight-Token": token})
+            images = json.loads(conn.getresponse().read())
+            conn.close()
+            if pending == 0:
+                break
+            time.sleep(0.1)
         assert [i["name"] for i in images] == ["dot.png"]
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)

@@ -414,7 +414,6 @@ class Explorer:
 
 def _load(session: Session, batch: list[Any], labels: list[str | None]) -> None:
     """Draw the graph, then run each image's first forward (the page polls for them)."""
-    session.pending_images = len(batch)
     try:
         session.warm()
     except Exception as exc:  # the page shows the graph's own error; images still load
@@ -553,6 +552,7 @@ def explore(
     deadline = time.monotonic() + 10
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
+    session.pending_images = len(batch)  # before the page can ask
     loader = threading.Thread(
         target=_load,
         args=(session, batch, labels),
