@@ -261,3 +261,40 @@ def test_a_failing_model_draws_its_graph_up_to_the_failing_module():
     failed = [n["name"] for n in graph["nodes"].values() if n["failed"]]
     assert failed == ["head"]
     assert "conv" in {n["name"] for n in graph["nodes"].values()}
+
+
+def test_transformer_tokens_are_shown_as_their_patch_grid():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=64)
+    model.eval()
+    image = torch.randn(1, 3, 64, 64)
+    before = snapshot(model)
+    session = Session(model)
+    session.add_image(image)
+    answer = session.layer("i1", "blocks.2")
+    assert answer["grid"]["total"] == 192  # channels of the tokens
+    assert answer["grid"]["tile"][0] == answer["grid"]["tile"][1]  # a 4 x 4 patch grid
+    assert "4 x 4 patch grid after the first (class) token" in answer["note"]
+    cam = session.cam("i1", "blocks.5", 3)
+    assert cam["reused_graph"]
+    assert_unchanged(model, before)
+
+
+def test_a_1d_convolution_is_shown_one_row_per_channel():
+    class Rows(nn.Module):  # an image's rows as the channels of a 1-d convolution
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(8, 5, 3)
+            self.head = nn.Linear(5 * 38, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.conv(x[:, 0])).flatten(1))
+
+    session = Session(Rows())
+    session.add_image(torch.randn(1, 1, 8, 40))
+    answer = session.layer("i1", "conv")
+    assert answer["grid"]["total"] == 5
+    assert "one row per channel" in answer["note"]
+    tile_h, tile_w = answer["grid"]["tile"]
+    assert tile_w == 38 * tile_h and tile_w <= 256

@@ -401,7 +401,9 @@ class Session:
     # ------------------------------------------------------------------ forwards
     @contextmanager
     def _as_is(self) -> Iterator[None]:
-        with preserve_state(self.model, "eval"):
+        """Eval mode and the global RNG for the block; every module's flag and the RNG
+        state restored afterwards."""
+        with torch.random.fork_rng(devices=[]), preserve_state(self.model, "eval"):
             yield
 
     def _first_forward(self, image: _Image) -> None:
@@ -687,7 +689,7 @@ class Session:
                 "kept": was_kept,
                 "forward_ms": forward_ms,
             }
-            maps = _spatial(activation)
+            maps = _spatial(activation, module)
             if maps is None:
                 answer["note"] = (
                     f"output of shape {list(activation.shape)}: no spatial maps to draw"
@@ -696,18 +698,24 @@ class Session:
                     activation, self.class_names if layer == "" else None
                 )
             else:
+                answer["note"] = _layout_note(activation, maps)
                 total = maps.shape[0]
                 pages = max(1, math.ceil(total / GRID_PAGE))
                 page = min(max(0, int(page)), pages - 1)
                 chosen = list(range(page * GRID_PAGE, min(total, (page + 1) * GRID_PAGE)))
+                height, width = int(maps.shape[-2]), int(maps.shape[-1])
+                # small maps drawn at least ~32 px, no tile over 256 px
+                upscale = max(
+                    1, min(math.ceil(32 / max(1, min(height, width))), 256 // max(height, width))
+                )
                 grid = feature_grid(
                     maps,
                     channels=chosen,
                     max_channels=GRID_PAGE,
                     normalize=scaling.value,
                     cmap=cmap,
+                    upscale=upscale,
                 )
-                upscale = max(1, math.ceil(32 / max(1, min(maps.shape[-2:]))))
                 answer["grid"] = {
                     "picture": png_data_url(grid.image),
                     "channels": list(grid.indices),
@@ -715,7 +723,7 @@ class Session:
                     "page": page,
                     "pages": pages,
                     "nrow": grid.nrow,
-                    "tile": [int(maps.shape[-2]) * upscale, int(maps.shape[-1]) * upscale],
+                    "tile": [height * upscale, width * upscale],
                     "padding": 1,
                     "size": [int(grid.image.shape[1]), int(grid.image.shape[2])],
                     "note": grid.note,
@@ -735,7 +743,7 @@ class Session:
         RGB input), on a diverging scale centred at 0."""
         with self.lock:
             module = self._module(layer)
-            maps = _spatial(self.activation(image_id, layer, call))
+            maps = _spatial(self.activation(image_id, layer, call), module)
             if maps is None:
                 raise SessionError(f"layer {layer!r} has no spatial maps")
             if not 0 <= channel < maps.shape[0]:
@@ -815,12 +823,12 @@ class Session:
                 score = _first_tensor(graph.output)[0, target]  # type: ignore[index]
                 (grad,) = torch.autograd.grad(score, kept, retain_graph=True, allow_unused=True)
                 if grad is not None:
-                    with preserve_state(self.model, "eval"):
-                        maps = explainer.maps_from({layer: kept}, {layer: grad}, size)
+                    maps = explainer.maps_from({layer: kept}, {layer: grad}, size)
                     reused = True
                     self._graphs.move_to_end(image_id)
             if not reused:
-                maps = explainer(image.tensor, target)
+                with self._as_is():
+                    maps = explainer(image.tensor, target)
             map_ms = timer.ms()
             picture = overlay(self._picture(image), maps[0], alpha=alpha)
             probs = torch.softmax(image.output[0].float(), 0) if image.output.dim() == 2 else None
@@ -868,17 +876,18 @@ class Session:
             side = size or min(128, max(32, min(self._size())))
             first = next(iter(self._images.values()), None)
             channels_in = int(first.tensor.shape[1]) if first is not None else None
-            result = maximize(
-                self.model,
-                layer,
-                list(channels),
-                size=side,
-                steps=steps,
-                in_channels=channels_in,
-                mean=self.mean,
-                std=self.std,
-                on_step=on_step,
-            )
+            with self._as_is():
+                result = maximize(
+                    self.model,
+                    layer,
+                    list(channels),
+                    size=side,
+                    steps=steps,
+                    in_channels=channels_in,
+                    mean=self.mean,
+                    std=self.std,
+                    on_step=on_step,
+                )
             return {
                 "layer": layer,
                 "channels": list(result.channels),
@@ -911,14 +920,42 @@ class Session:
 
 
 # --------------------------------------------------------------------------- pictures
-def _spatial(activation: torch.Tensor) -> torch.Tensor | None:
-    """One image's ``(C, H, W)`` maps from a layer output, or None."""
+def _spatial(activation: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor | None:
+    """One image's ``(C, H, W)`` maps from a layer output, or None: ``(B, C, H, W)``
+    as it is, ``(B, C, D, H, W)`` at its middle depth, ``(B, C, L)`` (a 1-d
+    convolution's) as one row per channel, and ``(B, N, C)`` transformer tokens as their
+    patch grid (after a class token) when that is square."""
+    from netsight.cam.base import tokens_to_grid
+
     x = activation.detach()
     if x.dim() == 4:
         return x[0]
     if x.dim() == 5:
         return x[0][:, x.shape[2] // 2]
+    if x.dim() == 3 and x.shape[0] == 1:
+        sequence = module is not None and type(module).__name__.endswith("1d")
+        if not sequence:
+            try:
+                return tokens_to_grid(x[:1])[0]
+            except ValueError:
+                return None
+        return x[0][:, None, :] if x.shape[2] > 1 else None
     return None
+
+
+def _layout_note(activation: torch.Tensor, maps: torch.Tensor) -> str | None:
+    """Says how a non-image output was laid out as maps."""
+    if activation.dim() != 3:
+        return None
+    if maps.shape[-2] == 1:
+        return f"a (1, {activation.shape[1]}, {activation.shape[2]}) output: one row per channel"
+    side = maps.shape[-1]
+    dropped = activation.shape[1] - side * side
+    prefix = " after the first (class) token" if dropped else ""
+    return (
+        f"{activation.shape[1]} tokens of {activation.shape[2]} channels shown as a "
+        f"{side} x {side} patch grid{prefix}"
+    )
 
 
 def _statistics(activation: torch.Tensor) -> dict[str, Any]:
