@@ -298,3 +298,36 @@ def test_a_1d_convolution_is_shown_one_row_per_channel():
     assert "one row per channel" in answer["note"]
     tile_h, tile_w = answer["grid"]["tile"]
     assert tile_w == 38 * tile_h and tile_w <= 256
+
+
+@pytest.mark.slow
+def test_models_we_did_not_write_are_explored_and_left_as_they_came():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    detector = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None
+    ).eval()
+    config = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=4,
+    )
+    vit = transformers.ViTForImageClassification(config).eval()
+    cases = [
+        (detector, torch.rand(1, 3, 128, 128), "backbone.body.3"),
+        (vit, torch.randn(1, 3, 32, 32), "vit.layers.1.mlp"),
+    ]
+    for model, image, layer in cases:
+        before = snapshot(model)
+        session = Session(model)
+        info = session.add_image(image)
+        assert info["error"] is None, info["error"]
+        answer = session.layer("i1", layer)
+        assert answer["grid"] is not None and answer["stats"]["numel"] > 0
+        graph = session.graph()
+        assert graph["error"] is None and len(graph["nodes"]) > 5
+        assert_unchanged(model, before)
