@@ -141,11 +141,12 @@ def test_cam_from_the_kept_graph_equals_the_cam_class(resnet, x, method):
     explainer = netsight.cam.METHODS[method]
     for layer in ("layer4", "layer2.1"):
         for target in (0, 7):
-            answer = session.cam("i1", layer, target, method)
-            assert answer["reused_graph"], "a gradient CAM must reuse the kept graph"
+            found = session.cam_map("i1", layer, target, method)
+            assert found.reused_graph, "a gradient CAM must reuse the kept graph"
             expected = explainer(resnet, target_layers=layer)(x, target)[0]
-            picture = netsight.overlay(session._picture(session._images["i1"]), expected)
-            assert answer["picture"] == _data_url(picture), (layer, target)
+            torch.testing.assert_close(found.map, expected, rtol=1e-3, atol=1e-4)
+    answer = session.cam("i1", "layer4", 3, method)
+    assert answer["reused_graph"] and answer["picture"].startswith("data:image/png")
 
 
 def test_cam_without_a_kept_graph_runs_the_method(resnet, x):
@@ -221,12 +222,6 @@ def _decode(url: str) -> bytes:
     import base64
 
     return base64.b64decode(url.split(",", 1)[1])
-
-
-def _data_url(picture: Image.Image) -> str:
-    from netsight.live import png_data_url
-
-    return png_data_url(picture)
 
 
 def test_graph_expands_collapses_and_unrolls(resnet, x):
@@ -331,3 +326,26 @@ def test_models_we_did_not_write_are_explored_and_left_as_they_came():
         graph = session.graph()
         assert graph["error"] is None and len(graph["nodes"]) > 5
         assert_unchanged(model, before)
+
+
+@pytest.mark.parity
+def test_cam_at_a_module_called_twice_uses_its_last_call_as_the_cam_classes_do(x):
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.shared = nn.Conv2d(8, 8, 3, padding=1)
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.shared(torch.relu(self.shared(torch.relu(self.stem(x)))))
+            return self.head(h.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    model = Twice().eval()
+    session = Session(model)
+    session.add_image(x)
+    found = session.cam_map("i1", "shared", 2, "gradcam")
+    assert found.reused_graph
+    expected = netsight.GradCAM(model, target_layers="shared")(x, 2)[0]
+    torch.testing.assert_close(found.map, expected, rtol=1e-3, atol=1e-4)

@@ -61,6 +61,7 @@ from netsight.trace import LayerRecord, Trace, TraceError, trace
 __all__ = [
     "DEFAULT_BUDGET_FRACTION",
     "ActivationCache",
+    "CAMMap",
     "LayerKey",
     "Session",
     "SessionError",
@@ -175,6 +176,7 @@ class _Graph:
     output: Any
     kept: dict[LayerKey, torch.Tensor]
     bytes: int
+    calls: dict[str, int] = field(default_factory=dict)  # how often each module ran
 
 
 @dataclass
@@ -206,6 +208,17 @@ def _shape(value: Any) -> list[int] | str:
 
 def _is_conv(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd)
+
+
+@dataclass(frozen=True)
+class CAMMap:
+    """A CAM of one image: the ``(H, W)`` map in ``[0, 1]`` and what it explains."""
+
+    map: torch.Tensor
+    layer: str | None
+    target: int
+    method: str
+    reused_graph: bool
 
 
 class _Reached(StopForward):
@@ -448,7 +461,7 @@ class Session:
             size += tensor.untyped_storage().nbytes()
         graph_bytes = 2 * size  # the kept outputs and about as much saved for backward
         if first is not None and first.requires_grad and graph_bytes <= self.budget // 2:
-            self._graphs[image.id] = _Graph(output, intact, graph_bytes)
+            self._graphs[image.id] = _Graph(output, intact, graph_bytes, dict(calls))
             while sum(g.bytes for g in self._graphs.values()) > self.budget // 2:
                 self._graphs.popitem(last=False)
 
@@ -774,16 +787,14 @@ class Session:
         return {"picture": png_data_url(grid.image), "note": getattr(grid, "note", "")}
 
     # ------------------------------------------------------------------ CAM
-    def cam(
+    def cam_map(
         self,
         image_id: str,
         layer: str | None = None,
         target: int | None = None,
         method: str = "gradcam",
-        *,
-        alpha: float = 0.5,
-    ) -> dict[str, Any]:
-        """A class activation map for an image, overlaid on it.
+    ) -> CAMMap:
+        """A class activation map for an image, as the CAM class would make it.
 
         Args:
             layer: the target layer (default: netsight's automatic choice, the last
@@ -792,9 +803,8 @@ class Session:
             method: a name of :data:`netsight.cam.METHODS`.
 
         A gradient method reuses the image's kept autograd graph when there is one:
-        the cost is one backward from the score to the layer.
+        the cost is one backward from the score to the layer's last call.
         """
-        timer = _Timer()
         if method not in METHODS:
             raise SessionError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
         with self.lock:
@@ -812,34 +822,56 @@ class Session:
             explainer = cls(self.model, target_layers=layer if cls.uses_layers else None)
             size = (int(image.tensor.shape[-2]), int(image.tensor.shape[-1]))
             graph = self._graphs.get(image_id)
-            reused = False
+            # the layer's last call, as the CAM classes take it
+            last = graph.calls.get(layer, 0) - 1 if graph is not None and layer else -1
             if (
                 isinstance(explainer, GradientCAM)
                 and graph is not None
                 and layer is not None
-                and (layer, 0) in graph.kept
+                and (layer, last) in graph.kept
             ):
-                kept = graph.kept[(layer, 0)]
+                kept = graph.kept[(layer, last)]
                 score = _first_tensor(graph.output)[0, target]  # type: ignore[index]
                 (grad,) = torch.autograd.grad(score, kept, retain_graph=True, allow_unused=True)
                 if grad is not None:
-                    maps = explainer.maps_from({layer: kept}, {layer: grad}, size)
-                    reused = True
                     self._graphs.move_to_end(image_id)
-            if not reused:
-                with self._as_is():
-                    maps = explainer(image.tensor, target)
+                    maps = explainer.maps_from({layer: kept}, {layer: grad}, size)
+                    return CAMMap(maps[0], layer, target, method, reused_graph=True)
+            with self._as_is():
+                maps = explainer(image.tensor, target)
+            return CAMMap(maps[0], layer, target, method, reused_graph=False)
+
+    def cam(
+        self,
+        image_id: str,
+        layer: str | None = None,
+        target: int | None = None,
+        method: str = "gradcam",
+        *,
+        alpha: float = 0.5,
+    ) -> dict[str, Any]:
+        """:meth:`cam_map` overlaid on the image: ``{picture, layer, method, class,
+        class_name, probability, reused_graph, map_ms, ms}``."""
+        timer = _Timer()
+        with self.lock:
+            found = self.cam_map(image_id, layer, target, method)
             map_ms = timer.ms()
-            picture = overlay(self._picture(image), maps[0], alpha=alpha)
-            probs = torch.softmax(image.output[0].float(), 0) if image.output.dim() == 2 else None
+            image = self._image(image_id)
+            picture = overlay(self._picture(image), found.map, alpha=alpha)
+            output = image.output
+            probs = (
+                torch.softmax(output[0].float(), 0)
+                if output is not None and output.dim() == 2
+                else None
+            )
             return {
                 "picture": png_data_url(picture),
-                "layer": layer,
+                "layer": found.layer,
                 "method": method,
-                "class": target,
-                "class_name": self._class_name(target),
-                "probability": float(probs[target]) if probs is not None else None,
-                "reused_graph": reused,
+                "class": found.target,
+                "class_name": self._class_name(found.target),
+                "probability": float(probs[found.target]) if probs is not None else None,
+                "reused_graph": found.reused_graph,
                 "map_ms": map_ms,
                 "ms": timer.ms(),
             }
