@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+import netsight
 from netsight.cli import main
 from netsight.demo import DemoConfig, run_demo, train_digits
 from netsight.models import load_weights
@@ -318,3 +320,60 @@ def test_screenshots_for_the_readme(
         with Image.open(committed) as picture:
             assert picture.size[0] == WIDTH
         assert f"docs/{name}" in readme, f"the README does not show docs/{name}"
+
+
+def test_the_printed_explore_command_opens_the_trained_model_on_the_test_digits(
+    quick_run: tuple[Path, list[Path], str],
+) -> None:
+    import http.client
+    import json
+    import shlex
+    import signal
+    import subprocess
+    import sys
+
+    out, _, printed = quick_run
+    command = (out / "explore" / "command.txt").read_text().strip()
+    assert command in printed, "the demo prints the command it saved"
+    argv = shlex.split(command)
+    assert argv[:3] == ["netsight", "explore", "zoo:Vgg16Net"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "netsight", *argv[1:], "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert " at http://127.0.0.1:" in line, line
+        url = line.split(" at ", 1)[1].strip()
+        port, token = int(url.split(":")[2].split("/")[0]), url.split("token=")[1]
+        images: list[dict] = []
+        for _ in range(600):  # the images load in the background after the URL is printed
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("GET", "/api/model", headers={"X-Netsight-Token": token})
+            model = json.loads(conn.getresponse().read())
+            conn.request("GET", "/api/images", headers={"X-Netsight-Token": token})
+            images = json.loads(conn.getresponse().read())
+            conn.close()
+            if model["pending_images"] == 0:
+                break
+            time.sleep(0.1)
+        assert len(images) == 16 and not model["load_errors"]
+        # the trained weights were loaded: the predictions are those of the demo's model
+        trained = Vgg16Net()
+        trained.load_state_dict(torch.load(out / "vgg16_digits.pth", weights_only=True))
+        trained.eval()
+        folder = out / "explore" / "digits"
+        for info in images[:4]:
+            x = netsight.load_image(folder / info["name"], size=32, mean=(0.5,), std=(0.5,))
+            with torch.no_grad():
+                expected = int(trained(x).argmax())
+            assert info["predictions"][0]["index"] == expected, info["name"]
+            assert info["predictions"][0]["name"] == str(expected)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -54,15 +54,29 @@ def test_predictions_are_the_softmax_of_the_models_output(resnet: nn.Module, x: 
     assert info["picture"].startswith("data:image/png;base64,")
 
 
-@pytest.mark.parametrize("layer", ["conv1", "layer1.0.bn1", "layer2.1", "layer4.1.conv2"])
+@pytest.mark.parametrize("layer", ["conv1", "layer2.1", "layer4.1.conv2", "layer1.0.relu"])
 def test_kept_activation_equals_a_plain_forward_hook(resnet: nn.Module, x: torch.Tensor, layer):
-    # bn1 is followed by ReLU(inplace=True): what is kept must be the BN's own output
     session = Session(resnet)
     session.add_image(x)
     forwards = session.forwards
     kept = session.activation("i1", layer)
     assert session.forwards == forwards, "a kept layer must not cost a forward"
     torch.testing.assert_close(kept, _reference(resnet, x, layer), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", ["layer1.0.bn1", "layer1.0.bn2"])
+def test_an_output_changed_in_place_later_is_not_kept_but_made_again(resnet, x, layer):
+    # bn1 is followed by ReLU(inplace=True) and bn2 by `out += identity`: after the
+    # forward the tensor they returned holds something else
+    session = Session(resnet)
+    session.add_image(x)
+    assert session.changed_in_place > 0
+    forwards = session.forwards
+    got = session.activation("i1", layer)
+    assert session.forwards == forwards + 1
+    reference = _reference(resnet, x, layer)
+    torch.testing.assert_close(got, reference, rtol=1e-4, atol=1e-5)
+    assert (got < 0).any(), "a BatchNorm's own output has negative values"
 
 
 def test_a_layer_not_kept_costs_one_stopped_forward(resnet: nn.Module, x: torch.Tensor):
@@ -127,11 +141,12 @@ def test_cam_from_the_kept_graph_equals_the_cam_class(resnet, x, method):
     explainer = netsight.cam.METHODS[method]
     for layer in ("layer4", "layer2.1"):
         for target in (0, 7):
-            answer = session.cam("i1", layer, target, method)
-            assert answer["reused_graph"], "a gradient CAM must reuse the kept graph"
+            found = session.cam_map("i1", layer, target, method)
+            assert found.reused_graph, "a gradient CAM must reuse the kept graph"
             expected = explainer(resnet, target_layers=layer)(x, target)[0]
-            picture = netsight.overlay(session._picture(session._images["i1"]), expected)
-            assert answer["picture"] == _data_url(picture), (layer, target)
+            torch.testing.assert_close(found.map, expected, rtol=1e-3, atol=1e-4)
+    answer = session.cam("i1", "layer4", 3, method)
+    assert answer["reused_graph"] and answer["picture"].startswith("data:image/png")
 
 
 def test_cam_without_a_kept_graph_runs_the_method(resnet, x):
@@ -209,12 +224,6 @@ def _decode(url: str) -> bytes:
     return base64.b64decode(url.split(",", 1)[1])
 
 
-def _data_url(picture: Image.Image) -> str:
-    from netsight.live import png_data_url
-
-    return png_data_url(picture)
-
-
 def test_graph_expands_collapses_and_unrolls(resnet, x):
     session = Session(resnet)
     session.add_image(x)
@@ -247,3 +256,96 @@ def test_a_failing_model_draws_its_graph_up_to_the_failing_module():
     failed = [n["name"] for n in graph["nodes"].values() if n["failed"]]
     assert failed == ["head"]
     assert "conv" in {n["name"] for n in graph["nodes"].values()}
+
+
+def test_transformer_tokens_are_shown_as_their_patch_grid():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=64)
+    model.eval()
+    image = torch.randn(1, 3, 64, 64)
+    before = snapshot(model)
+    session = Session(model)
+    session.add_image(image)
+    answer = session.layer("i1", "blocks.2")
+    assert answer["grid"]["total"] == 192  # channels of the tokens
+    assert answer["grid"]["tile"][0] == answer["grid"]["tile"][1]  # a 4 x 4 patch grid
+    assert "4 x 4 patch grid after the first (class) token" in answer["note"]
+    cam = session.cam("i1", "blocks.5", 3)
+    assert cam["reused_graph"]
+    assert_unchanged(model, before)
+
+
+def test_a_1d_convolution_is_shown_one_row_per_channel():
+    class Rows(nn.Module):  # an image's rows as the channels of a 1-d convolution
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(8, 5, 3)
+            self.head = nn.Linear(5 * 38, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.conv(x[:, 0])).flatten(1))
+
+    session = Session(Rows())
+    session.add_image(torch.randn(1, 1, 8, 40))
+    answer = session.layer("i1", "conv")
+    assert answer["grid"]["total"] == 5
+    assert "one row per channel" in answer["note"]
+    tile_h, tile_w = answer["grid"]["tile"]
+    assert tile_w == 38 * tile_h and tile_w <= 256
+
+
+@pytest.mark.slow
+def test_models_we_did_not_write_are_explored_and_left_as_they_came():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    detector = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None
+    ).eval()
+    config = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=4,
+    )
+    vit = transformers.ViTForImageClassification(config).eval()
+    cases = [
+        (detector, torch.rand(1, 3, 128, 128), "backbone.body.3"),
+        (vit, torch.randn(1, 3, 32, 32), "vit.layers.1.mlp"),
+    ]
+    for model, image, layer in cases:
+        before = snapshot(model)
+        session = Session(model)
+        info = session.add_image(image)
+        assert info["error"] is None, info["error"]
+        answer = session.layer("i1", layer)
+        assert answer["grid"] is not None and answer["stats"]["numel"] > 0
+        graph = session.graph()
+        assert graph["error"] is None and len(graph["nodes"]) > 5
+        assert_unchanged(model, before)
+
+
+@pytest.mark.parity
+def test_cam_at_a_module_called_twice_uses_its_last_call_as_the_cam_classes_do(x):
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.shared = nn.Conv2d(8, 8, 3, padding=1)
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.shared(torch.relu(self.shared(torch.relu(self.stem(x)))))
+            return self.head(h.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    model = Twice().eval()
+    session = Session(model)
+    session.add_image(x)
+    found = session.cam_map("i1", "shared", 2, "gradcam")
+    assert found.reused_graph
+    expected = netsight.GradCAM(model, target_layers="shared")(x, 2)[0]
+    torch.testing.assert_close(found.map, expected, rtol=1e-3, atol=1e-4)

@@ -25,6 +25,7 @@ from netsight.cam import (
 )
 from netsight.capture import Capture, CaptureBudgetError, capture, list_layers
 from netsight.diagram import Diagram, diagram
+from netsight.explore import Explorer, explore
 from netsight.features import (
     LayerStats,
     feature_grid,
@@ -61,6 +62,7 @@ __all__ = [
     "Diagnostic",
     "Diagram",
     "EigenCAM",
+    "Explorer",
     "FilterGrid",
     "GradCAM",
     "GradCAMPlusPlus",
@@ -88,6 +90,7 @@ __all__ = [
     "count_hooks",
     "denormalize",
     "diagram",
+    "explore",
     "feature_grid",
     "filter_grid",
     "layer_stats",

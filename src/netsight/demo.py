@@ -18,7 +18,10 @@ Run it with ``netsight demo --out out`` (or ``make demo``). It
    Grad-CAM++, Layer-CAM and Eigen-CAM, scored against a random and a centred map
    (pointing game and deletion);
 7. puts everything, training run included, on one page: ``out/report.html``
-   (:func:`netsight.report`).
+   (:func:`netsight.report`);
+8. writes 16 test digits and the class names under ``out/explore/`` and prints the
+   ``netsight explore`` command that opens the trained VGG-16 on them in the
+   interactive explorer (it does not start it: the demo does not block).
 
 Everything goes under ``out/``; ``out/index.txt`` lists the files. The directory is
 the demo's own: a second run replaces the files of the first (it writes with
@@ -393,6 +396,57 @@ def _plot_history(history: list[dict[str, float]]) -> Any:
     return fig
 
 
+#: Test digits written for the explorer.
+EXPLORE_DIGITS = 16
+
+
+def _explorer_inputs(
+    out: Path, test_x: torch.Tensor, test_y: torch.Tensor
+) -> tuple[list[Path], str]:
+    """Write test digits as PNG files and the class names, for ``netsight explore``;
+    returns the files and the command that opens the explorer on them."""
+    import io
+    import shlex
+
+    from netsight.datasets import DIGITS_MEAN, DIGITS_STD
+    from netsight.images import denormalize, to_pil
+
+    folder = out / "explore" / "digits"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index in range(min(EXPLORE_DIGITS, len(test_x))):
+        picture = to_pil(denormalize(test_x[index], DIGITS_MEAN, DIGITS_STD).clamp(0, 1))
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        name = f"test-{index:02d}-digit-{int(test_y[index])}.png"
+        written.append(atomic_write_bytes(folder / name, buffer.getvalue()))
+    classes = out / "explore" / "classes.txt"
+    written.append(atomic_write_text(classes, "".join(f"{d}\n" for d in range(10))))
+    size = int(test_x.shape[-1])
+    mean = ",".join(f"{v:g}" for v in DIGITS_MEAN)
+    std = ",".join(f"{v:g}" for v in DIGITS_STD)
+    command = shlex.join(
+        [
+            "netsight",
+            "explore",
+            "zoo:Vgg16Net",
+            str(folder),
+            "--weights",
+            str(out / _WEIGHTS),
+            "--classes",
+            str(classes),
+            "--size",
+            str(size),
+            "--mean",
+            mean,
+            "--std",
+            std,
+        ]
+    )
+    written.append(atomic_write_text(out / "explore" / "command.txt", command + "\n"))
+    return written, command
+
+
 def _section(title: str) -> None:
     print()
     print(f"== {title}")
@@ -571,6 +625,12 @@ def _run_demo(out: Path, config: DemoConfig, retrain: bool) -> list[Path]:
     if unreadable:
         print(f"{len(unreadable)} figure(s) with problems, see {out / 'report_figures.json'}")
     print(f"open {out / 'report.html'} in a browser")
+
+    _section("8. Explore it interactively")
+    explore_files, command = _explorer_inputs(out, test_x, test_y)
+    written.extend(explore_files)
+    print("the trained VGG-16 and 16 test digits in the interactive explorer (a local server):")
+    print(f"  {command}")
 
     index = out / "index.txt"
     rel = [str(p.relative_to(out)) if p.is_relative_to(out) else str(p) for p in written]

@@ -47,13 +47,21 @@ from netsight.cam.gradient import GradientCAM
 from netsight.diagram import graph as dataflow
 from netsight.features import feature_grid, run_forward
 from netsight.hooks import HookSet, StopForward, preserve_state, unwrap_compiled
-from netsight.images import colorize, denormalize, load_image, normalize_maps, to_pil
+from netsight.images import (
+    colorize,
+    denormalize,
+    expected_channels,
+    load_image,
+    normalize_maps,
+    to_pil,
+)
 from netsight.options import Normalization
 from netsight.trace import LayerRecord, Trace, TraceError, trace
 
 __all__ = [
     "DEFAULT_BUDGET_FRACTION",
     "ActivationCache",
+    "CAMMap",
     "LayerKey",
     "Session",
     "SessionError",
@@ -168,6 +176,7 @@ class _Graph:
     output: Any
     kept: dict[LayerKey, torch.Tensor]
     bytes: int
+    calls: dict[str, int] = field(default_factory=dict)  # how often each module ran
 
 
 @dataclass
@@ -199,6 +208,17 @@ def _shape(value: Any) -> list[int] | str:
 
 def _is_conv(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd)
+
+
+@dataclass(frozen=True)
+class CAMMap:
+    """A CAM of one image: the ``(H, W)`` map in ``[0, 1]`` and what it explains."""
+
+    map: torch.Tensor
+    layer: str | None
+    target: int
+    method: str
+    reused_graph: bool
 
 
 class _Reached(StopForward):
@@ -255,6 +275,11 @@ class Session:
         self._modules: dict[str, nn.Module] = dict(self.model.named_modules())
         self._counter = 0
         self.forwards = 0  # full or stopped forwards run (for tests and benchmarks)
+        self.changed_in_place = 0  # outputs of the last first forward changed in place later
+        self._auto_layers: dict[tuple[int, ...], str] = {}
+        self._first_input: torch.Tensor | None = None
+        self.load_errors: list[str] = []  # problems met loading images in the background
+        self.pending_images = 0  # images still waiting for their first forward
 
     # ------------------------------------------------------------------ images
     def add_image(
@@ -332,6 +357,13 @@ class Session:
             return self.class_names[index]
         return None
 
+    def prepare(self, source: torch.Tensor | str | os.PathLike[str] | bytes) -> torch.Tensor:
+        """An image as the model's ``(1, C, H, W)`` input (loaded, resized to the
+        session's size, normalised), without running the model; the first one
+        prepared fixes the size and is what the graph and the summary trace."""
+        with self.lock:
+            return self._to_input(source)
+
     def _to_input(self, source: torch.Tensor | str | os.PathLike[str] | bytes) -> torch.Tensor:
         if isinstance(source, torch.Tensor):
             tensor = source.detach()
@@ -352,6 +384,8 @@ class Session:
             )
         if self.size is None:
             self.size = (int(tensor.shape[-2]), int(tensor.shape[-1]))
+        if self._first_input is None:
+            self._first_input = tensor
         elif tuple(tensor.shape[-2:]) != tuple(self.size):
             tensor = torch.nn.functional.interpolate(
                 tensor, size=self.size, mode="bilinear", align_corners=False, antialias=True
@@ -380,25 +414,29 @@ class Session:
     # ------------------------------------------------------------------ forwards
     @contextmanager
     def _as_is(self) -> Iterator[None]:
-        with preserve_state(self.model, "eval"):
+        """Eval mode and the global RNG for the block; every module's flag and the RNG
+        state restored afterwards."""
+        with torch.random.fork_rng(devices=[]), preserve_state(self.model, "eval"):
             yield
 
     def _first_forward(self, image: _Image) -> None:
-        """One forward with autograd recording; keep every module's output."""
-        kept: dict[LayerKey, torch.Tensor] = {}
+        """One forward with autograd recording; keep every module's output.
+
+        Outputs are kept as they are, not copied; one the model changes in place later
+        in the forward (a BatchNorm's output under ``ReLU(inplace=True)``, a block's
+        ``out += identity``) no longer holds what the module returned, so it is not
+        kept: a click on it costs a forward stopped there, which copies it.
+        """
+        kept: dict[LayerKey, tuple[torch.Tensor, int]] = {}
         calls: dict[str, int] = {}
 
         def make_hook(name: str) -> Callable[..., Any]:
-            def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
                 tensor = _first_tensor(output)
                 call = calls.get(name, 0)
                 calls[name] = call + 1
-                if tensor is None or not tensor.is_floating_point():
-                    return None
-                kept[(name, call)] = tensor
-                # downstream gets a copy, so an in-place op after this layer (ReLU's
-                # inplace=True) never changes what is kept
-                return _with_first(output, tensor.clone())
+                if tensor is not None and tensor.is_floating_point():
+                    kept[(name, call)] = (tensor, tensor._version)
 
             return hook
 
@@ -414,14 +452,16 @@ class Session:
                 run_forward(self.model, image.tensor)  # raises the error naming the layer
             raise
         first = _first_tensor(output)
-        image.output = first.detach() if first is not None else None
+        image.output = first.detach().clone() if first is not None else None
+        intact = {key: t for key, (t, version) in kept.items() if t._version == version}
+        self.changed_in_place = len(kept) - len(intact)
         size = 0
-        for (name, call), tensor in kept.items():
+        for (name, call), tensor in intact.items():
             self.cache.put((image.id, name, call), tensor.detach())
             size += tensor.untyped_storage().nbytes()
         graph_bytes = 2 * size  # the kept outputs and about as much saved for backward
         if first is not None and first.requires_grad and graph_bytes <= self.budget // 2:
-            self._graphs[image.id] = _Graph(output, kept, graph_bytes)
+            self._graphs[image.id] = _Graph(output, intact, graph_bytes, dict(calls))
             while sum(g.bytes for g in self._graphs.values()) > self.budget // 2:
                 self._graphs.popitem(last=False)
 
@@ -479,11 +519,7 @@ class Session:
     def _records(self) -> tuple[LayerRecord, ...]:
         if self._trace is None and self._trace_error is None:
             try:
-                if self._images:
-                    first = next(iter(self._images.values()))
-                    self._trace = trace(self.model, input_data=first.tensor)
-                else:
-                    self._trace = trace(self.model, input_size=(1, 3, *self._size()))
+                self._trace = trace(self.model, **self._example())
             except TraceError as exc:
                 self._trace_error = str(exc)
         return self._trace.records if self._trace is not None else ()
@@ -519,9 +555,9 @@ class Session:
                 if t is not None
                 else sum(p.numel() for p in self.model.parameters()),
                 "mult_adds": t.total_mult_adds if t is not None else None,
-                "input": list(next(iter(self._images.values())).tensor.shape)
-                if self._images
-                else [1, 3, *self._size()],
+                "input": list(self._first_input.shape)
+                if self._first_input is not None
+                else list(self._example()["input_size"]),
                 "classes": len(self.class_names)
                 if self.class_names is not None
                 else self._classes(),
@@ -529,6 +565,8 @@ class Session:
                 "methods": [m for m in METHODS if m != "saliency"] + ["saliency"],
                 "trace_error": self._trace_error,
                 "budget": self.budget,
+                "pending_images": self.pending_images,
+                "load_errors": list(self.load_errors),
             }
 
     def _classes(self) -> int | None:
@@ -547,16 +585,18 @@ class Session:
     ) -> dict[str, Any]:
         """The dataflow graph as SVG with what each box stands for:
         ``{svg, nodes: {id: {...}}, layers: {module name: node id}, error}``."""
+        key = (
+            depth,
+            tuple(sorted(expanded)),
+            tuple(sorted(collapsed)),
+            tuple(sorted(unrolled)),
+        )
+        found = self._svgs.get(key)  # drawn already: no need to wait for the model
+        if found is not None:
+            return found
         with self.lock:
-            key = (
-                depth,
-                tuple(sorted(expanded)),
-                tuple(sorted(collapsed)),
-                tuple(sorted(unrolled)),
-            )
             found = self._svgs.get(key)
             if found is not None:
-                self._svgs.move_to_end(key)
                 return found
             flow = self._dataflow()
             options: dict[str, Any] = {}
@@ -606,12 +646,23 @@ class Session:
 
     def _dataflow(self) -> dataflow.Dataflow:
         if self._flow is None:
-            x = next(iter(self._images.values())).tensor if self._images else None
-            kwargs: dict[str, Any] = (
-                {"input_data": x} if x is not None else {"input_size": (1, 3, *self._size())}
-            )
-            self._flow = dataflow.record_dataflow(self.model, partial=True, **kwargs)
+            self._flow = dataflow.record_dataflow(self.model, partial=True, **self._example())
         return self._flow
+
+    def _example(self) -> dict[str, Any]:
+        """What the structural passes run on: the first image prepared, else an input
+        of the model's channel count at the session's size (shapes only matter)."""
+        if self._first_input is not None:
+            return {"input_data": self._first_input}
+        channels = expected_channels(self.model) or 3
+        return {"input_size": (1, channels, *self._size())}
+
+    def warm(self) -> None:
+        """Trace the model and draw its default graph now, so that a page opened next
+        gets them at once (the explorer calls it before the images' forwards)."""
+        with self.lock:
+            self.graph()
+            self._records()
 
     # ------------------------------------------------------------------ a layer
     def layer(
@@ -631,7 +682,9 @@ class Session:
         scaling = Normalization.parse(normalize, "normalize")
         with self.lock:
             module = self._module(layer)
+            was_kept = (image_id, layer, call) in self.cache
             activation = self.activation(image_id, layer, call)
+            forward_ms = 0.0 if was_kept else timer.ms()
             row = next(
                 (self._row(r) for r in self._records() if r.name == layer and r.call == call), None
             )
@@ -646,8 +699,10 @@ class Session:
                 "mean": None,
                 "kernels": None,
                 "note": None,
+                "kept": was_kept,
+                "forward_ms": forward_ms,
             }
-            maps = _spatial(activation)
+            maps = _spatial(activation, module)
             if maps is None:
                 answer["note"] = (
                     f"output of shape {list(activation.shape)}: no spatial maps to draw"
@@ -656,18 +711,24 @@ class Session:
                     activation, self.class_names if layer == "" else None
                 )
             else:
+                answer["note"] = _layout_note(activation, maps)
                 total = maps.shape[0]
                 pages = max(1, math.ceil(total / GRID_PAGE))
                 page = min(max(0, int(page)), pages - 1)
                 chosen = list(range(page * GRID_PAGE, min(total, (page + 1) * GRID_PAGE)))
+                height, width = int(maps.shape[-2]), int(maps.shape[-1])
+                # small maps drawn at least ~32 px, no tile over 256 px
+                upscale = max(
+                    1, min(math.ceil(32 / max(1, min(height, width))), 256 // max(height, width))
+                )
                 grid = feature_grid(
                     maps,
                     channels=chosen,
                     max_channels=GRID_PAGE,
                     normalize=scaling.value,
                     cmap=cmap,
+                    upscale=upscale,
                 )
-                upscale = max(1, math.ceil(32 / max(1, min(maps.shape[-2:]))))
                 answer["grid"] = {
                     "picture": png_data_url(grid.image),
                     "channels": list(grid.indices),
@@ -675,7 +736,7 @@ class Session:
                     "page": page,
                     "pages": pages,
                     "nrow": grid.nrow,
-                    "tile": [int(maps.shape[-2]) * upscale, int(maps.shape[-1]) * upscale],
+                    "tile": [height * upscale, width * upscale],
                     "padding": 1,
                     "size": [int(grid.image.shape[1]), int(grid.image.shape[2])],
                     "note": grid.note,
@@ -695,7 +756,7 @@ class Session:
         RGB input), on a diverging scale centred at 0."""
         with self.lock:
             module = self._module(layer)
-            maps = _spatial(self.activation(image_id, layer, call))
+            maps = _spatial(self.activation(image_id, layer, call), module)
             if maps is None:
                 raise SessionError(f"layer {layer!r} has no spatial maps")
             if not 0 <= channel < maps.shape[0]:
@@ -726,16 +787,14 @@ class Session:
         return {"picture": png_data_url(grid.image), "note": getattr(grid, "note", "")}
 
     # ------------------------------------------------------------------ CAM
-    def cam(
+    def cam_map(
         self,
         image_id: str,
         layer: str | None = None,
         target: int | None = None,
         method: str = "gradcam",
-        *,
-        alpha: float = 0.5,
-    ) -> dict[str, Any]:
-        """A class activation map for an image, overlaid on it.
+    ) -> CAMMap:
+        """A class activation map for an image, as the CAM class would make it.
 
         Args:
             layer: the target layer (default: netsight's automatic choice, the last
@@ -744,9 +803,8 @@ class Session:
             method: a name of :data:`netsight.cam.METHODS`.
 
         A gradient method reuses the image's kept autograd graph when there is one:
-        the cost is one backward from the score to the layer.
+        the cost is one backward from the score to the layer's last call.
         """
-        timer = _Timer()
         if method not in METHODS:
             raise SessionError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
         with self.lock:
@@ -760,41 +818,76 @@ class Session:
                 raise SessionError(f"class: the model has {classes} classes, got {target}")
             cls = METHODS[method]
             if layer is None and cls.uses_layers:
-                from netsight.cam.base import find_target_layer
-
-                layer = find_target_layer(self.model, image.tensor)
+                layer = self.target_layer(image_id)
             explainer = cls(self.model, target_layers=layer if cls.uses_layers else None)
             size = (int(image.tensor.shape[-2]), int(image.tensor.shape[-1]))
             graph = self._graphs.get(image_id)
-            reused = False
+            # the layer's last call, as the CAM classes take it
+            last = graph.calls.get(layer, 0) - 1 if graph is not None and layer else -1
             if (
                 isinstance(explainer, GradientCAM)
                 and graph is not None
                 and layer is not None
-                and (layer, 0) in graph.kept
+                and (layer, last) in graph.kept
             ):
-                kept = graph.kept[(layer, 0)]
+                kept = graph.kept[(layer, last)]
                 score = _first_tensor(graph.output)[0, target]  # type: ignore[index]
                 (grad,) = torch.autograd.grad(score, kept, retain_graph=True, allow_unused=True)
                 if grad is not None:
-                    with preserve_state(self.model, "eval"):
-                        maps = explainer.maps_from({layer: kept}, {layer: grad}, size)
-                    reused = True
                     self._graphs.move_to_end(image_id)
-            if not reused:
+                    maps = explainer.maps_from({layer: kept}, {layer: grad}, size)
+                    return CAMMap(maps[0], layer, target, method, reused_graph=True)
+            with self._as_is():
                 maps = explainer(image.tensor, target)
-            picture = overlay(self._picture(image), maps[0], alpha=alpha)
-            probs = torch.softmax(image.output[0].float(), 0) if image.output.dim() == 2 else None
+            return CAMMap(maps[0], layer, target, method, reused_graph=False)
+
+    def cam(
+        self,
+        image_id: str,
+        layer: str | None = None,
+        target: int | None = None,
+        method: str = "gradcam",
+        *,
+        alpha: float = 0.5,
+    ) -> dict[str, Any]:
+        """:meth:`cam_map` overlaid on the image: ``{picture, layer, method, class,
+        class_name, probability, reused_graph, map_ms, ms}``."""
+        timer = _Timer()
+        with self.lock:
+            found = self.cam_map(image_id, layer, target, method)
+            map_ms = timer.ms()
+            image = self._image(image_id)
+            picture = overlay(self._picture(image), found.map, alpha=alpha)
+            output = image.output
+            probs = (
+                torch.softmax(output[0].float(), 0)
+                if output is not None and output.dim() == 2
+                else None
+            )
             return {
                 "picture": png_data_url(picture),
-                "layer": layer,
+                "layer": found.layer,
                 "method": method,
-                "class": target,
-                "class_name": self._class_name(target),
-                "probability": float(probs[target]) if probs is not None else None,
-                "reused_graph": reused,
+                "class": found.target,
+                "class_name": self._class_name(found.target),
+                "probability": float(probs[found.target]) if probs is not None else None,
+                "reused_graph": found.reused_graph,
+                "map_ms": map_ms,
                 "ms": timer.ms(),
             }
+
+    def target_layer(self, image_id: str) -> str:
+        """The layer a CAM uses by default for an image's input shape: netsight's
+        automatic choice (the last layer with a spatial map), found once per shape."""
+        from netsight.cam.base import find_target_layer
+
+        with self.lock:
+            image = self._image(image_id)
+            shape = tuple(image.tensor.shape)
+            if shape not in self._auto_layers:
+                with self._as_is():
+                    self._auto_layers[shape] = find_target_layer(self.model, image.tensor)
+            return self._auto_layers[shape]
 
     # ------------------------------------------------------------------ patterns
     def patterns(
@@ -815,17 +908,18 @@ class Session:
             side = size or min(128, max(32, min(self._size())))
             first = next(iter(self._images.values()), None)
             channels_in = int(first.tensor.shape[1]) if first is not None else None
-            result = maximize(
-                self.model,
-                layer,
-                list(channels),
-                size=side,
-                steps=steps,
-                in_channels=channels_in,
-                mean=self.mean,
-                std=self.std,
-                on_step=on_step,
-            )
+            with self._as_is():
+                result = maximize(
+                    self.model,
+                    layer,
+                    list(channels),
+                    size=side,
+                    steps=steps,
+                    in_channels=channels_in,
+                    mean=self.mean,
+                    std=self.std,
+                    on_step=on_step,
+                )
             return {
                 "layer": layer,
                 "channels": list(result.channels),
@@ -858,14 +952,42 @@ class Session:
 
 
 # --------------------------------------------------------------------------- pictures
-def _spatial(activation: torch.Tensor) -> torch.Tensor | None:
-    """One image's ``(C, H, W)`` maps from a layer output, or None."""
+def _spatial(activation: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor | None:
+    """One image's ``(C, H, W)`` maps from a layer output, or None: ``(B, C, H, W)``
+    as it is, ``(B, C, D, H, W)`` at its middle depth, ``(B, C, L)`` (a 1-d
+    convolution's) as one row per channel, and ``(B, N, C)`` transformer tokens as their
+    patch grid (after a class token) when that is square."""
+    from netsight.cam.base import tokens_to_grid
+
     x = activation.detach()
     if x.dim() == 4:
         return x[0]
     if x.dim() == 5:
         return x[0][:, x.shape[2] // 2]
+    if x.dim() == 3 and x.shape[0] == 1:
+        sequence = module is not None and type(module).__name__.endswith("1d")
+        if not sequence:
+            try:
+                return tokens_to_grid(x[:1])[0]
+            except ValueError:
+                return None
+        return x[0][:, None, :] if x.shape[2] > 1 else None
     return None
+
+
+def _layout_note(activation: torch.Tensor, maps: torch.Tensor) -> str | None:
+    """Says how a non-image output was laid out as maps."""
+    if activation.dim() != 3:
+        return None
+    if maps.shape[-2] == 1:
+        return f"a (1, {activation.shape[1]}, {activation.shape[2]}) output: one row per channel"
+    side = maps.shape[-1]
+    dropped = activation.shape[1] - side * side
+    prefix = " after the first (class) token" if dropped else ""
+    return (
+        f"{activation.shape[1]} tokens of {activation.shape[2]} channels shown as a "
+        f"{side} x {side} patch grid{prefix}"
+    )
 
 
 def _statistics(activation: torch.Tensor) -> dict[str, Any]:

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         open_browser=not args.no_browser,
         budget=args.budget << 20 if args.budget else None,
         name=args.model,
+        wait=False,
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -101,6 +102,15 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     print(f"netsight explore: {args.model} at {handle.url}", flush=True)
     print("netsight explore: Ctrl+C stops the server", file=sys.stderr, flush=True)
+    if paths:
+        problems = handle.wait_loaded()
+        loaded = len(handle.session.images())
+        print(
+            f"netsight explore: {loaded} of {len(paths)} image(s) ready"
+            + (f"; {len(problems)} problem(s) above" if problems else ""),
+            file=sys.stderr,
+            flush=True,
+        )
     handle.wait()
     return 0
 

@@ -341,13 +341,16 @@ class Explorer:
         host: str,
         port: int,
         token: str,
+        loader: threading.Thread | None = None,
     ) -> None:
         self.session = session
+        self._loader = loader
         self.host = host
         self.port = port
         self.token = token
         self._server = server
         self._thread = thread
+        self._warned = 0
 
     @property
     def url(self) -> str:
@@ -367,6 +370,23 @@ class Explorer:
         if self._thread.is_alive():
             self._server.force_exit = True
             self._thread.join(timeout)
+
+    @property
+    def loading(self) -> bool:
+        """Whether the images given to :func:`explore` are still having their first forward."""
+        return self._loader is not None and self._loader.is_alive()
+
+    def wait_loaded(self, timeout: float | None = None) -> list[str]:
+        """Wait until the images given to :func:`explore` are loaded; returns the
+        problems met (an image that is not one, a forward that failed), each also
+        warned about."""
+        if self._loader is not None:
+            self._loader.join(timeout)
+        problems = list(self.session.load_errors)
+        for problem in problems[self._warned :]:
+            warnings.warn(f"explore: {problem}", ExploreWarning, stacklevel=2)
+        self._warned = len(problems)
+        return problems
 
     def wait(self) -> None:
         """Block until the server stops."""
@@ -392,6 +412,30 @@ class Explorer:
         )
 
 
+def _load(session: Session, batch: list[Any], labels: list[str | None]) -> None:
+    """Draw the graph, then run each image's first forward (the page polls for them)."""
+    try:
+        session.warm()
+    except Exception as exc:  # the page shows the graph's own error; images still load
+        session.load_errors.append(f"graph: {type(exc).__name__}: {exc}")
+    for item, label in zip(batch, labels, strict=True):
+        try:
+            info = session.add_image(item, name=label)
+        except Exception as exc:
+            session.load_errors.append(f"{label or 'image'}: {exc}")
+            continue
+        finally:
+            session.pending_images -= 1
+        if info["error"]:
+            session.load_errors.append(f"{info['name']}: {info['error']}")
+    ready = [image["id"] for image in session.images() if not image["error"]]
+    if ready:  # the default CAM layer, so that the first CAM on the page is quick
+        try:
+            session.target_layer(ready[0])
+        except Exception as exc:
+            session.load_errors.append(f"CAM layer: {type(exc).__name__}: {exc}")
+
+
 def _in_notebook() -> bool:
     return "ipykernel" in sys.modules
 
@@ -411,6 +455,7 @@ def explore(
     budget: int | None = None,
     max_upload: int = DEFAULT_MAX_UPLOAD,
     name: str | None = None,
+    wait: bool = True,
 ) -> Explorer:
     """Explore ``model`` in the browser: start a local server and return its handle.
 
@@ -433,6 +478,10 @@ def explore(
         budget: bytes of layer outputs to keep (default: a quarter of the free memory).
         max_upload: the largest image upload accepted, in bytes.
         name: what the page calls the model.
+        wait: return once every image has had its first forward; with ``False``
+            return as soon as the server is up: the graph is drawn first and the
+            images arrive on the page as their forwards finish
+            (:meth:`Explorer.wait_loaded` waits for them).
     """
     _need_web()
     import uvicorn
@@ -443,23 +492,22 @@ def explore(
         session = Session(
             model, class_names=class_names, mean=mean, std=std, size=size, budget=budget, name=name
         )
-    batch: list[Any] = (
-        list(images.unbind(0))
-        if isinstance(images, torch.Tensor) and images.dim() == 4
-        else list(images)
-        if not isinstance(images, torch.Tensor)
-        else [images]
-    )
+    batch: list[Any]
+    if isinstance(images, torch.Tensor):
+        batch = list(images.unbind(0)) if images.dim() == 4 else [images]
+    else:
+        batch = list(images)
     names = list(image_names) if image_names is not None else []
+    labels = []
     for k, item in enumerate(batch):
         label = names[k] if k < len(names) else None
         if label is None and isinstance(item, (str, os.PathLike)):
             label = Path(item).name
-        info = session.add_image(item, name=label)
-        if info["error"]:
-            warnings.warn(
-                f"explore: image {info['name']!r}: {info['error']}", ExploreWarning, stacklevel=2
-            )
+        labels.append(label)
+    # the first image fixes the input the graph is drawn for: read it now (a bad file
+    # fails here, before a server starts)
+    if batch:
+        batch[0] = session.prepare(batch[0])
     if host not in _LOCAL_HOSTS:
         warnings.warn(
             f"explore: serving on {host!r}, reachable from other machines: anyone who "
@@ -504,7 +552,17 @@ def explore(
     deadline = time.monotonic() + 10
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
-    handle = Explorer(session, server, thread, host, bound, token)
+    session.pending_images = len(batch)  # before the page can ask
+    loader = threading.Thread(
+        target=_load,
+        args=(session, batch, labels),
+        name=f"netsight-explore-loader-{bound}",
+        daemon=True,
+    )
+    loader.start()
+    handle = Explorer(session, server, thread, host, bound, token, loader)
+    if wait:
+        handle.wait_loaded()
     if open_browser is None:
         open_browser = not _in_notebook()
     if open_browser:
