@@ -22,9 +22,8 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-import netsight.explore as E  # noqa: E402
 from browser import WIDTH  # noqa: E402
-from netsight.explore.server import ExploreWarning  # noqa: E402
+from netsight.explore.server import ExploreWarning, explore  # noqa: E402
 from netsight.zoo import Vgg16Net  # noqa: E402
 
 EVIL = "<img src=x onerror=alert(1)>"
@@ -44,7 +43,7 @@ class Server:
 
     def __init__(self, model: nn.Module, images: torch.Tensor, **kwargs: Any) -> None:
         self.model = model
-        self.ex = E.explore(model, images, open_browser=False, **kwargs)
+        self.ex = explore(model, images, open_browser=False, **kwargs)
         self.url = self.ex.url
         self.base = self.url.split("?")[0]
 
