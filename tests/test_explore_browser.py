@@ -536,6 +536,41 @@ def test_starting_without_images(open_page: Any, tmp_path: Path) -> None:
         server.ex.stop()
 
 
+class Slow(nn.Module):
+    """A pause in the forward: images given to explore() arrive after the page."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.4)
+        return x
+
+
+def test_images_still_loading_arrive_on_the_page(open_page: Any) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 5, 3, padding=1),
+        Slow(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 3),
+    )
+    server = Server(model.eval(), torch.randn(3, 3, 20, 20), wait=False)
+    try:
+        page = open_page(server)
+        page.page.wait_for_function(
+            "() => document.querySelectorAll('#images .thumb').length === 3", timeout=60_000
+        )
+        page.page.wait_for_selector("#images .thumb.selected")
+        page.page.wait_for_selector("#cam img", timeout=60_000)
+        assert page.page.locator("#images-pending").count() == 0
+        page.page.click("#layer-list tr[data-layer='0']")
+        assert page.grid_width() > 0
+        assert page.errors == []
+    finally:
+        server.ex.stop()
+
+
 def test_two_pages_at_once(resnet: Server, open_page: Any) -> None:
     first = open_page(resnet)
     second = open_page(resnet)

@@ -721,6 +721,41 @@
     }
   }
 
+  // images given to explore() still on their first forward: ask again until all came
+  async function pollImages() {
+    const hadImage = !!state.image;
+    try {
+      const model = await api("api/model", { key: "model-poll" });
+      state.model.pending_images = model.pending_images;
+      if (model.classes) state.model.classes = model.classes;
+      showLoadErrors(model.load_errors);
+      await loadImages();
+    } catch (err) {
+      if (aborted(err)) return;
+    }
+    renderPending();
+    if (!hadImage && state.image) selectImage(state.image);
+    if (state.model.pending_images) setTimeout(pollImages, 700);
+  }
+
+  function renderPending() {
+    const n = (state.model && state.model.pending_images) || 0;
+    let note = document.getElementById("images-pending");
+    if (!n) {
+      if (note) note.remove();
+      return;
+    }
+    if (!note) {
+      note = el("div", { id: "images-pending", cls: "muted" });
+      $("images-box").insertBefore(note, $("images"));
+    }
+    note.textContent = n + (n === 1 ? " image is" : " images are") + " still loading…";
+  }
+
+  function showLoadErrors(errors) {
+    if (errors && errors.length) setError($("images-error"), errors.join("\n"));
+  }
+
   function renderImages() {
     const box = $("images");
     clear(box);
@@ -1299,6 +1334,9 @@
     await Promise.all([loadGraph(), loadImages()]);
     renderCamClasses();
     if (state.image) runCam();
+    renderPending();
+    if (state.model.pending_images) setTimeout(pollImages, 300);
+    showLoadErrors(state.model.load_errors);
     document.body.dataset.ready = "1";
     if (running === 0) status("ready");
   }
