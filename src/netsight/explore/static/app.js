@@ -425,6 +425,16 @@
       if (g.dataset.node) selectNode(g.dataset.node);
       else if (g.dataset.cluster) selectCluster(g.dataset.cluster);
     });
+    box.addEventListener("dblclick", (e) => {
+      const g = e.target.closest("g.node.expandable");
+      const info = g && state.graph.nodes[g.dataset.node];
+      if (!info) return;
+      (info.rolled && info.rolled.length > 1 ? info.rolled : [info.name]).forEach((n) => {
+        if (state.collapsed.includes(n)) state.collapsed = state.collapsed.filter((c) => c !== n);
+        else if (!state.expanded.includes(n)) state.expanded.push(n);
+      });
+      loadGraph();
+    });
     $("graph-fit").addEventListener("click", fit);
     $("graph-depth").addEventListener("change", (e) => {
       const v = e.target.value.trim();
@@ -537,6 +547,10 @@
       box.appendChild(el("label", { cls: "inline" }, ["block ", sel]));
       const parent = rolledParent(info.rolled);
       if (parent !== null) box.appendChild(actionButton("unroll", "draw every block of " + (parent || "the model"), () => unroll(parent), "unroll"));
+    }
+    if (info.repeat > 1 && !(info.rolled && info.rolled.length > 1) && info.name) {
+      const parent = parentOf(info.name);
+      box.appendChild(actionButton("unroll", "draw every block of " + (parent || "the model"), () => unroll(parent), "unroll"));
     }
     if (info.expandable) {
       const names = info.rolled && info.rolled.length > 1 ? info.rolled : [info.name];
@@ -665,7 +679,14 @@
       ]);
       tr.dataset.layer = row.name;
       tr.dataset.call = String(row.call);
+      tr.tabIndex = 0;
       tr.addEventListener("click", () => selectLayer(row.name, row.call, { centre: true }));
+      tr.addEventListener("keydown", (e) => {
+        if (e.key === "Enter" || e.key === " ") {
+          e.preventDefault();
+          selectLayer(row.name, row.call, { centre: true });
+        }
+      });
       body.appendChild(tr);
     }
     table.appendChild(body);
