@@ -1126,6 +1126,7 @@
   async function showChannel(image, layer, call, channel) {
     const box = $("channel-zoom");
     show($("channel-box"), true);
+    $("channel-box").scrollIntoView({ block: "nearest" });
     $("channel-title").textContent = layer + " · channel " + channel;
     try {
       const d = await api("api/channel?" + q({ image: image, layer: layer, call: call, channel: channel }), { key: "channel" });
