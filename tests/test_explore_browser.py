@@ -634,15 +634,46 @@ def test_patterns_stream_progress_and_a_grid(resnet: Server, open_page: Any) -> 
     assert page.errors == []
 
 
-def test_screenshot_for_the_docs(resnet: Server, open_page: Any, tmp_path: Path) -> None:
-    """A 1280 x 800 picture of the page with a layer and a CAM; written to
-    docs/explore.png when NETSIGHT_DOCS_SHOTS=1."""
+@pytest.fixture(scope="module")
+def canvas() -> Iterator[Server]:
+    """The demo's CAM model (netsight.zoo.CanvasNet) trained for seconds on digit
+    canvases, explored on six canvases it never saw: predictions and CAMs that mean
+    something, for the README's picture."""
+    from netsight.datasets import digit_canvases
+    from netsight.demo import fit
+    from netsight.zoo import CanvasNet
+
+    torch.manual_seed(0)
+    model = CanvasNet()
+    train = digit_canvases("train", 3000, seed=0)
+    test = digit_canvases("test", 6, seed=1)
+    fit(model, train, test, epochs=6, lr=0.1, progress=False, label="canvas")  # as the demo
+    model.eval()
+    server = Server(
+        model,
+        test.tensors[0],
+        class_names=[f"digit {d}" for d in range(10)],
+        mean=(0.0,),
+        std=(1.0,),
+        image_names=[f"canvas {k}: a {int(d)}" for k, d in enumerate(test.tensors[1])],
+    )
+    server.labels = test.tensors[1].tolist()  # type: ignore[attr-defined]
+    yield server
+    server.ex.stop()
+
+
+def test_screenshot_for_the_docs(canvas: Server, open_page: Any, tmp_path: Path) -> None:
+    """A 1280 x 800 picture of the page with a layer and a CAM of a trained model;
+    written to docs/explore.png when NETSIGHT_DOCS_SHOTS=1."""
     from PIL import Image
 
-    page = open_page(resnet, width=WIDTH, height=800)
-    page.page.fill("#search", "layer1.0.conv1")
+    images = canvas.get("api/images")
+    right = sum(i["predictions"][0]["index"] == d for i, d in zip(images, canvas.labels))  # type: ignore[attr-defined]
+    assert right >= 4, f"the canvas model should be trained: {right} of 6 right"
+    page = open_page(canvas, width=WIDTH, height=800)
+    page.page.fill("#search", "features.11")
     page.page.locator("#search-results li.match").first.click()
-    page.wait_layer("layer1.0.conv1")
+    page.wait_layer("features.11")
     page.grid_width()
     page.page.wait_for_selector("#cam img")
     page.idle()
