@@ -668,7 +668,8 @@ def test_screenshot_for_the_docs(canvas: Server, open_page: Any, tmp_path: Path)
     from PIL import Image
 
     images = canvas.get("api/images")
-    right = sum(i["predictions"][0]["index"] == d for i, d in zip(images, canvas.labels))  # type: ignore[attr-defined]
+    labels = canvas.labels  # type: ignore[attr-defined]
+    right = sum(i["predictions"][0]["index"] == d for i, d in zip(images, labels, strict=True))
     assert right >= 4, f"the canvas model should be trained: {right} of 6 right"
     page = open_page(canvas, width=WIDTH, height=800)
     page.page.fill("#search", "features.11")
