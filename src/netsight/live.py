@@ -167,6 +167,7 @@ class _Image:
     tensor: torch.Tensor  # (1, C, H, W), normalised as the model expects
     output: torch.Tensor | None = None  # the model's output (detached), after the first forward
     error: str | None = None
+    ready: bool = False  # its first forward is over (succeeded or failed)
 
 
 @dataclass
@@ -311,6 +312,8 @@ class Session:
                 self._first_forward(image)
             except Exception as exc:  # the page shows why; the image stays for the graph
                 image.error = f"{type(exc).__name__}: {exc}"
+            finally:
+                image.ready = True
             return self.image_info(image_id)
 
     def remove_image(self, image_id: str) -> None:
@@ -321,36 +324,41 @@ class Session:
             self.cache.drop_image(image_id)
 
     def images(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return [self.image_info(i) for i in self._images]
+        """Every image whose first forward is over (:meth:`image_info` each).
+
+        Reads only what the forwards left, without waiting for the model: a page
+        polling while images load sees each as soon as it is ready."""
+        return [self._info(image) for image in list(self._images.values()) if image.ready]
 
     def image_info(self, image_id: str) -> dict[str, Any]:
         """``{id, name, shape, picture, predictions, error}``."""
-        with self.lock:
-            image = self._image(image_id)
-            return {
-                "id": image.id,
-                "name": image.name,
-                "shape": list(image.tensor.shape),
-                "picture": png_data_url(self._picture(image)),
-                "predictions": self.predictions(image_id) if image.error is None else [],
-                "error": image.error,
-            }
+        return self._info(self._image(image_id))
+
+    def _info(self, image: _Image) -> dict[str, Any]:
+        return {
+            "id": image.id,
+            "name": image.name,
+            "shape": list(image.tensor.shape),
+            "picture": png_data_url(self._picture(image)),
+            "predictions": self._top(image) if image.error is None else [],
+            "error": image.error,
+        }
 
     def predictions(self, image_id: str, k: int = 5) -> list[dict[str, Any]]:
         """The top-``k`` classes of an image: ``[{index, name, probability}]`` (the
         softmax of a ``(1, K)`` output; empty for other outputs)."""
-        with self.lock:
-            image = self._image(image_id)
-            out = image.output
-            if out is None or out.dim() != 2 or out.shape[0] != 1 or not out.is_floating_point():
-                return []
-            probs = torch.softmax(out[0].float(), dim=0)
-            values, indices = torch.topk(probs, min(k, probs.numel()))
-            return [
-                {"index": int(i), "name": self._class_name(int(i)), "probability": float(v)}
-                for v, i in zip(values, indices, strict=True)
-            ]
+        return self._top(self._image(image_id), k)
+
+    def _top(self, image: _Image, k: int = 5) -> list[dict[str, Any]]:
+        out = image.output
+        if out is None or out.dim() != 2 or out.shape[0] != 1 or not out.is_floating_point():
+            return []
+        probs = torch.softmax(out[0].float(), dim=0)
+        values, indices = torch.topk(probs, min(k, probs.numel()))
+        return [
+            {"index": int(i), "name": self._class_name(int(i)), "probability": float(v)}
+            for v, i in zip(values, indices, strict=True)
+        ]
 
     def _class_name(self, index: int) -> str | None:
         if self.class_names is not None and 0 <= index < len(self.class_names):
@@ -512,16 +520,17 @@ class Session:
     def layers(self) -> list[dict[str, Any]]:
         """Every module call of the traced forward: ``{name, call, type, depth,
         input, output, params, trainable, kernel, mult_adds, conv}``."""
-        with self.lock:
-            records = self._records()
-            return [self._row(r) for r in records]
+        return [self._row(r) for r in self._records()]
 
     def _records(self) -> tuple[LayerRecord, ...]:
+        """The traced layers (traced once, under the lock; read without it after)."""
         if self._trace is None and self._trace_error is None:
-            try:
-                self._trace = trace(self.model, **self._example())
-            except TraceError as exc:
-                self._trace_error = str(exc)
+            with self.lock:
+                if self._trace is None and self._trace_error is None:
+                    try:
+                        self._trace = trace(self.model, **self._example())
+                    except TraceError as exc:
+                        self._trace_error = str(exc)
         return self._trace.records if self._trace is not None else ()
 
     def _row(self, record: LayerRecord) -> dict[str, Any]:
@@ -545,32 +554,29 @@ class Session:
 
     def model_info(self) -> dict[str, Any]:
         """The model's name, totals, class count and the methods a CAM can use."""
-        with self.lock:
-            self._records()
-            t = self._trace
-            return {
-                "name": self.name,
-                "type": type(self.model).__name__,
-                "params": t.total_params
-                if t is not None
-                else sum(p.numel() for p in self.model.parameters()),
-                "mult_adds": t.total_mult_adds if t is not None else None,
-                "input": list(self._first_input.shape)
-                if self._first_input is not None
-                else list(self._example()["input_size"]),
-                "classes": len(self.class_names)
-                if self.class_names is not None
-                else self._classes(),
-                "class_names": self.class_names,
-                "methods": [m for m in METHODS if m != "saliency"] + ["saliency"],
-                "trace_error": self._trace_error,
-                "budget": self.budget,
-                "pending_images": self.pending_images,
-                "load_errors": list(self.load_errors),
-            }
+        self._records()
+        t = self._trace
+        return {
+            "name": self.name,
+            "type": type(self.model).__name__,
+            "params": t.total_params
+            if t is not None
+            else sum(p.numel() for p in self.model.parameters()),
+            "mult_adds": t.total_mult_adds if t is not None else None,
+            "input": list(self._first_input.shape)
+            if self._first_input is not None
+            else list(self._example()["input_size"]),
+            "classes": len(self.class_names) if self.class_names is not None else self._classes(),
+            "class_names": self.class_names,
+            "methods": [m for m in METHODS if m != "saliency"] + ["saliency"],
+            "trace_error": self._trace_error,
+            "budget": self.budget,
+            "pending_images": self.pending_images,
+            "load_errors": list(self.load_errors),
+        }
 
     def _classes(self) -> int | None:
-        for image in self._images.values():
+        for image in list(self._images.values()):
             if image.output is not None and image.output.dim() == 2:
                 return int(image.output.shape[1])
         return None
@@ -707,9 +713,10 @@ class Session:
                 answer["note"] = (
                     f"output of shape {list(activation.shape)}: no spatial maps to draw"
                 )
-                answer["values"] = _top_values(
-                    activation, self.class_names if layer == "" else None
-                )
+                # one value per class (the model's output, its last linear layer): named
+                names = self.class_names
+                per_class = names is not None and activation.numel() == len(names)
+                answer["values"] = _top_values(activation, names if per_class else None)
             else:
                 answer["note"] = _layout_note(activation, maps)
                 total = maps.shape[0]
