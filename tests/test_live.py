@@ -349,3 +349,20 @@ def test_cam_at_a_module_called_twice_uses_its_last_call_as_the_cam_classes_do(x
     assert found.reused_graph
     expected = netsight.GradCAM(model, target_layers="shared")(x, 2)[0]
     torch.testing.assert_close(found.map, expected, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parity
+@pytest.mark.filterwarnings("ignore::netsight.cam.CAMWarning")  # random weights: flat maps happen
+def test_one_backward_serves_every_later_layer_of_the_same_class(resnet, x):
+    session = Session(resnet)
+    session.add_image(x)
+    session.cam_map("i1", "layer2.0", 4)
+    assert session.backwards == 1
+    for layer in ("layer3", "layer4.1.conv2", "layer4"):  # after layer2.0: no backward
+        found = session.cam_map("i1", layer, 4)
+        expected = netsight.GradCAM(resnet, target_layers=layer)(x, 4)[0]
+        torch.testing.assert_close(found.map, expected, rtol=1e-3, atol=1e-4)
+    assert session.backwards == 1
+    session.cam_map("i1", "layer1", 4)  # before it: one more
+    session.cam_map("i1", "layer4", 5)  # another class: one more
+    assert session.backwards == 3

@@ -32,6 +32,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -178,6 +179,9 @@ class _Graph:
     kept: dict[LayerKey, torch.Tensor]
     bytes: int
     calls: dict[str, int] = field(default_factory=dict)  # how often each module ran
+    # d score / d output of the kept outputs, for one class (see Session._gradient)
+    grads: dict[LayerKey, torch.Tensor | None] = field(default_factory=dict)
+    grads_target: int | None = None
 
 
 @dataclass
@@ -276,6 +280,7 @@ class Session:
         self._modules: dict[str, nn.Module] = dict(self.model.named_modules())
         self._counter = 0
         self.forwards = 0  # full or stopped forwards run (for tests and benchmarks)
+        self.backwards = 0  # backwards through a kept graph
         self.changed_in_place = 0  # outputs of the last first forward changed in place later
         self._auto_layers: dict[tuple[int, ...], str] = {}
         self._first_input: torch.Tensor | None = None
@@ -837,16 +842,40 @@ class Session:
                 and layer is not None
                 and (layer, last) in graph.kept
             ):
-                kept = graph.kept[(layer, last)]
-                score = _first_tensor(graph.output)[0, target]  # type: ignore[index]
-                (grad,) = torch.autograd.grad(score, kept, retain_graph=True, allow_unused=True)
+                grad = self._gradient(graph, target, (layer, last))
                 if grad is not None:
                     self._graphs.move_to_end(image_id)
+                    kept = graph.kept[(layer, last)]
                     maps = explainer.maps_from({layer: kept}, {layer: grad}, size)
                     return CAMMap(maps[0], layer, target, method, reused_graph=True)
             with self._as_is():
                 maps = explainer(image.tensor, target)
             return CAMMap(maps[0], layer, target, method, reused_graph=False)
+
+    def _gradient(self, graph: _Graph, target: int, key: LayerKey) -> torch.Tensor | None:
+        """``d score / d output`` of one kept layer output, from the kept graph.
+
+        The backward from the score to a layer passes every layer that ran after it,
+        so their gradients are taken in the same call and kept for this class: a CAM
+        of the same class at a later layer then costs no backward at all."""
+        if graph.grads_target != target:
+            graph.grads.clear()
+            graph.grads_target = target
+        found = graph.grads.get(key)
+        if found is not None or key in graph.grads:
+            return found
+        order = list(graph.kept)
+        wanted = order[order.index(key) :]
+        self.backwards += 1
+        score = _first_tensor(graph.output)[0, target]  # type: ignore[index]
+        grads = torch.autograd.grad(
+            score, [graph.kept[k] for k in wanted], retain_graph=True, allow_unused=True
+        )
+        size = sum(g.untyped_storage().nbytes() for g in grads if g is not None)
+        if size > self.budget // 4:  # too many to keep: only the one asked for
+            return grads[0]
+        graph.grads.update(zip(wanted, grads, strict=True))
+        return grads[0]
 
     def cam(
         self,
@@ -860,7 +889,8 @@ class Session:
         """:meth:`cam_map` overlaid on the image: ``{picture, layer, method, class,
         class_name, probability, reused_graph, map_ms, ms}``."""
         timer = _Timer()
-        with self.lock:
+        with self.lock, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             found = self.cam_map(image_id, layer, target, method)
             map_ms = timer.ms()
             image = self._image(image_id)
@@ -879,6 +909,7 @@ class Session:
                 "class_name": self._class_name(found.target),
                 "probability": float(probs[found.target]) if probs is not None else None,
                 "reused_graph": found.reused_graph,
+                "warnings": list(dict.fromkeys(str(w.message) for w in caught)),
                 "map_ms": map_ms,
                 "ms": timer.ms(),
             }

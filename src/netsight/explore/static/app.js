@@ -1206,7 +1206,7 @@
           el("div", null, [el("span", { cls: "k", text: "method " }), el("b", { text: d.method })]),
           el("div", null, [el("span", { cls: "k", text: "layer " }), el("b", { text: d.layer || "–" })]),
           el("div", { cls: "muted", text: Math.round(d.ms) + " ms" + (d.reused_graph ? " (reused the forward graph)" : "") }),
-        ])
+        ].concat((d.warnings || []).map((w) => el("div", { cls: "cam-warning", text: w }))))
       );
     } catch (err) {
       if (!aborted(err)) setError($("cam-error"), "CAM: " + err.message);
