@@ -461,8 +461,24 @@ def _report(c: Ctx) -> object:
     )
 
 
+def _explore(c: Ctx) -> object:
+    # the server up and down, and in between what its routes do on a click, in this
+    # thread: the image's first forward, a layer, a CAM (all through its Session)
+    with netsight.explore(c.model, open_browser=False) as ex:
+        info = ex.session.add_image(c.x[:1])
+        answer = ex.session.layer(info["id"], c.layer)
+        ex.session.cam(info["id"], c.layer, c.target)
+    return answer
+
+
 #: Every public entry point with a driver. Scenarios that do not apply say why.
 DRIVERS: dict[str, Driver] = {
+    "explore": Driver(
+        _explore,
+        bad_target=USER_ERROR,
+        unknown_layer=USER_ERROR,
+        wrong_shape=USER_ERROR,
+    ),
     "CAM": Driver(
         _explain(netsight.CAM),
         bad_target=USER_ERROR,
@@ -733,6 +749,7 @@ EXEMPT: dict[str, str] = {
     "Column": "an enum of summary columns",
     "Diagnostic": _RECORD,
     "Diagram": _RECORD,
+    "Explorer": "the handle netsight.explore returns (driven through it)",
     "FilterGrid": _RECORD,
     "LayerRecord": _RECORD,
     "LayerStats": _RECORD,
@@ -958,6 +975,8 @@ CLI_DRIVERS: dict[str, CliDriver] = {
 CLI_EXEMPT: dict[str, str] = {
     "tensorboard": "starts a TensorBoard server that runs until Ctrl-C (tests/test_cli_monitor.py)",
     "demo": "trains a VGG-16 for seconds on its own data, no user model (tests/test_demo.py)",
+    "explore": "serves until Ctrl-C or SIGTERM (tests/test_explore_api.py runs it and stops "
+    "it with SIGTERM; the library's explore is driven above)",
 }
 
 # --------------------------------------------------------------------------- the tests

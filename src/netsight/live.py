@@ -169,6 +169,7 @@ class _Image:
     output: torch.Tensor | None = None  # the model's output (detached), after the first forward
     error: str | None = None
     ready: bool = False  # its first forward is over (succeeded or failed)
+    exception: BaseException | None = None  # why the first forward failed
 
 
 @dataclass
@@ -317,6 +318,7 @@ class Session:
                 self._first_forward(image)
             except Exception as exc:  # the page shows why; the image stays for the graph
                 image.error = f"{type(exc).__name__}: {exc}"
+                image.exception = exc
             finally:
                 image.ready = True
             return self.image_info(image_id)
@@ -822,7 +824,9 @@ class Session:
         with self.lock:
             image = self._image(image_id)
             if image.output is None:
-                raise SessionError(f"image {image.name!r} has no output: {image.error}")
+                raise SessionError(
+                    f"image {image.name!r} has no output: {image.error}"
+                ) from image.exception
             if target is None:
                 target = int(image.output[0].argmax()) if image.output.dim() == 2 else 0
             classes = image.output.shape[-1]

@@ -413,7 +413,11 @@ class Explorer:
 
 
 def _load(session: Session, batch: list[Any], labels: list[str | None]) -> None:
-    """Draw the graph, then run each image's first forward (the page polls for them)."""
+    """Draw the graph, then run each image's first forward (the page polls for them).
+    Without images there is nothing to get ahead of: the page's first request draws
+    the graph."""
+    if not batch:
+        return
     try:
         session.warm()
     except Exception as exc:  # the page shows the graph's own error; images still load
