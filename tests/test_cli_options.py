@@ -110,13 +110,13 @@ def test_every_command_spells_shared_options_alike() -> None:
             for option in action.option_strings:
                 seen.setdefault(option, set()).add(name)
     commands_with_models = {"summary", "diagram", "features", "cam", "filters", "patterns"}
-    commands_with_models |= {"layers", "report"}
+    commands_with_models |= {"layers", "report", "explore"}
     for option in ("--weights", "--trust-weights", "--seed"):
         assert seen[option] >= commands_with_models, option
     assert seen["--methods"] == {"cam", "report"}
     assert seen["--layers"] >= {"features", "filters"}
     assert seen["--faithfulness-steps"] == {"cam", "report"}
-    assert seen["--classes"] == {"cam", "report"}
+    assert seen["--classes"] == {"cam", "report", "explore"}
     assert seen["--colormap"] == {"cam", "features"}
     for writer in ("summary", "diagram", "features", "cam", "filters", "patterns", "report"):
         assert writer in seen["--overwrite"], writer

@@ -70,6 +70,7 @@ BASE_ARGV: dict[str, list[str]] = {
     "runs": ["runs"],
     "tensorboard": ["runs"],
     "demo": [],
+    "explore": ["m.py:Net", "x.png"],
 }
 
 

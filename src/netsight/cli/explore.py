@@ -19,6 +19,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 MAX_IMAGES = 64
 
 
+def _port(text: str) -> int:
+    if not text.strip().isdecimal() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return int(text)
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     common.add_model_options(p)
     p.add_argument(
@@ -32,16 +38,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     common.add_image_options(p, "224,224")
     p.add_argument(
         "--port",
-        type=int,
+        type=_port,
         default=0,
         metavar="N",
-        help="the port to listen on (default: a free one, printed)",
+        help="the port to listen on; 0 takes a free one, printed with the URL (default: 0)",
     )
     p.add_argument(
         "--host",
         default="127.0.0.1",
         help="the address to listen on; anything but this machine's own is reachable "
-        "from other machines and warns",
+        "from other machines and warns (default: 127.0.0.1)",
     )
     p.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
     p.add_argument(
