@@ -252,8 +252,16 @@ def main() -> None:
     print()
     print(
         _common.table(
-            ["layer not kept (budget 0)", "click", "its stopped forward", "ratio to forward"],
-            [[name, ms(s), ms(stop), f"{stop / forward:.2f}x"] for name, s, stop in stopped_rows],
+            [
+                "layer not kept (budget 0)",
+                "click",
+                "its stopped forward",
+                "ratio to a paired forward",
+            ],
+            [
+                [name, ms(s), ms(stop), f"{stop / bare:.2f}x"]
+                for name, s, stop, bare in stopped_rows
+            ],
         )
     )
     mb = 2**20
