@@ -27,6 +27,18 @@ def x() -> torch.Tensor:
     return torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
+class Broken(nn.Module):
+    """Fails in its second layer: the head expects 5 features, the conv gives 784."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).flatten(1))
+
+
 def _reference(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
     """The layer's output by a plain forward hook."""
     got: list[torch.Tensor] = []
@@ -178,15 +190,6 @@ def test_the_model_is_left_as_it_came(x):
 
 
 def test_a_forward_that_fails_is_reported_with_the_layer():
-    class Broken(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3)
-            self.head = nn.Linear(5, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.conv(x).flatten(1))
-
     session = Session(Broken())
     info = session.add_image(torch.randn(1, 3, 16, 16))
     assert info["error"] and "head" in info["error"]
@@ -240,15 +243,6 @@ def test_graph_expands_collapses_and_unrolls(resnet, x):
 
 
 def test_a_failing_model_draws_its_graph_up_to_the_failing_module():
-    class Broken(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3)
-            self.head = nn.Linear(5, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.conv(x).flatten(1))
-
     session = Session(Broken())
     session.add_image(torch.randn(1, 3, 16, 16))
     graph = session.graph()
