@@ -98,9 +98,16 @@ def resolve_layers(
         TypeError: a spec of another kind.
     """
     model = unwrap_compiled(model)
-    specs: list[LayerSpec] = (
-        [layers] if isinstance(layers, (str, nn.Module, type)) else list(layers)
-    )
+    if isinstance(layers, (str, nn.Module, type)):
+        specs: list[LayerSpec] = [layers]
+    elif isinstance(layers, Iterable):
+        specs = list(layers)
+    else:
+        raise TypeError(
+            f"layers: expected a layer name, glob, module or module type (or a list of "
+            f"them), got {type(layers).__name__} {layers!r}; netsight.list_layers(model) "
+            f"lists the names"
+        )
     # names copied from a torch.compile'd model's state_dict or named_modules
     specs = [s.removeprefix(COMPILED_PREFIX) if isinstance(s, str) else s for s in specs]
     if not specs:

@@ -14,6 +14,7 @@ maps registry names to the classes.
 
 from __future__ import annotations
 
+from netsight.cam import targets
 from netsight.cam.base import BaseCAM, CAMResult, CAMWarning, Targets
 from netsight.cam.compare import CAMComparison, compare
 from netsight.cam.gradient import (
@@ -58,6 +59,7 @@ __all__ = [
     "evaluate",
     "layer_layout",
     "overlay",
+    "targets",
 ]
 
 #: Registry name -> method class (read by the command line).

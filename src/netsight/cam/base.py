@@ -21,7 +21,7 @@ import math
 import operator
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
 
@@ -122,7 +122,7 @@ class Targets:
         owners = range(len(self.fns)) if images is None else images.tolist()
         values = []
         for row, owner in enumerate(owners):
-            value = self.fns[owner](_select(output, row))
+            value = self.fns[owner](_select(output, row, len(owners)))
             if not isinstance(value, torch.Tensor) or value.numel() != 1:
                 raise TypeError(
                     f"targets: the callable for image {owner} returned "
@@ -140,14 +140,23 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _select(output: Any, row: int) -> Any:
-    """One image's part of a model output (tensors sliced along dim 0)."""
+def _select(output: Any, row: int, rows: int | None = None) -> Any:
+    """One image's part of a model output of ``rows`` images: tensors sliced along
+    dim 0, and a list of one dict per image (a torchvision detector's output)
+    indexed."""
     if isinstance(output, torch.Tensor):
         return output[row]
     if isinstance(output, dict):
-        return {key: _select(value, row) for key, value in output.items()}
+        return {key: _select(value, row, rows) for key, value in output.items()}
+    if (
+        isinstance(output, list)
+        and rows is not None
+        and len(output) == rows
+        and all(isinstance(item, Mapping) for item in output)
+    ):
+        return output[row]
     if isinstance(output, (tuple, list)):
-        return type(output)(_select(value, row) for value in output)
+        return type(output)(_select(value, row, rows) for value in output)
     return output
 
 
@@ -738,7 +747,9 @@ class BaseCAM:
         what = None if quiet else self.method
         maps = []
         for name, layer_map in raw.items():
-            cleaned = _finite(name, layer_map.detach().float())
+            # float32 at least; a float64 model keeps its precision
+            wide = torch.promote_types(layer_map.dtype, torch.float32)
+            cleaned = _finite(name, layer_map.detach().to(wide))
             if self.relu:
                 cleaned = cleaned.clamp(min=0)
             maps.append(_resize(cleaned, size) if self.upsample else cleaned)

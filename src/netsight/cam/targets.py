@@ -1,0 +1,259 @@
+"""Ready-made CAM targets: which scalar of one image's output a map explains.
+
+A target is a plain callable on one image's output (what ``targets=`` has always
+taken), so these mix with the user's own functions. Each takes the output of one
+image: a ``(classes,)`` logits vector for a classifier, ``{"out": (classes, H, W)}``
+or a ``(classes, H, W)`` tensor for a segmentation model, an embedding vector, one
+detector's dict.
+
+Example:
+    >>> from netsight.cam import GradCAM, targets
+    >>> GradCAM(model, "layer4")(x, targets.ClassProbability(281))
+    >>> GradCAM(seg_model, "backbone.layer4")(x, targets.Segmentation(15))   # person pixels
+
+Each one names the pytorch-grad-cam target it agrees with (``tests/test_cam_targets.py``
+compares the maps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = [
+    "Binary",
+    "ClassAgainstRest",
+    "ClassProbability",
+    "ClassScore",
+    "OutputElement",
+    "Segmentation",
+    "Similarity",
+    "parse_target",
+]
+
+
+def _vector(output: Any, what: str) -> torch.Tensor:
+    """One image's output as a 1-D vector of class scores."""
+    if isinstance(output, Mapping):
+        for key in ("logits", "out"):
+            if key in output and isinstance(output[key], torch.Tensor):
+                output = output[key]
+                break
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"{what}: expected one image's output as a tensor, got {type(output).__name__}"
+        )
+    return output.reshape(-1) if output.dim() != 1 else output
+
+
+def _class(category: int, size: int, what: str) -> int:
+    if not 0 <= category < size:
+        raise ValueError(f"{what}: class {category} is out of range; the output has {size}")
+    return category
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """The class's logit (the same as ``targets=category``); pytorch-grad-cam's
+    ``ClassifierOutputTarget``."""
+
+    category: int
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        scores = _vector(output, "ClassScore")
+        return scores[_class(self.category, scores.numel(), "ClassScore")]
+
+
+@dataclass(frozen=True)
+class ClassProbability:
+    """The class's softmax probability; pytorch-grad-cam's
+    ``ClassifierOutputSoftmaxTarget``. Its gradient also lowers the other classes,
+    so maps show what makes this class win rather than what raises its logit."""
+
+    category: int
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        scores = _vector(output, "ClassProbability")
+        index = _class(self.category, scores.numel(), "ClassProbability")
+        return torch.softmax(scores, dim=0)[index]
+
+
+@dataclass(frozen=True)
+class ClassAgainstRest:
+    """The class against the rest: its logit plus its log-probability,
+    ``z_c - CE(z, c) = 2 z_c - logsumexp(z)`` (ReST, arXiv 2501.06261);
+    pytorch-grad-cam's ``ClassifierOutputReST``."""
+
+    category: int
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        scores = _vector(output, "ClassAgainstRest")
+        index = _class(self.category, scores.numel(), "ClassAgainstRest")
+        return scores[index] + torch.log_softmax(scores, dim=0)[index]
+
+
+@dataclass(frozen=True)
+class Binary:
+    """A binary classifier's single output (a sigmoid head's logit): the logit for
+    the positive class, minus it for the negative; pytorch-grad-cam's
+    ``BinaryClassifierOutputTarget``."""
+
+    positive: bool = True
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        scores = _vector(output, "Binary")
+        if scores.numel() != 1:
+            raise ValueError(
+                f"Binary: expected one output per image (a sigmoid head), got {scores.numel()}; "
+                f"for several classes use ClassScore or ClassProbability"
+            )
+        return scores[0] if self.positive else -scores[0]
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The sum of a class's logits over a mask of pixels: for a semantic
+    segmentation model (torchvision's ``deeplabv3_*``, ``fcn_*`` and ``lraspp_*``
+    return a dict: its ``key`` is read); pytorch-grad-cam's
+    ``SemanticSegmentationTarget``.
+
+    Args:
+        category: the class.
+        mask: ``(H, W)`` of 0/1 (bool, numpy or tensor) at the output's size;
+            default: the pixels the model assigns to ``category`` (its arg max), as
+            pytorch-grad-cam's segmentation tutorial does.
+        key: the entry of a dict output holding the ``(classes, H, W)`` logits.
+    """
+
+    category: int
+    mask: Any = None
+    key: str = "out"
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        if isinstance(output, Mapping):
+            if self.key not in output:
+                raise KeyError(
+                    f"Segmentation: the output has no {self.key!r} (keys {list(output)})"
+                )
+            output = output[self.key]
+        if not isinstance(output, torch.Tensor) or output.dim() != 3:
+            raise TypeError(
+                "Segmentation: expected one image's (classes, H, W) logits, got "
+                + (
+                    f"shape {list(output.shape)}"
+                    if isinstance(output, torch.Tensor)
+                    else type(output).__name__
+                )
+            )
+        index = _class(self.category, output.shape[0], "Segmentation")
+        if self.mask is None:
+            mask = (output.detach().argmax(0) == index).to(output.dtype)
+        else:
+            mask = torch.as_tensor(self.mask, device=output.device).to(output.dtype)
+            if tuple(mask.shape) != tuple(output.shape[1:]):
+                raise ValueError(
+                    f"Segmentation: the mask is {list(mask.shape)}, the output "
+                    f"{list(output.shape[1:])}"
+                )
+        return (output[index] * mask).sum()
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """Cosine similarity of the image's embedding to a concept embedding (for any
+    model that returns a vector: CLIP-style concepts, re-identification);
+    pytorch-grad-cam's ``SimilarityToConceptTarget``."""
+
+    concept: torch.Tensor = field(repr=False)
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        embedding = _vector(output, "Similarity")
+        concept = torch.as_tensor(self.concept).reshape(-1).to(embedding.device, embedding.dtype)
+        if concept.numel() != embedding.numel():
+            raise ValueError(
+                f"Similarity: the concept has {concept.numel()} values, the embedding "
+                f"{embedding.numel()}"
+            )
+        return torch.nn.functional.cosine_similarity(embedding, concept, dim=0)
+
+
+@dataclass(frozen=True)
+class OutputElement:
+    """One element of the output (a regression output, a raw score): ``index`` into
+    one image's output tensor; pytorch-grad-cam's ``RawScoresOutputTarget`` of a
+    single value."""
+
+    index: int | tuple[int, ...]
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        tensor = _vector(output, "OutputElement") if isinstance(output, Mapping) else output
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"OutputElement: expected a tensor output, got {type(tensor).__name__}")
+        try:
+            value = tensor[self.index]
+        except IndexError as exc:
+            raise ValueError(
+                f"OutputElement: index {self.index} is outside an output of shape "
+                f"{list(tensor.shape)}"
+            ) from exc
+        if value.numel() != 1:
+            raise ValueError(
+                f"OutputElement: index {self.index} selects {value.numel()} values of an output "
+                f"of shape {list(tensor.shape)}; give one index per dimension"
+            )
+        return value.reshape(())
+
+
+def parse_target(text: str) -> Any:
+    """A target from its command-line spelling.
+
+    ``3`` or ``class:3`` (the logit), ``prob:3``, ``rest:3``, ``binary:1`` /
+    ``binary:0``, ``seg:15`` (the pixels predicted as 15), ``concept:FILE.npy`` (an
+    embedding saved with numpy), ``output:0,2`` (one element).
+
+    Returns:
+        An int for a plain class, else one of this module's targets.
+
+    Raises:
+        ValueError: a spelling it does not know; the message lists them.
+    """
+    kind, sep, value = text.partition(":")
+    if not sep:
+        kind, value = "class", text
+    kind = kind.strip().lower()
+    known = "class:N, prob:N, rest:N, binary:1|0, seg:N, concept:FILE.npy, output:I[,J...]"
+
+    def integer(item: str) -> int:
+        if not item.strip().isdecimal():
+            raise ValueError(f"target {text!r}: expected an integer >= 0 after '{kind}:'")
+        return int(item)
+
+    if kind == "class":
+        return integer(value)
+    if kind == "prob":
+        return ClassProbability(integer(value))
+    if kind == "rest":
+        return ClassAgainstRest(integer(value))
+    if kind == "binary":
+        if value.strip() not in ("0", "1"):
+            raise ValueError(f"target {text!r}: binary takes 1 (positive) or 0 (negative)")
+        return Binary(positive=value.strip() == "1")
+    if kind == "seg":
+        return Segmentation(integer(value))
+    if kind == "concept":
+        import numpy as np
+
+        try:
+            array = np.load(value, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"target {text!r}: cannot read a numpy array from {value!r} ({exc})"
+            ) from None
+        return Similarity(torch.from_numpy(np.asarray(array, dtype=np.float32)))
+    if kind == "output":
+        parts: Sequence[int] = [integer(p) for p in value.split(",")]
+        return OutputElement(parts[0] if len(parts) == 1 else tuple(parts))
+    raise ValueError(f"target {text!r}: unknown kind {kind!r}; expected one of {known}")
