@@ -163,6 +163,8 @@ def test_bad_questions_get_a_message(server: Explorer):
     assert status == 400 and "10 classes" in as_json(body)["error"]
     status, body, _ = request(server, "/api/layer?image=i1&layer=conv1&page=x")
     assert status == 400 and "page" in as_json(body)["error"]
+    status, body, _ = request(server, "/api/graph?depth=deep")
+    assert status == 400 and "depth" in as_json(body)["error"]
 
 
 def test_patterns_stream_progress_then_the_result(server: Explorer):

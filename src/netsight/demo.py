@@ -415,7 +415,7 @@ def _explorer_inputs(
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for index in range(min(EXPLORE_DIGITS, len(test_x))):
-        picture = to_pil(denormalize(test_x[index], DIGITS_MEAN, DIGITS_STD).clamp(0, 1))
+        picture = to_pil(denormalize(test_x[index], DIGITS_MEAN, DIGITS_STD))
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG")
         name = f"test-{index:02d}-digit-{int(test_y[index])}.png"

@@ -126,8 +126,6 @@ class ActivationCache:
         self.budget = int(budget)
         self._items: OrderedDict[tuple[str, str, int], torch.Tensor] = OrderedDict()
         self.bytes = 0
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -137,11 +135,8 @@ class ActivationCache:
 
     def get(self, key: tuple[str, str, int]) -> torch.Tensor | None:
         found = self._items.get(key)
-        if found is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._items.move_to_end(key)
+        if found is not None:
+            self._items.move_to_end(key)
         return found
 
     def put(self, key: tuple[str, str, int], tensor: torch.Tensor) -> None:
@@ -170,6 +165,7 @@ class _Image:
     error: str | None = None
     ready: bool = False  # its first forward is over (succeeded or failed)
     exception: BaseException | None = None  # why the first forward failed
+    picture: str | None = None  # its PNG data: URL, made once (pages poll the list)
 
 
 @dataclass
@@ -199,17 +195,6 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     return None
-
-
-def _with_first(output: Any, tensor: torch.Tensor) -> Any:
-    if isinstance(output, torch.Tensor):
-        return tensor
-    return type(output)([tensor, *output[1:]])
-
-
-def _shape(value: Any) -> list[int] | str:
-    tensor = _first_tensor(value) if not isinstance(value, torch.Tensor) else value
-    return list(tensor.shape) if tensor is not None else type(value).__name__
 
 
 def _is_conv(module: nn.Module) -> bool:
@@ -346,7 +331,7 @@ class Session:
             "id": image.id,
             "name": image.name,
             "shape": list(image.tensor.shape),
-            "picture": png_data_url(self._picture(image)),
+            "picture": self._thumbnail(image),
             "predictions": self._top(image) if image.error is None else [],
             "error": image.error,
         }
@@ -419,12 +404,13 @@ class Session:
         return image
 
     def _picture(self, image: _Image) -> torch.Tensor:
-        x = image.tensor[0]
-        channels = x.shape[0]
-        mean = self.mean if self.mean is not None else [0.5] * channels
-        std = self.std if self.std is not None else [0.5] * channels
-        picture = denormalize(x, mean, std).clamp(0, 1)
-        return picture
+        """The image as the model saw it, normalisation undone, in ``[0, 1]``."""
+        return denormalize(image.tensor[0], self.mean, self.std)
+
+    def _thumbnail(self, image: _Image) -> str:
+        if image.picture is None:
+            image.picture = png_data_url(self._picture(image))
+        return image.picture
 
     # ------------------------------------------------------------------ forwards
     @contextmanager
@@ -575,7 +561,7 @@ class Session:
             else list(self._example()["input_size"]),
             "classes": len(self.class_names) if self.class_names is not None else self._classes(),
             "class_names": self.class_names,
-            "methods": [m for m in METHODS if m != "saliency"] + ["saliency"],
+            "methods": list(METHODS),
             "trace_error": self._trace_error,
             "budget": self.budget,
             "pending_images": self.pending_images,
@@ -612,15 +598,12 @@ class Session:
             if found is not None:
                 return found
             flow = self._dataflow()
-            options: dict[str, Any] = {}
-            if expanded:
-                options["expanded"] = tuple(expanded)
-            if collapsed:
-                options["collapsed"] = tuple(collapsed)
-            if unrolled:
-                options["unrolled"] = tuple(unrolled)
             built = dataflow.build_graph(
-                flow, depth=self.graph_depth if depth is None else depth, **options
+                flow,
+                depth=self.graph_depth if depth is None else depth,
+                expanded=tuple(expanded),
+                collapsed=tuple(collapsed),
+                unrolled=tuple(unrolled),
             )
             svg = dataflow.render(dataflow.to_dot(built, legend=False), "svg").decode("utf-8")
             nodes = {

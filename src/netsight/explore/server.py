@@ -161,8 +161,9 @@ def create_app(
             return error(RuntimeError(f"{type(exc).__name__}: {exc}"), 500)
         return JSONResponse(result, headers={"Cache-Control": "no-store"})
 
+    html = (static / "index.html").read_text(encoding="utf-8")
+
     async def page(request: Request) -> Response:
-        html = (static / "index.html").read_text(encoding="utf-8")
         return HTMLResponse(
             html, headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-store"}
         )
@@ -177,13 +178,13 @@ def create_app(
 
     async def graph(request: Request) -> Response:
         q = request.query_params
-        depth = q.get("depth")
         return await answer(
-            session.graph,
-            depth=int(depth) if depth else None,
-            expanded=q.getlist("expanded"),
-            collapsed=q.getlist("collapsed"),
-            unrolled=q.getlist("unrolled"),
+            lambda: session.graph(
+                depth=_int(q.get("depth"), "depth"),
+                expanded=q.getlist("expanded"),
+                collapsed=q.getlist("collapsed"),
+                unrolled=q.getlist("unrolled"),
+            )
         )
 
     async def images(request: Request) -> Response:
@@ -205,9 +206,11 @@ def create_app(
     async def remove(request: Request) -> Response:
         return await answer(session.remove_image, request.path_params["image"])
 
-    def _int(value: str | None, what: str, default: int | None = None) -> int | None:
+    def _int(value: str | None, what: str) -> int | None:
+        """A query parameter as an int (None when absent); a SessionError, which
+        :func:`answer` turns into a 400, when it is not one."""
         if value is None or value == "":
-            return default
+            return None
         try:
             return int(value)
         except ValueError:
@@ -215,42 +218,37 @@ def create_app(
 
     async def layer(request: Request) -> Response:
         q = request.query_params
-        try:
-            call = _int(q.get("call"), "call", 0) or 0
-            page_no = _int(q.get("page"), "page", 0) or 0
-        except SessionError as exc:
-            return error(exc)
         return await answer(
-            session.layer,
-            q.get("image", ""),
-            q.get("layer", ""),
-            call,
-            normalize=q.get("normalize", "each"),
-            page=page_no,
-            cmap=q.get("cmap", "viridis"),
+            lambda: session.layer(
+                q.get("image", ""),
+                q.get("layer", ""),
+                _int(q.get("call"), "call") or 0,
+                normalize=q.get("normalize", "each"),
+                page=_int(q.get("page"), "page") or 0,
+                cmap=q.get("cmap", "viridis"),
+            )
         )
 
     async def channel(request: Request) -> Response:
         q = request.query_params
-        try:
-            number = _int(q.get("channel"), "channel", 0) or 0
-            call = _int(q.get("call"), "call", 0) or 0
-        except SessionError as exc:
-            return error(exc)
-        return await answer(session.channel, q.get("image", ""), q.get("layer", ""), number, call)
+        return await answer(
+            lambda: session.channel(
+                q.get("image", ""),
+                q.get("layer", ""),
+                _int(q.get("channel"), "channel") or 0,
+                _int(q.get("call"), "call") or 0,
+            )
+        )
 
     async def cam(request: Request) -> Response:
         q = request.query_params
-        try:
-            target = _int(q.get("class"), "class")
-        except SessionError as exc:
-            return error(exc)
         return await answer(
-            session.cam,
-            q.get("image", ""),
-            q.get("layer") or None,
-            target,
-            q.get("method", "gradcam"),
+            lambda: session.cam(
+                q.get("image", ""),
+                q.get("layer") or None,
+                _int(q.get("class"), "class"),
+                q.get("method", "gradcam"),
+            )
         )
 
     async def patterns(request: Request) -> Response:
@@ -542,14 +540,12 @@ def explore(
         lifespan="off",
     )
     server = uvicorn.Server(config)
-    started = threading.Event()
 
     def serve() -> None:
         try:
             server.run(sockets=[sock])
         finally:
             sock.close()
-            started.set()
 
     thread = threading.Thread(target=serve, name=f"netsight-explore-{bound}", daemon=True)
     thread.start()
