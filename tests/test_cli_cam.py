@@ -50,6 +50,21 @@ class NoLinear(nn.Module):
         return self.conv2(torch.relu(self.conv1(x))).mean((2, 3))
 
 
+def Detector():
+    # a torchvision detector whose random weights still detect (score threshold 0)
+    from torchvision.models import detection
+
+    torch.manual_seed(0)
+    return detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=3,
+        box_score_thresh=0.0,
+        rpn_post_nms_top_n_test=50,
+        box_detections_per_img=10,
+    )
+
+
 class Segmenter(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -374,3 +389,45 @@ def test_netsight_executable_subprocess(tmp_path: Path, models: Path, images: li
     x = load_image(images[0], model=model)
     with torch.no_grad():
         assert data["images"][0]["predicted"]["class"] == int(model(x).argmax())
+
+
+def test_targets_beyond_classes_segmentation_and_detection(
+    capsys: pytest.CaptureFixture[str], models: Path, images: list[Path], tmp_path: Path
+) -> None:
+    """``--target seg:1`` explains a segmentation model's pixels of class 1 and
+    ``--target box:0`` a detector's most confident box; the manifest says what each
+    map explains, and faithfulness (class targets only) is refused with a reason."""
+    out = tmp_path / "seg"
+    code, _, err = run(
+        capsys, "cam", f"{models}:Segmenter", str(images[0]), "--target", "seg:1",
+        "--out", str(out), "--methods", "gradcam,eigencam",
+    )  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads((out / "cam.json").read_text())
+    (record,) = manifest["images"]
+    assert record["predicted"] is None
+    assert record["target"]["label"] == "class 1 over the pixels predicted as it"
+    assert manifest["methods"] == ["gradcam", "eigencam"]
+    out = tmp_path / "det"
+    code, _, err = run(
+        capsys, "cam", f"{models}:Detector", str(images[0]), "--target", "box:0",
+        "--size", "96", "--out", str(out), "--save-maps",
+    )  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads((out / "cam.json").read_text())
+    (record,) = manifest["images"]
+    assert record["target"]["label"].startswith("box of class ")
+    assert record["target"]["score"] > 1.0  # IoU 1 with itself plus its confidence
+    assert record["methods"]["gradcam"]["layers"] == ["backbone"]
+    heat = np.load(out / record["methods"]["gradcam"]["map"])
+    assert heat.shape == (96, 96)
+    code, _, err = run(
+        capsys, "cam", f"{models}:Segmenter", str(images[0]), "--target", "seg:1",
+        "--out", str(tmp_path / "faith"), "--faithfulness-steps", "2",
+    )  # fmt: skip
+    assert code == 2 and "class targets only" in err
+    code, _, err = run(capsys, "cam", f"{models}:Segmenter", str(images[0]), "--target", "seg:x")
+    assert code == 2 and "expected an integer >= 0 after 'seg:'" in err
+    out = tmp_path / "none"
+    code, _, err = run(capsys, "cam", f"{models}:Segmenter", str(images[0]), "--out", str(out))
+    assert code == 2 and "--target seg:15" in err

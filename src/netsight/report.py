@@ -256,6 +256,7 @@ class _Context:
     class_names: list[str] | None
     cam_methods: tuple[str, ...]
     cam_layer: str | None
+    cam_target: Any
     cams: CAMInputs | None
     filter_layers: list[str] | None
     feature_layers: list[str] | None
@@ -596,6 +597,15 @@ def _peak(cam_map: torch.Tensor, size: tuple[int, int]) -> tuple[int, int] | Non
     return index // size[1], index % size[1]
 
 
+def _explained(found: Any) -> str:
+    """What the CAM section's maps explain, for its closing note."""
+    if found.target is None:
+        return "the predicted class" if found.predicted[0] is not None else "the top detection"
+    if isinstance(found.target, str):
+        return found.target
+    return "the class given"
+
+
 def _cams(ctx: _Context) -> str:
     from netsight.cam import CAMWarning, compare, overlay
     from netsight.images import to_pil
@@ -621,6 +631,7 @@ def _cams(ctx: _Context) -> str:
             model,
             measured,
             ctx.cam_methods,
+            ctx.cam_target,
             layer=ctx.cam_layer if source is None else None,
             faithfulness_steps=ctx.faithfulness_steps,
             regions=regions,
@@ -647,8 +658,11 @@ def _cams(ctx: _Context) -> str:
         size = (picture.size[1], picture.size[0])
         box = boxes[i].tolist() if boxes is not None else None
         k = found.predicted[i]
-        said = [f"predicted {ctx.class_name(k, names)}, p = {found.probabilities[i]:.2f}"]
-        if labels is not None:
+        said = [f"explains {found.target_label(i)}"] if found.targets[i] != k else []
+        if k is not None:
+            chance = found.probabilities[i]
+            said.insert(0, f"predicted {ctx.class_name(k, names)}, p = {chance:.2f}")
+        if labels is not None and k is not None:
             label = int(labels[i])
             said.insert(0, f"label {ctx.class_name(label, names)}")
             said.append("right" if label == k else "wrong")
@@ -659,7 +673,7 @@ def _cams(ctx: _Context) -> str:
             cam_map = found.maps[method][i]
             blended = overlay(shown_images[i], cam_map)
             drawn = _cam_picture(blended, box, _peak(cam_map, size))
-            text = f"{method}, class {ctx.class_name(found.targets[i], names)}, {where[method]}"
+            text = f"{method}, {found.target_label(i)}, {where[method]}"
             row.append(f"<td>{_img(_image_uri(drawn), text, css='cam')}</td>")
         rows.append("<tr>" + "".join(row) + "</tr>")
     notes = f"<p class=note>skipped {html.escape(_reasons(problems))}</p>" if problems else ""
@@ -681,8 +695,8 @@ def _cams(ctx: _Context) -> str:
         + _cam_colorbar(ctx)
         + f'<table class="cams"><thead><tr>{head}</tr></thead>'
         + f"<tbody>{''.join(rows)}</tbody></table>"
-        + f"<p class=note>Each map explains the predicted class at the layer named in its "
-        f"column; red is where the class score rises most. {html.escape(marks)}</p>"
+        + f"<p class=note>Each map explains {html.escape(_explained(found))} at the layer "
+        f"named in its column; red is where that score rises most. {html.escape(marks)}</p>"
         + notes
         + numbers
     )
@@ -905,6 +919,7 @@ def report(
     title: str | None = None,
     cam_methods: Sequence[str] = DEFAULT_CAM_METHODS,
     cam_layer: str | None = None,
+    cam_target: Any = None,
     cams: CAMInputs | None = None,
     faithfulness_steps: int = 0,
     filter_layers: Sequence[str] | None = None,
@@ -940,6 +955,10 @@ def report(
         title: the page title (default: the model's class name).
         cam_methods: names from :data:`netsight.cam.METHODS`.
         cam_layer: the CAM target layer (default: chosen per model).
+        cam_target: what the CAMs explain: a class for every image, or one of
+            :mod:`netsight.cam.targets` (a segmentation class, a detected box, a
+            concept embedding; ``parse_target("seg:15")``) (default: each image's
+            top-1 class; a detector's most confident box).
         cams: explain another model or other images in the CAM section (see
             :class:`CAMInputs`: e.g. images where the object's place is known and
             varies, with boxes for the pointing game); ``cam_layer`` is then not used.
@@ -1035,6 +1054,7 @@ def report(
         class_names=[str(c) for c in class_names] if class_names is not None else None,
         cam_methods=tuple(cam_methods),
         cam_layer=cam_layer,
+        cam_target=cam_target,
         cams=cams,
         filter_layers=list(filter_layers) if filter_layers is not None else None,
         feature_layers=list(feature_layers) if feature_layers is not None else None,

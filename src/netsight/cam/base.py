@@ -48,12 +48,16 @@ __all__ = [
     "CAMResult",
     "CAMWarning",
     "ForwardRecord",
+    "Frame",
     "Reshape",
     "ScoreTarget",
     "TargetSpec",
     "Targets",
     "check_classes",
     "find_target_layer",
+    "image_output",
+    "is_detections",
+    "level_name",
     "resolve_targets",
     "run_forward",
     "tokens_to_grid",
@@ -138,6 +142,13 @@ def _describe(value: Any) -> str:
     if isinstance(value, dict):
         return f"a dict (keys {list(value)[:5]})"
     return f"a {type(value).__name__}"
+
+
+def image_output(output: Any, index: int, count: int) -> Any:
+    """Image ``index``'s part of a model's output on ``count`` images: what a target
+    callable receives (tensors sliced along dim 0, dicts per key, a detector's list
+    of per-image dicts indexed)."""
+    return _select(output, index, count)
 
 
 def _select(output: Any, row: int, rows: int | None = None) -> Any:
@@ -240,7 +251,8 @@ def resolve_targets(targets: TargetSpec, output: Any, batch: int) -> Targets:
     """Turn a ``targets=`` argument into :class:`Targets` for a batch.
 
     Args:
-        targets: ``None`` (top-1 class of each image), an int (that class for every
+        targets: ``None`` (top-1 class of each image; a detector's most confident
+            box, :class:`netsight.cam.targets.Detection`), an int (that class for every
             image), one int per image (list or tensor), a callable on one image's
             output (used for every image) or one callable per image.
         output: the model's output on the batch.
@@ -254,10 +266,14 @@ def resolve_targets(targets: TargetSpec, output: Any, batch: int) -> Targets:
     if isinstance(targets, Targets):
         return targets
     if targets is None:
+        if is_detections(output):  # a detector: each image's most confident box
+            from netsight.cam.targets import Detection
+
+            return Targets(fns=_bound((Detection(0),) * batch, output))
         logits = _logits_or_error(output)
         return Targets(classes=logits.detach().argmax(1))
     if callable(targets) and not isinstance(targets, torch.Tensor):
-        return Targets(fns=(targets,) * batch)
+        return Targets(fns=_bound((targets,) * batch, output))
     if isinstance(targets, torch.Tensor):
         if targets.dim() > 1 or targets.is_floating_point() or targets.is_complex():
             raise TypeError(
@@ -275,13 +291,26 @@ def resolve_targets(targets: TargetSpec, output: Any, batch: int) -> Targets:
     if not single and len(items) != batch:
         raise ValueError(f"targets: got {len(items)} targets for a batch of {batch} images")
     if items and all(callable(item) for item in items):
-        return Targets(fns=tuple(items))
+        return Targets(fns=_bound(tuple(items), output))
     if not all(isinstance(item, int) and not isinstance(item, bool) for item in items):
         raise TypeError("targets: a list must hold only ints or only callables")
     logits = _logits_or_error(output)
     check_classes(items, logits.shape[1], name="targets")
     values = items * batch if single else items
     return Targets(classes=torch.tensor(values, dtype=torch.long, device=logits.device))
+
+
+def _bound(fns: tuple[ScoreTarget, ...], output: Any) -> tuple[ScoreTarget, ...]:
+    """Targets that fix what they score from the unchanged output (a ``bind(one
+    image's output)`` method, e.g. :class:`netsight.cam.targets.Detection`, which
+    becomes the box it found) bound per image; others as they are."""
+    if not any(callable(getattr(fn, "bind", None)) for fn in fns):
+        return fns
+    bound = []
+    for i, fn in enumerate(fns):
+        bind = getattr(fn, "bind", None)
+        bound.append(bind(_select(output, i, len(fns))) if callable(bind) else fn)
+    return tuple(bound)
 
 
 # --------------------------------------------------------------------------- layers
@@ -338,6 +367,9 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
     norm before it). Later token outputs feed the head only through the class
     token, so their patch tokens get no gradient and their maps are blank.
     Outputs whose layout cannot be told (attention heads, windows) are skipped.
+    For a detector (an output that is a list of per-image dicts with ``"boxes"``):
+    the last layer returning a dict of maps, its feature pyramid (torchvision's
+    ``backbone``), every level of which is explained and the maps fused.
 
     Runs one probe forward on the first image under ``no_grad``; when it fails,
     :func:`netsight.features.run_forward` runs it again through netsight's runner
@@ -358,6 +390,9 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
             events.append(("attention", names[id(module)], module))
 
     def post(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        if _is_levels(out) and all(v.shape[0] == 1 and v.dim() == 4 for v in out.values()):
+            events.append(("levels", names[id(module)], module))
+            return
         if not isinstance(out, torch.Tensor) or out.shape[0] != 1 or out.dim() not in (3, 4):
             return  # not one image's map (e.g. attention windows batched together)
         if isinstance(module, _ADAPTIVE_POOLS):
@@ -375,8 +410,11 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
     modules = [m for m in model.modules() if m is not model]
     with HookSet() as hooks:
         hooks.add_forward_hooks(modules, pre, post)
-        named_forward(model, x[:1])
-    maps = [i for i, (kind, _, _) in enumerate(events) if kind != "attention"]
+        output = named_forward(model, x[:1])
+    pyramids = [name for kind, name, _ in events if kind == "levels"]
+    if pyramids and is_detections(output):
+        return pyramids[-1]
+    maps = [i for i, (kind, _, _) in enumerate(events) if kind in ("spatial", "tokens")]
     if maps and events[maps[-1]][0] == "spatial":
         return events[maps[-1]][1]
     if maps:  # a token model: the input of the last attention block
@@ -387,6 +425,15 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
     raise ValueError(
         f"{type(model).__name__} has no layer with a spatial (B, C, H, W) output for input "
         f"{list(x.shape[1:])}; pass target_layers= (and reshape= for token layers)"
+    )
+
+
+def is_detections(output: Any) -> bool:
+    """A detector's output: a list of one dict per image (boxes, labels, scores)."""
+    return (
+        isinstance(output, list)
+        and len(output) > 0
+        and all(isinstance(item, Mapping) and "boxes" in item for item in output)
     )
 
 
@@ -425,6 +472,86 @@ class ForwardRecord:
     output: Any
     activations: dict[str, torch.Tensor]
     calls: dict[str, int] = field(default_factory=dict)
+    #: ``{entry: layer}`` for entries that are one level of a layer's dict of maps
+    #: (``"backbone[0]"`` of a detector's feature pyramid ``"backbone"``).
+    sources: dict[str, str] = field(default_factory=dict)
+    #: Where the maps sit in the input when the model resizes and pads it first.
+    frame: Frame | None = None
+
+    def layer_of(self, entry: str) -> str:
+        """The target layer an activation entry comes from."""
+        return self.sources.get(entry, entry)
+
+
+def _is_levels(output: Any) -> bool:
+    """A dict of spatial maps: a feature pyramid (a torchvision detector's backbone
+    returns ``{"0": ..., "1": ..., "pool": ...}``)."""
+    return (
+        isinstance(output, Mapping)
+        and len(output) > 0
+        and all(isinstance(v, torch.Tensor) and v.dim() >= 4 for v in output.values())
+    )
+
+
+def level_name(layer: str, key: object) -> str:
+    """The entry name of one level of a layer's dict of maps: ``"backbone[pool]"``."""
+    return f"{layer}[{key}]"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where a layer's maps sit in the input, for a model that resizes and pads its
+    input before the layers run (torchvision's detectors: a
+    ``GeneralizedRCNNTransform`` scales each image, then pads the batch to a
+    multiple of 32). The maps cover the padded ``canvas``; each image fills the
+    top-left ``image_sizes[i]`` of it."""
+
+    canvas: tuple[int, int]
+    image_sizes: tuple[tuple[int, int], ...]
+
+    def to_input(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``(B, h, w)`` maps over the canvas as ``(B, H, W)`` maps over the input:
+        each image's part of the canvas, resampled bilinearly (pixel centres)."""
+        batch = maps.shape[0]
+        height, width = size
+        rows = []
+        for i in range(batch):
+            used_h, used_w = self.image_sizes[i] if i < len(self.image_sizes) else self.canvas
+            # Output pixel centres in the canvas, in grid_sample's [-1, 1] units.
+            ys = (torch.arange(height, dtype=maps.dtype) + 0.5) * (used_h / height)
+            xs = (torch.arange(width, dtype=maps.dtype) + 0.5) * (used_w / width)
+            gy = ys / self.canvas[0] * 2 - 1
+            gx = xs / self.canvas[1] * 2 - 1
+            grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)
+            rows.append(grid.to(maps.device))
+        sampled = F.grid_sample(
+            maps[:, None],
+            torch.stack(rows),
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=False,
+        )
+        return sampled[:, 0]
+
+
+def _frame_hook(model: nn.Module, record: ForwardRecord) -> Any:
+    """A hook keeping the :class:`Frame` of a torchvision detector's resize step
+    (its ``GeneralizedRCNNTransform``, returning an ``ImageList``), or ``None``."""
+    transform = next(
+        (m for m in model.modules() if type(m).__name__ == "GeneralizedRCNNTransform"), None
+    )
+    if transform is None:
+        return None
+
+    def keep(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        images = output[0] if isinstance(output, tuple) else output
+        sizes = getattr(images, "image_sizes", None)
+        tensors = getattr(images, "tensors", None)
+        if sizes is not None and isinstance(tensors, torch.Tensor):
+            canvas = (int(tensors.shape[-2]), int(tensors.shape[-1]))
+            record.frame = Frame(canvas, tuple((int(h), int(w)) for h, w in sizes))
+
+    return transform.register_forward_hook(keep)
 
 
 def _output_tensor(output: Any, name: str) -> torch.Tensor:
@@ -463,18 +590,27 @@ def run_forward(
     """
     record = ForwardRecord(output=None, activations={}, calls={name: 0 for name in layers})
 
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        if not grad:
+            return tensor.detach()
+        if tensor.requires_grad and torch.is_grad_enabled():
+            return tensor
+        torch.set_grad_enabled(True)
+        return tensor.detach().requires_grad_()
+
     def make_hook(name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-            tensor = _output_tensor(output, name)
-            if not grad:
-                kept = tensor.detach()
-            elif tensor.requires_grad and torch.is_grad_enabled():
-                kept = tensor
-            else:
-                torch.set_grad_enabled(True)
-                kept = tensor.detach().requires_grad_()
-            record.activations[name] = kept
             record.calls[name] += 1
+            if _is_levels(output):  # a feature pyramid: each level is a map
+                passed = []
+                for key, value in output.items():
+                    entry = level_name(name, key)
+                    record.activations[entry] = kept = keep(value)
+                    record.sources[entry] = name
+                    passed.append((key, kept.clone()))
+                return type(output)(passed)
+            kept = keep(_output_tensor(output, name))
+            record.activations[name] = kept
             return _with_tensor(output, kept.clone())
 
         return hook
@@ -483,6 +619,9 @@ def run_forward(
     with HookSet() as hooks:
         for name, module in layers.items():
             hooks.add(module.register_forward_hook(make_hook(name)))
+        frame = _frame_hook(model, record)
+        if frame is not None:
+            hooks.add(frame)
         try:
             with torch.no_grad():
                 record.output = model(x)
@@ -612,6 +751,9 @@ class BaseCAM:
         self.mode = mode
         self._spec = target_layers
         self._layouts: dict[str, LayerLayout] = {}
+        # The last forward's Frame (a detector resizes and pads its input): read by
+        # _maps to put each map back on its image.
+        self._frame: Frame | None = None
         if target_layers is not None:
             if not self.uses_layers:
                 raise ValueError(f"{self.method}: works on the input; target_layers must be None")
@@ -646,6 +788,7 @@ class BaseCAM:
                 f"there and cannot be switched off by netsight; call it outside "
                 f"inference_mode (inside torch.no_grad() is fine)"
             )
+        self._frame = None
         with preserve_state(self.model, self.mode):
             layers = self._layers(x) if self.uses_layers else {}
             run = self._compute(x, targets, layers)
@@ -693,6 +836,7 @@ class BaseCAM:
 
     def _forward(self, x: torch.Tensor, layers: dict[str, nn.Module], grad: bool) -> ForwardRecord:
         record = run_forward(self.model, x, layers, grad=grad)
+        self._frame = record.frame
         if self.reshape is None:
             for name, tensor in record.activations.items():
                 if tensor.dim() not in (3, 4):
@@ -703,8 +847,18 @@ class BaseCAM:
                         f"{x.shape[0]}: not one map per image (e.g. attention windows batched "
                         f"together); choose another target_layers= or pass reshape="
                     )
+                if name in record.sources and tensor.dim() == 4:
+                    # a level of a feature pyramid: channels first, as torchvision's are
+                    self._layouts[name] = LayerLayout(
+                        Layout.NCHW, int(tensor.shape[1]), evidence="a level of a dict of maps"
+                    )
+                    continue
                 self._layouts[name] = layer_layout(
-                    self.model, layers[name], name, tensor, (x.shape[-2], x.shape[-1])
+                    self.model,
+                    layers[record.layer_of(name)],
+                    name,
+                    tensor,
+                    (x.shape[-2], x.shape[-1]) if record.frame is None else record.frame.canvas,
                 )
         for name, tensor in record.activations.items():
             self.spatial(name, tensor.detach())  # shape check before any further work
@@ -752,7 +906,10 @@ class BaseCAM:
             cleaned = _finite(name, layer_map.detach().to(wide))
             if self.relu:
                 cleaned = cleaned.clamp(min=0)
-            maps.append(_resize(cleaned, size) if self.upsample else cleaned)
+            if self.upsample:
+                frame = self._frame
+                cleaned = _resize(cleaned, size) if frame is None else frame.to_input(cleaned, size)
+            maps.append(cleaned)
         if len(maps) == 1:
             return _minmax(maps[0], what=what) if self.normalize else maps[0]
         common = size if self.upsample else max((tuple(m.shape[-2:]) for m in maps), key=_area)

@@ -36,9 +36,17 @@ from torch import nn
 
 from netsight._io import figure_bytes, unique_names, versions, write_directory
 from netsight._progress import ProgressBar
-from netsight.cam.base import BaseCAM, check_classes
+from netsight.cam.base import (
+    BaseCAM,
+    ScoreTarget,
+    check_classes,
+    image_output,
+    is_detections,
+    resolve_targets,
+)
 from netsight.cam.metrics import CAMEvaluation, evaluate
 from netsight.cam.overlay import overlay
+from netsight.cam.targets import describe
 from netsight.capture import resolve_layers
 from netsight.hooks import preserve_state
 
@@ -120,11 +128,17 @@ class CAMComparison:
         shapes: each image's input shape, batch dimension included.
         pictures: each image as shown, ``(C, H, W)`` in ``[0, 1]`` (the input with
             ``mean`` and ``std`` undone).
-        predicted: each image's top-1 class.
-        probabilities: the top-1 class's softmax probability.
-        targets: the class each map explains.
-        scores: the target class's logit.
-        target: ``targets=`` as given (``None``: each image's top-1 class).
+        predicted: each image's top-1 class (``None`` when the model is no classifier).
+        probabilities: the top-1 class's softmax probability (or ``None``).
+        targets: the class each map explains (``None`` for a target that is not one
+            class, e.g. a detection).
+        scores: each image's target score on the unchanged input (the class's logit
+            for a class).
+        target: ``targets=`` as given (``None``: each image's top-1 class; a
+            callable target as its description).
+        target_labels: what each image's map explains, in words (``class 3``,
+            ``box of class 2 at [10, 4, 80, 60]``; see
+            :func:`netsight.cam.targets.describe`).
         layer: ``layer=`` as given (``None``: each method's default).
         mean, std: the normalisation the pictures were shown with.
         approx: ``approx=`` as given.
@@ -145,11 +159,11 @@ class CAMComparison:
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     pictures: tuple[torch.Tensor, ...]
-    predicted: tuple[int, ...]
-    probabilities: tuple[float, ...]
-    targets: tuple[int, ...]
+    predicted: tuple[int | None, ...]
+    probabilities: tuple[float | None, ...]
+    targets: tuple[int | None, ...]
     scores: tuple[float, ...]
-    target: int | tuple[int, ...] | None
+    target: int | tuple[int, ...] | str | None
     layer: str | None
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
@@ -158,13 +172,22 @@ class CAMComparison:
     evaluation: CAMEvaluation | None = None
     evaluation_error: str | None = None
     class_names: tuple[str, ...] | None = None
+    target_labels: tuple[str, ...] = ()
 
-    def class_name(self, index: int) -> str | None:
+    def class_name(self, index: int | None) -> str | None:
         """The name of class ``index``, or ``None`` without ``class_names``."""
         names = self.class_names
-        return names[index] if names is not None and 0 <= index < len(names) else None
+        if index is None or names is None or not 0 <= index < len(names):
+            return None
+        return names[index]
 
-    def _class_label(self, index: int) -> str:
+    def target_label(self, image: int) -> str:
+        """What image ``image``'s maps explain, in words (``class 3 cat``)."""
+        if image < len(self.target_labels):
+            return self.target_labels[image]
+        return f"class {self._class_label(self.targets[image])}"
+
+    def _class_label(self, index: int | None) -> str:
         name = self.class_name(index)
         return f"{index} {_shorten(name, 20)}" if name is not None else str(index)
 
@@ -253,14 +276,17 @@ class CAMComparison:
                     "file": self.sources[index],
                     "name": name,
                     "input_shape": list(self.shapes[index]),
-                    "predicted": {
+                    "predicted": None
+                    if self.predicted[index] is None
+                    else {
                         "class": self.predicted[index],
                         "name": self.class_name(self.predicted[index]),
-                        "probability": _finite_or_none(self.probabilities[index]),
+                        "probability": _finite_or_none(self.probabilities[index] or 0.0),
                     },
                     "target": {
                         "class": self.targets[index],
                         "name": self.class_name(self.targets[index]),
+                        "label": self.target_label(index),
                         "score": _finite_or_none(self.scores[index]),
                     },
                     "methods": per_method,
@@ -312,24 +338,17 @@ class CAMComparison:
         axes = fig.subplots(rows, columns, squeeze=False)
         for row in range(rows):
             picture = self.pictures[row].permute(1, 2, 0).numpy()
-            target = self.targets[row]
+            what = _shorten(self.target_label(row), 40)
+            said = f"{_shorten(Path(self.sources[row]).name)}\n{what}, score {self.scores[row]:.3g}"
+            probability = self.probabilities[row]
+            if self.predicted[row] is not None and probability is not None:
+                said += f"\ntop-1 {self._class_label(self.predicted[row])} (p={probability:.2f})"
             cells: list[tuple[Any, str]] = [
-                (
-                    picture[:, :, 0] if picture.shape[2] == 1 else picture,
-                    f"{_shorten(Path(self.sources[row]).name)}\n"
-                    f"target {self._class_label(target)}, logit {self.scores[row]:.3g}\n"
-                    f"top-1 {self._class_label(self.predicted[row])} "
-                    f"(p={self.probabilities[row]:.2f})",
-                )
+                (picture[:, :, 0] if picture.shape[2] == 1 else picture, said)
             ]
             for method in self.methods:
                 layers = _shorten(", ".join(self.layers[method][row]))
-                cells.append(
-                    (
-                        overlays[(row, method)],
-                        f"{method}\nclass {self._class_label(target)}\n{layers}",
-                    )
-                )
+                cells.append((overlays[(row, method)], f"{method}\n{what}\n{layers}"))
             for ax, (image, label) in zip(axes[row], cells, strict=True):
                 ax.imshow(image, cmap="gray" if getattr(image, "ndim", 3) == 2 else None)
                 ax.set_title(label, fontsize=7)
@@ -396,34 +415,11 @@ def _batches(x: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return items
 
 
-def _classify(
-    model: nn.Module, batch: torch.Tensor, sources: Sequence[str]
-) -> tuple[torch.Tensor, int]:
-    """The batch's logits ``(B, classes)``, or an error saying the model is no classifier."""
-    from netsight.features import run_forward
-
-    with preserve_state(model, "eval"):
-        output = run_forward(model, batch)
-    if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] > 0:
-        return output.detach().float(), int(output.shape[1])
-    got = (
-        f"a tensor of shape {list(output.shape)}"
-        if isinstance(output, torch.Tensor)
-        else f"a {type(output).__name__}"
-    )
-    where = ", ".join(Path(s).name for s in sources)
-    raise TypeError(
-        f"the model returned {got} for {where}, not a (batch, classes) logits tensor: "
-        f"comparing CAM methods needs a classifier ({type(model).__name__} is not one; each "
-        f"netsight.cam method also takes targets= as a callable)"
-    )
-
-
 def compare(
     model: nn.Module,
     x: torch.Tensor | Sequence[torch.Tensor],
     methods: str | Sequence[str] = ("gradcam",),
-    targets: int | Sequence[int] | None = None,
+    targets: int | Sequence[int] | ScoreTarget | Sequence[ScoreTarget] | None = None,
     *,
     layer: str | None = None,
     names: Sequence[str] | None = None,
@@ -445,14 +441,19 @@ def compare(
         >>> found.save("out/cam", colormap="viridis")
 
     Args:
-        model: a classifier returning ``(batch, classes)`` logits; it is left as it came.
+        model: the network (a classifier returning ``(batch, classes)`` logits unless
+            ``targets`` are callables); it is left as it came.
         x: a normalised ``(B, C, H, W)`` batch, or a sequence of batches (images of
             different sizes, one batch each). Each method runs once per batch.
         methods: registry names (:data:`netsight.cam.METHODS`) as a sequence or
             ``"a,b"``, or ``"all"``: every method, the ones this model cannot run skipped.
         targets: the class to explain, for every image (an int) or per image (one
-            int each); default each image's top-1 class. Checked against the
-            model's classes before any method runs.
+            int each); default each image's top-1 class (a detector's most
+            confident box). Checked against the model's classes before any method
+            runs. Or a target callable for every image, or one per image (see
+            :mod:`netsight.cam.targets`: a segmentation class, a detected box, a
+            concept embedding, one output element): for models that are not
+            classifiers too. Faithfulness is measured for class targets only.
         layer: the target layer (name or glob) of the methods that take one
             (default: each method's own choice); saliency ignores it.
         names: where each image came from (file paths, say), for the manifest and
@@ -482,7 +483,8 @@ def compare(
         ValueError: an unknown method, a target out of range or of the wrong count,
             names of the wrong count, or a bad option.
         KeyError: an unknown layer (close matches suggested).
-        TypeError: the model is not a classifier, or targets that are not ints.
+        TypeError: the model is not a classifier and no callable targets were
+            given, or targets that are neither ints nor callables.
     """
     from netsight.images import denormalize
 
@@ -512,23 +514,58 @@ def compare(
 
     # Which image is in which batch, and what the model says about each.
     spans: list[range] = []
-    logits: list[torch.Tensor] = []
-    classes = 0
+    outputs: list[Any] = []
     for batch in batches:
         start = spans[-1].stop if spans else 0
         span = range(start, start + int(batch.shape[0]))
-        found, classes = _classify(model, batch, sources[span.start : span.stop])
         spans.append(span)
-        logits.append(found)
-    every = torch.cat([row.cpu() for row in logits]) if len(logits) > 1 else logits[0].cpu()
-    predicted = [int(k) for k in every.argmax(1).tolist()]
-    if targets is None:
-        wanted = predicted
-    elif isinstance(targets, int) and not isinstance(targets, bool):
-        wanted = check_classes([targets], classes, name="targets") * count
+        outputs.append(_run(model, batch))
+    classifier = all(_is_logits(o) for o in outputs)
+    predicted: list[int | None] = [None] * count
+    top: list[float | None] = [None] * count
+    every: torch.Tensor | None = None
+    if classifier:
+        every = torch.cat([o.detach().float().cpu() for o in outputs])
+        predicted = [int(k) for k in every.argmax(1).tolist()]
+        chance = every.softmax(1)
+        top = [float(chance[i, k]) for i, k in enumerate(predicted)]
+    elif targets is None and all(is_detections(o) for o in outputs):
+        from netsight.cam.targets import Detection
+
+        targets = Detection(0)  # a detector: each image's most confident box
+    fns = _callables(targets, count)
+    wanted: list[Any]
+    scores: list[float]
+    indices: list[int | None]
+    given: int | tuple[int, ...] | str | None
+    if fns is not None:  # ready-made or the user's own targets: bound per image
+        wanted, scores, indices = [], [], []
+        for output, span in zip(outputs, spans, strict=True):
+            bound = resolve_targets(list(fns[span.start : span.stop]), output, len(span)).fns
+            assert bound is not None
+            with torch.no_grad():
+                for row, fn in enumerate(bound):
+                    value = fn(image_output(output, row, len(span)))
+                    scores.append(float(torch.as_tensor(value).detach().float().reshape(-1)[0]))
+                    category = getattr(fn, "category", None)
+                    indices.append(category if isinstance(category, int) else None)
+            wanted.extend(bound)
+        words = [describe(fn, class_names) for fn in wanted]
+        given = describe(targets, class_names) if callable(targets) else "one target per image"
     else:
-        wanted = check_classes(targets, classes, name="targets", count=count)
-    probabilities = every.softmax(1)
+        if every is None:
+            raise _not_a_classifier(model, outputs, sources, spans)
+        classes = int(every.shape[1])
+        if targets is None:
+            wanted = list(predicted)
+        elif isinstance(targets, int) and not isinstance(targets, bool):
+            wanted = check_classes([targets], classes, name="targets") * count
+        else:
+            wanted = check_classes(targets, classes, name="targets", count=count)
+        scores = [float(every[i, k]) for i, k in enumerate(wanted)]
+        indices = list(wanted)
+        words = [describe(k, class_names) for k in wanted]
+        given = targets if targets is None or isinstance(targets, int) else tuple(wanted)
     stems = unique_names((Path(s).stem for s in sources), default="image")
 
     maps: dict[str, tuple[torch.Tensor, ...]] = {}
@@ -580,7 +617,12 @@ def compare(
         bar.close()
 
     evaluation, evaluation_error = None, None
-    if faithfulness_steps and explainers:
+    if faithfulness_steps and explainers and fns is not None:
+        evaluation_error = (
+            "faithfulness (deletion, insertion) is measured for class targets only; "
+            f"these maps explain {words[0]}"
+        )
+    elif faithfulness_steps and explainers:
         data = [
             (batch, torch.tensor(wanted[span.start : span.stop]))
             if regions is None
@@ -616,10 +658,10 @@ def compare(
         shapes=tuple((1, *b.shape[1:]) for b in batches for _ in range(int(b.shape[0]))),
         pictures=pictures,
         predicted=tuple(predicted),
-        probabilities=tuple(float(probabilities[i, k]) for i, k in enumerate(predicted)),
-        targets=tuple(wanted),
-        scores=tuple(float(every[i, k]) for i, k in enumerate(wanted)),
-        target=targets if targets is None or isinstance(targets, int) else tuple(wanted),
+        probabilities=tuple(top),
+        targets=tuple(indices),
+        scores=tuple(scores),
+        target=given,
         layer=layer,
         mean=tuple(mean) if mean is not None else None,
         std=tuple(std) if std is not None else None,
@@ -628,4 +670,53 @@ def compare(
         evaluation=evaluation,
         evaluation_error=evaluation_error,
         class_names=tuple(str(n) for n in class_names) if class_names is not None else None,
+        target_labels=tuple(words),
+    )
+
+
+def _run(model: nn.Module, batch: torch.Tensor) -> Any:
+    """The model's output on ``batch``, in eval mode, the model left as it was."""
+    from netsight.features import run_forward
+
+    with preserve_state(model, "eval"):
+        return run_forward(model, batch)
+
+
+def _is_logits(output: Any) -> bool:
+    return isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] > 0
+
+
+def _callables(targets: Any, count: int) -> list[ScoreTarget] | None:
+    """One callable target per image, or ``None`` for class targets."""
+    if callable(targets) and not isinstance(targets, torch.Tensor):
+        return [targets] * count
+    if (
+        isinstance(targets, Sequence)
+        and not isinstance(targets, str)
+        and targets
+        and all(callable(t) for t in targets)
+    ):
+        if len(targets) != count:
+            raise ValueError(f"targets: {len(targets)} targets for {count} images")
+        return list(targets)
+    return None
+
+
+def _not_a_classifier(
+    model: nn.Module, outputs: list[Any], sources: Sequence[str], spans: list[range]
+) -> TypeError:
+    index = next(i for i, o in enumerate(outputs) if not _is_logits(o))
+    output = outputs[index]
+    got = (
+        f"a tensor of shape {list(output.shape)}"
+        if isinstance(output, torch.Tensor)
+        else f"a {type(output).__name__}"
+    )
+    where = ", ".join(Path(s).name for s in sources[spans[index].start : spans[index].stop])
+    return TypeError(
+        f"the model returned {got} for {where}, not a (batch, classes) logits tensor, so "
+        f"class indices cannot be explained ({type(model).__name__} is no classifier); pass "
+        f"targets= one of netsight.cam.targets (Segmentation(15), Similarity(concept), "
+        f"OutputElement(0), ...) or a callable (on the command line: --target seg:15, "
+        f"concept:FILE.npy, output:0, box:0)"
     )

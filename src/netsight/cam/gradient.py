@@ -85,6 +85,8 @@ class GradientCAM(BaseCAM):
         grads = torch.autograd.grad(total, kept, allow_unused=True)
         maps = {}
         for (name, activation), grad in zip(record.activations.items(), grads, strict=True):
+            if grad is None and name in record.sources and len(record.activations) > 1:
+                continue  # a pyramid level the target does not read (a detector's RPN-only level)
             if grad is None:
                 raise ValueError(
                     f"layer {name!r} does not influence the target score, so it has no "
@@ -93,6 +95,11 @@ class GradientCAM(BaseCAM):
             a = self.spatial(name, activation.detach())
             g = self.spatial(name, grad)
             maps[name] = self.combine(a, g)
+        if not maps:
+            raise ValueError(
+                f"no level of {', '.join(sorted(set(record.sources.values())))} influences the "
+                f"target score; choose a layer on the path to the output"
+            )
         return RawMaps(maps, _detached(record.output), resolved, scores.detach())
 
 

@@ -150,7 +150,7 @@ class _PerturbationCAM(BaseCAM):
                 weights = self.channel_weights(
                     x,
                     name,
-                    layers[name],
+                    layers[record.layer_of(name)],
                     activation,
                     resolved,
                     scores,

@@ -25,12 +25,15 @@ import torch
 
 __all__ = [
     "Binary",
+    "Box",
     "ClassAgainstRest",
     "ClassProbability",
     "ClassScore",
+    "Detection",
     "OutputElement",
     "Segmentation",
     "Similarity",
+    "describe",
     "parse_target",
 ]
 
@@ -49,6 +52,30 @@ def _vector(output: Any, what: str) -> torch.Tensor:
     return output.reshape(-1) if output.dim() != 1 else output
 
 
+def _named(category: int, names: Sequence[str] | None) -> str:
+    """``281 tabby`` with names, else ``281``."""
+    if names is not None and 0 <= category < len(names):
+        return f"{category} {names[category]}"
+    return str(category)
+
+
+def describe(target: Any, names: Sequence[str] | None = None) -> str:
+    """A short description of a target for captions and manifests: ``class 281
+    tabby``, ``p(class 3)``, ``pixels of class 15 person``, ``box of class 2 at
+    [10, 4, 80, 60]``; a function's name otherwise.
+
+    Args:
+        target: an int class, one of this module's targets, or any callable.
+        names: the name of each class index, if known.
+    """
+    if isinstance(target, int) and not isinstance(target, bool):
+        return f"class {_named(target, names)}"
+    text = getattr(target, "describe", None)
+    if callable(text):
+        return str(text(names))
+    return str(getattr(target, "__name__", type(target).__name__))
+
+
 def _class(category: int, size: int, what: str) -> int:
     if not 0 <= category < size:
         raise ValueError(f"{what}: class {category} is out of range; the output has {size}")
@@ -62,6 +89,9 @@ class ClassScore:
 
     category: int
 
+    def describe(self, names: Sequence[str] | None = None) -> str:
+        return f"class {_named(self.category, names)}"
+
     def __call__(self, output: Any) -> torch.Tensor:
         scores = _vector(output, "ClassScore")
         return scores[_class(self.category, scores.numel(), "ClassScore")]
@@ -74,6 +104,9 @@ class ClassProbability:
     so maps show what makes this class win rather than what raises its logit."""
 
     category: int
+
+    def describe(self, names: Sequence[str] | None = None) -> str:
+        return f"p(class {_named(self.category, names)})"
 
     def __call__(self, output: Any) -> torch.Tensor:
         scores = _vector(output, "ClassProbability")
@@ -89,6 +122,9 @@ class ClassAgainstRest:
 
     category: int
 
+    def describe(self, names: Sequence[str] | None = None) -> str:
+        return f"class {_named(self.category, names)} against the rest"
+
     def __call__(self, output: Any) -> torch.Tensor:
         scores = _vector(output, "ClassAgainstRest")
         index = _class(self.category, scores.numel(), "ClassAgainstRest")
@@ -102,6 +138,9 @@ class Binary:
     ``BinaryClassifierOutputTarget``."""
 
     positive: bool = True
+
+    def describe(self, names: Sequence[str] | None = None) -> str:
+        return "the positive output" if self.positive else "the negative output"
 
     def __call__(self, output: Any) -> torch.Tensor:
         scores = _vector(output, "Binary")
@@ -131,6 +170,10 @@ class Segmentation:
     category: int
     mask: Any = None
     key: str = "out"
+
+    def describe(self, names: Sequence[str] | None = None) -> str:
+        where = "a mask" if self.mask is not None else "the pixels predicted as it"
+        return f"class {_named(self.category, names)} over {where}"
 
     def __call__(self, output: Any) -> torch.Tensor:
         if isinstance(output, Mapping):
@@ -169,6 +212,9 @@ class Similarity:
 
     concept: torch.Tensor = field(repr=False)
 
+    def describe(self, names: Sequence[str] | None = None) -> str:
+        return f"similarity to a {torch.as_tensor(self.concept).numel()}-value concept"
+
     def __call__(self, output: Any) -> torch.Tensor:
         embedding = _vector(output, "Similarity")
         concept = torch.as_tensor(self.concept).reshape(-1).to(embedding.device, embedding.dtype)
@@ -187,6 +233,9 @@ class OutputElement:
     single value."""
 
     index: int | tuple[int, ...]
+
+    def describe(self, names: Sequence[str] | None = None) -> str:
+        return f"output[{self.index}]"
 
     def __call__(self, output: Any) -> torch.Tensor:
         tensor = _vector(output, "OutputElement") if isinstance(output, Mapping) else output
@@ -224,10 +273,14 @@ def parse_target(text: str) -> Any:
     if not sep:
         kind, value = "class", text
     kind = kind.strip().lower()
-    known = "class:N, prob:N, rest:N, binary:1|0, seg:N, concept:FILE.npy, output:I[,J...]"
+    known = "class:N, prob:N, rest:N, binary:1|0, seg:N, box:N, concept:FILE.npy, output:I[,J...]"
 
     def integer(item: str) -> int:
         if not item.strip().isdecimal():
+            if not sep:
+                raise ValueError(
+                    f"target {text!r}: expected a class index (an integer >= 0) or one of {known}"
+                )
             raise ValueError(f"target {text!r}: expected an integer >= 0 after '{kind}:'")
         return int(item)
 
@@ -243,6 +296,8 @@ def parse_target(text: str) -> Any:
         return Binary(positive=value.strip() == "1")
     if kind == "seg":
         return Segmentation(integer(value))
+    if kind == "box":
+        return Detection(integer(value))
     if kind == "concept":
         import numpy as np
 
@@ -257,3 +312,101 @@ def parse_target(text: str) -> Any:
         parts: Sequence[int] = [integer(p) for p in value.split(",")]
         return OutputElement(parts[0] if len(parts) == 1 else tuple(parts))
     raise ValueError(f"target {text!r}: unknown kind {kind!r}; expected one of {known}")
+
+
+def _iou(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """IoU of one ``(4,)`` xyxy box with each of ``(N, 4)`` boxes."""
+    from torchvision.ops import box_iou
+
+    overlaps: torch.Tensor = box_iou(box[None], boxes)[0]
+    return overlaps
+
+
+@dataclass(frozen=True)
+class Box:
+    """The evidence for detected boxes: for each given ``(box, label)``, the
+    detection that overlaps it most, if that overlap exceeds ``iou`` and its label
+    is ``label``, scores its IoU plus its confidence; the target is their sum (0
+    when none match). pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``. For a
+    torchvision detector (``fasterrcnn_*``, ``retinanet_*``, ``fcos_*``, ``ssd*``),
+    whose output per image is ``{"boxes", "labels", "scores"}`` in input pixels.
+
+    Args:
+        boxes: ``(N, 4)`` boxes, ``x1, y1, x2, y2`` in the input's pixels (or one
+            ``(4,)`` box).
+        labels: their ``N`` class labels (or one).
+        iou: the overlap a detection needs to count.
+    """
+
+    boxes: Any
+    labels: Any
+    iou: float = 0.5
+
+    def describe(self, names: Sequence[str] | None = None) -> str:
+        boxes = torch.as_tensor(self.boxes).reshape(-1, 4)
+        labels = torch.as_tensor(self.labels).reshape(-1).tolist()
+        parts = [
+            f"class {_named(int(label), names)} at [{', '.join(f'{v:.0f}' for v in box)}]"
+            for box, label in zip(boxes.tolist(), labels, strict=False)
+        ]
+        return "box of " + "; ".join(parts)
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        boxes, labels, scores = _detections(output, "Box")
+        wanted = torch.as_tensor(self.boxes, dtype=boxes.dtype, device=boxes.device).reshape(-1, 4)
+        classes = torch.as_tensor(self.labels, device=labels.device).reshape(-1)
+        if classes.numel() != wanted.shape[0]:
+            raise ValueError(f"Box: {wanted.shape[0]} boxes but {classes.numel()} labels")
+        total = scores.sum() * 0  # 0, on the graph when the scores are
+        if boxes.shape[0] == 0:
+            return total
+        for box, label in zip(wanted, classes.tolist(), strict=True):
+            overlaps = _iou(box, boxes)
+            index = int(overlaps.detach().argmax())
+            if float(overlaps[index].detach()) > self.iou and int(labels[index]) == label:
+                total = total + overlaps[index] + scores[index]
+        return total
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The ``rank``-th detection of each image on the unchanged input (0: the most
+    confident), explained as a :class:`Box` (its box and label, IoU 0.5): so a
+    perturbed input is scored on the same object. Bound per image when the
+    explanation starts (``bind``)."""
+
+    rank: int = 0
+    iou: float = 0.5
+
+    def bind(self, output: Any) -> Box:
+        """The :class:`Box` target of this detection in one image's output."""
+        boxes, labels, scores = _detections(output, "Detection")
+        if self.rank >= boxes.shape[0]:
+            raise ValueError(
+                f"Detection: rank {self.rank} asked, but the model detected "
+                f"{boxes.shape[0]} object(s) in this image (lower the detector's "
+                f"score threshold, or choose a lower rank)"
+            )
+        order = scores.detach().argsort(descending=True, stable=True)
+        index = int(order[self.rank])
+        return Box(boxes[index].detach(), int(labels[index]), iou=self.iou)
+
+    def describe(self, names: Sequence[str] | None = None) -> str:
+        return f"detection {self.rank} (by confidence)"
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        return self.bind(output)(output)
+
+
+def _detections(output: Any, what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not isinstance(output, Mapping) or not all(k in output for k in ("boxes", "labels")):
+        raise TypeError(
+            f"{what}: expected one image's detections, a dict with 'boxes', 'labels' and "
+            f"'scores' (a torchvision detector's output), got "
+            + (f"keys {list(output)}" if isinstance(output, Mapping) else type(output).__name__)
+        )
+    boxes = output["boxes"]
+    scores = output.get("scores")
+    if scores is None:
+        scores = torch.ones(boxes.shape[0], dtype=boxes.dtype, device=boxes.device)
+    return boxes, output["labels"], scores

@@ -27,22 +27,11 @@ def _unit_float(text: str) -> float:
     return value
 
 
-def _class_index(text: str) -> int:
-    if not text.strip().isdecimal():
-        raise argparse.ArgumentTypeError(f"expected a class index (an integer >= 0), got {text!r}")
-    return int(text)
-
-
 def configure(p: argparse.ArgumentParser) -> None:
     common.add_model_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files Pillow can read")
     common.add_methods_option(p, ("gradcam",))
-    p.add_argument(
-        "--target",
-        type=_class_index,
-        metavar="CLASS",
-        help="class index to explain in every image (default: each image's top-1 class)",
-    )
+    common.add_target_option(p)
     common.add_layer_option(
         p,
         "target layer name or glob (default: the last layer with a spatial map); "
@@ -90,25 +79,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _class(index: int, names: list[str] | None) -> str:
-    """``281 tabby`` with names, else ``281``."""
-    if names is not None and 0 <= index < len(names):
-        return f"{index} {names[index]}"
-    return str(index)
-
-
-def _print_cam_table(found: Any, out: Path, names: list[str] | None) -> None:
+def _print_cam_table(found: Any, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"netsight cam: wrote to {out}", title_justify="left")
-    for column in ("image", "target", "logit", "method", "layer", "overlay"):
+    for column in ("image", "target", "score", "method", "layer", "overlay"):
         table.add_column(column, overflow="fold")
     for index, source in enumerate(found.sources):
         for method in found.methods:
             table.add_row(
                 Path(source).name,
-                _class(found.targets[index], names),
+                found.target_label(index),
                 f"{found.scores[index]:.3g}",
                 method,
                 ", ".join(found.layers[method][index]),
@@ -171,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         maps=args.save_maps,
         **common.provenance(args),
     )
-    _print_cam_table(found, out, names)
+    _print_cam_table(found, out)
     if found.evaluation is not None:
         print()
         print(found.evaluation.table(), end="")
@@ -185,7 +167,8 @@ COMMAND = common.Command(
     "class activation maps: overlays and a methods-by-images grid",
     configure,
     run,
-    description="Explain the class the model picks (or --target) for each IMAGE with "
+    description="Explain the class the model picks (or --target: a class, a segmentation "
+    "class, a detected box, a concept) for each IMAGE with "
     "each of --methods: one overlay PNG per (image, method), grid.png (rows: images, "
     "columns: the image then each method) and cam.json in --out, classes named from "
     "--classes or, for torchvision classifiers, ImageNet's names. A method that cannot "

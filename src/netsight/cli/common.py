@@ -507,6 +507,31 @@ class _OneLayer(argparse.Action):
         setattr(namespace, self.dest, names[0].strip())
 
 
+def _target(text: str) -> Any:
+    from netsight.cam.targets import parse_target
+
+    try:
+        return parse_target(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_target_option(p: argparse.ArgumentParser) -> None:
+    """``--target TARGET``: what a CAM explains, in the spellings of
+    :func:`netsight.cam.targets.parse_target`."""
+    p.add_argument(
+        "--target",
+        type=_target,
+        metavar="TARGET",
+        help="what the CAMs explain in every image: a class (N or class:N, its logit), "
+        "prob:N (its softmax probability), rest:N (against the rest), binary:1|0 (a "
+        "sigmoid head), seg:N (a segmentation model's pixels of class N), box:N (a "
+        "detector's N-th most confident detection), concept:FILE.npy (cosine similarity "
+        "of an embedding to a saved vector), output:I[,J] (one output element) "
+        "(default: each image's top-1 class; a detector's box:0)",
+    )
+
+
 def add_layer_option(
     p: argparse.ArgumentParser, help: str, *, required: bool = False, greedy: bool = False
 ) -> None:

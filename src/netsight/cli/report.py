@@ -22,6 +22,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     common.add_image_options(p, "the first image's own")
     common.add_methods_option(p, _REPORT_METHODS)
     common.add_layer_option(p, "CAM target layer (default: chosen per model)")
+    common.add_target_option(p)
     p.add_argument(
         "--labels",
         type=common.parse_ints,
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         title=args.title,
         cam_methods=methods,
         cam_layer=args.layer,
+        cam_target=args.target,
         faithfulness_steps=args.faithfulness_steps,
         pattern_steps=args.pattern_steps,
         run=args.run_dir,
