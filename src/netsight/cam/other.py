@@ -84,7 +84,6 @@ class CAM(BaseCAM):
             maps[name] = torch.einsum("bc,bchw->bhw", rows.to(a.dtype), a)
         return RawMaps(maps, record.output, resolved, resolved.scores(record.output))
 
-
     def _layers(self, x: torch.Tensor) -> dict[str, nn.Module]:
         if self._spec is None and isinstance(self.fc, nn.Conv2d):
             return resolve_layers(self.model, _head_input(self.model, self.fc, x))
