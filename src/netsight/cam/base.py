@@ -54,6 +54,7 @@ __all__ = [
     "Targets",
     "check_classes",
     "find_target_layer",
+    "noise_generator",
     "resolve_targets",
     "run_forward",
     "tokens_to_grid",
@@ -282,6 +283,35 @@ def resolve_targets(targets: TargetSpec, output: Any, batch: int) -> Targets:
     check_classes(items, logits.shape[1], name="targets")
     values = items * batch if single else items
     return Targets(classes=torch.tensor(values, dtype=torch.long, device=logits.device))
+
+
+def noise_generator(
+    seed: int | None, generator: torch.Generator | None, device: torch.device
+) -> torch.Generator | None:
+    """The generator a noisy method draws from: ``generator`` (on ``device``), a
+    new one seeded with ``seed``, or ``None`` (torch's global RNG).
+
+    Raises:
+        TypeError: ``generator`` is not a ``torch.Generator``, or ``seed`` not an int.
+        ValueError: both given, or the generator is on another device.
+    """
+    if generator is not None and seed is not None:
+        raise ValueError("pass seed= or generator=, not both")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            kind = type(generator).__name__
+            raise TypeError(f"generator: expected a torch.Generator, got {kind}")
+        if generator.device.type != device.type:
+            raise ValueError(
+                f"generator: it draws on {generator.device}, but the input is on {device}; "
+                f"pass torch.Generator(device={str(device)!r})"
+            )
+        return generator
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed: expected an int, got {seed!r}")
+        return torch.Generator(device=device).manual_seed(seed)
+    return None
 
 
 # --------------------------------------------------------------------------- layers
