@@ -287,9 +287,10 @@ def resolve_targets(targets: TargetSpec, output: Any, batch: int) -> Targets:
 
 def noise_generator(
     seed: int | None, generator: torch.Generator | None, device: torch.device
-) -> torch.Generator | None:
+) -> torch.Generator:
     """The generator a noisy method draws from: ``generator`` (on ``device``), a
-    new one seeded with ``seed``, or ``None`` (torch's global RNG).
+    new one seeded with ``seed``, or a copy of torch's global RNG (the numbers it
+    would give next; the global state itself is left where it was).
 
     Raises:
         TypeError: ``generator`` is not a ``torch.Generator``, or ``seed`` not an int.
@@ -311,7 +312,15 @@ def noise_generator(
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed: expected an int, got {seed!r}")
         return torch.Generator(device=device).manual_seed(seed)
-    return None
+    # A copy of torch's global RNG for the device: the same numbers as drawing
+    # from it (torchcam's noise), without moving the caller's global state.
+    copied = torch.Generator(device=device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        copied.set_state(torch.cuda.get_rng_state(index))
+    else:
+        copied.set_state(torch.get_rng_state())
+    return copied
 
 
 # --------------------------------------------------------------------------- layers

@@ -220,11 +220,11 @@ class SmoothGradCAMpp(BaseCAM):
     * the map from the unchanged input's activations, as the paper; torchcam's
       activation hook keeps the last noisy copy's.
 
-    Randomness: copy ``s`` draws one tensor of standard normals of the input's
-    shape times ``std``, in copy order, from ``generator=``, from a new generator
-    seeded with ``seed=`` (the same maps on every call), or else from torch's
-    global RNG (torchcam's order: with the global RNG seeded alike, both draw the
-    same noise).
+    Randomness: copy ``s`` draws one tensor of standard normals of the input's shape times
+    ``std``, in copy order, from ``generator=``, from a new generator seeded with
+    ``seed=`` (the same maps on every call), or else from torch's global RNG's next
+    numbers, drawn from a copy that leaves it unmoved (torchcam's order: with the global
+    RNG seeded alike, both draw the same noise).
 
     Args:
         num_samples: noisy copies ``n`` (torchcam's default 4).

@@ -623,12 +623,12 @@ class SSCAM(_PerturbationCAM):
     averages. The mask ``M_k`` is as in :class:`ISCAM` (``s(Up(A_k))``, the
     papers' order; torchcam normalises before upsampling).
 
-    Randomness: sample ``s`` draws one ``(B, C, H, W)`` tensor of standard
-    normals (channels of the target layer, input size) times ``std``, in sample
-    order, from ``generator=``, or from a new generator seeded with ``seed=``
-    (the same maps on every call), or else from torch's global RNG, in the dtype
-    of the input. That is torchcam's order: with the global RNG seeded alike,
-    both draw the same noise. Every (image, channel, sample) has its own noise,
+    Randomness: sample ``s`` draws one ``(B, C, H, W)`` tensor of standard normals (channels
+    of the target layer, input size) times ``std``, in sample order, from
+    ``generator=``, or from a new generator seeded with ``seed=`` (the same maps on
+    every call), or else from a copy of torch's global RNG (its next numbers; the global
+    state is not moved), in the dtype of the input. That is torchcam's order: with the
+    global RNG seeded alike, both draw the same noise. Every (image, channel, sample) has its own noise,
     so no forward is shared; what is faster than torchcam is each forward
     (inference mode, channels-last weights, BatchNorm folded into a private
     copy's convolutions; see :class:`ScoreCAM`), and masks are built per chunk
