@@ -628,11 +628,11 @@ class SSCAM(_PerturbationCAM):
     ``generator=``, or from a new generator seeded with ``seed=`` (the same maps on
     every call), or else from a copy of torch's global RNG (its next numbers; the global
     state is not moved), in the dtype of the input. That is torchcam's order: with the
-    global RNG seeded alike, both draw the same noise. Every (image, channel, sample) has its own noise,
-    so no forward is shared; what is faster than torchcam is each forward
-    (inference mode, channels-last weights, BatchNorm folded into a private
-    copy's convolutions; see :class:`ScoreCAM`), and masks are built per chunk
-    rather than all at input resolution at once.
+    global RNG seeded alike, both draw the same noise. Every (image, channel, sample)
+    has its own noise, so no forward is shared; what is faster than torchcam is each
+    forward (inference mode, channels-last weights, BatchNorm folded into a private
+    copy's convolutions; see :class:`ScoreCAM`), and masks are built per chunk rather
+    than all at input resolution at once.
 
     Args:
         num_samples: noisy masks per channel (torchcam's default 35).
