@@ -432,6 +432,71 @@ def bench_perturbation(
     return {"model": "resnet18", "batch": batch, "repeats": repeats, "rows": rows}
 
 
+#: torchcam's smoothing/integration methods: registry name -> (torchcam class, whether
+#: it is a score method taking batch_size, options given to both libraries).
+SMOOTHING = {
+    "sscam": ("SSCAM", True),
+    "iscam": ("ISCAM", True),
+    "smoothgradcam++": ("SmoothGradCAMpp", False),
+}
+
+
+def bench_smoothing(
+    methods: list[str], batch: int, repeats: int, samples: int, std: float | None, layer: str
+) -> dict[str, Any]:
+    """netsight against torchcam at equal settings: the same resnet18, input, layer,
+    classes, ``num_samples``, ``std`` and chunk of 32 masked inputs (score methods).
+    Both draw their noise from the global RNG (seeded alike before each call)."""
+    import torchcam.methods as tc
+
+    model = _model("resnet18")
+    x = _input(batch)
+    classes = _classes(model, x)
+    shape = tuple(x.shape[1:])
+    variants: list[Variant] = []
+    for method in methods:
+        cls_name, scored = SMOOTHING[method]
+        options: dict[str, Any] = {"num_samples": samples}
+        if std is not None and method != "iscam":
+            options["std"] = std
+        if scored:
+            options["batch_size"] = CHUNK
+
+        def ours(method: str = method, options: dict[str, Any] = options) -> torch.Tensor:
+            torch.manual_seed(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", nscam.CAMWarning)
+                return nscam.METHODS[method](model, layer, upsample=False, **options)(x, classes)
+
+        def theirs(
+            cls_name: str = cls_name, scored: bool = scored, options: dict[str, Any] = options
+        ) -> torch.Tensor:
+            torch.manual_seed(0)
+            cls = getattr(tc, cls_name)
+            with cls(model, layer, input_shape=shape, **options) as extractor:
+                if scored:
+                    with torch.no_grad():
+                        out = model(x)
+                else:
+                    out = model(x)
+                (maps,) = extractor(class_idx=classes, scores=out)
+            return maps.detach()
+
+        variants.append(Variant(f"netsight {method}", ours))
+        variants.append(Variant(f"torchcam {method}", theirs, _clear_grads(model)))
+    _interleaved(variants, repeats, warmup=False)
+    by_name = {v.name: v for v in variants}
+    rows = []
+    for method in methods:
+        ours_v, theirs_v = by_name[f"netsight {method}"], by_name[f"torchcam {method}"]
+        for v in (ours_v, theirs_v):
+            row = _row(v, theirs_v, _worst_r(ours_v.result, v.result) if v is not ours_v else None)
+            row["method"] = method
+            row["faster_anchor"] = theirs_v.name
+            rows.append(row)
+    return {"model": "resnet18", "batch": batch, "repeats": repeats, "rows": rows}
+
+
 def bench_demo(
     methods: list[str], images: int, repeats: int, approx: dict[str, int]
 ) -> dict[str, Any]:
@@ -490,7 +555,7 @@ def print_perturbation(result: dict[str, Any], title: str, *, against: str) -> N
     print(f"\n## {title} (median of {result['repeats']})\n")
     rows = []
     for r in result["rows"]:
-        forwards = r["forwards"]
+        forwards = r.get("forwards")
         rows.append(
             [
                 r["variant"],
@@ -606,6 +671,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-demo", action="store_true", help="skip the demo model")
     parser.add_argument(
+        "--smoothing",
+        nargs="+",
+        default=[],
+        choices=list(SMOOTHING),
+        metavar="METHOD",
+        help="also time SS-CAM / IS-CAM / Smooth Grad-CAM++ against torchcam's",
+    )
+    parser.add_argument(
+        "--smoothing-samples", type=int, default=2, help="num_samples for --smoothing (default 2)"
+    )
+    parser.add_argument("--smoothing-std", type=float, default=None, help="std for --smoothing")
+    parser.add_argument(
+        "--smoothing-layer", default="layer4", help="target layer for --smoothing (default layer4)"
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="resnet18 only, 3 rounds, perturbation at batch 1 in one round",
@@ -655,6 +735,23 @@ def main(argv: list[str] | None = None) -> int:
                 f"(512 channels at 2 x 2)",
                 against="exact",
             )
+    if args.smoothing:
+        print("\nresnet18: smoothing methods", file=sys.stderr)
+        result = bench_smoothing(
+            args.smoothing,
+            p_batch,
+            p_repeats,
+            args.smoothing_samples,
+            args.smoothing_std,
+            args.smoothing_layer,
+        )
+        report["smoothing"] = result
+        print_perturbation(
+            result,
+            f"SS-CAM / IS-CAM / Smooth Grad-CAM++: resnet18, batch {p_batch} x 3 x 224 x 224, "
+            f"{args.smoothing_layer}, num_samples {args.smoothing_samples}, chunks of {CHUNK}",
+            against="torchcam",
+        )
     print_verdicts(report, approx)
     print(
         "\n  ms / s: median wall time of one call; / bare, / faster anchor, / exact: ratio of "

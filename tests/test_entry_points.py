@@ -498,6 +498,9 @@ DRIVERS: dict[str, Driver] = {
         wrong_shape=USER_ERROR,
     ),
     "ScoreCAM": _cam_driver(netsight.ScoreCAM, batch_size=4),
+    "SSCAM": _cam_driver(netsight.SSCAM, batch_size=4, num_samples=1, seed=0),
+    "ISCAM": _cam_driver(netsight.ISCAM, batch_size=4, num_samples=2),
+    "SmoothGradCAMpp": _cam_driver(netsight.SmoothGradCAMpp, num_samples=2, seed=0),
     "XGradCAM": _cam_driver(netsight.XGradCAM),
     "TrainingMonitor": Driver(
         _monitor,

@@ -9,6 +9,8 @@ from netsight import cam, monitor
 from netsight._version import __version__
 from netsight.cam import (
     CAM,
+    ISCAM,
+    SSCAM,
     AblationCAM,
     CAMComparison,
     CAMResult,
@@ -19,6 +21,7 @@ from netsight.cam import (
     LayerCAM,
     Saliency,
     ScoreCAM,
+    SmoothGradCAMpp,
     XGradCAM,
     compare,
     overlay,
@@ -53,6 +56,8 @@ from netsight.trace import LayerRecord, TensorMeta, Trace, TraceError, trace
 
 __all__ = [
     "CAM",
+    "ISCAM",
+    "SSCAM",
     "AblationCAM",
     "CAMComparison",
     "CAMResult",
@@ -75,6 +80,7 @@ __all__ = [
     "Report",
     "Saliency",
     "ScoreCAM",
+    "SmoothGradCAMpp",
     "Summary",
     "TensorMeta",
     "Trace",

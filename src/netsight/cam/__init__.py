@@ -24,17 +24,20 @@ from netsight.cam.gradient import (
     HiResCAM,
     LayerCAM,
     Saliency,
+    SmoothGradCAMpp,
     XGradCAM,
 )
 from netsight.cam.layout import LayerLayout, Layout, LayoutError, layer_layout
 from netsight.cam.metrics import CAMEvaluation, MethodScores, evaluate
 from netsight.cam.other import CAM, EigenCAM
 from netsight.cam.overlay import overlay
-from netsight.cam.perturbation import AblationCAM, ScoreCAM
+from netsight.cam.perturbation import ISCAM, SSCAM, AblationCAM, ScoreCAM
 
 __all__ = [
     "CAM",
+    "ISCAM",
     "METHODS",
+    "SSCAM",
     "AblationCAM",
     "BaseCAM",
     "CAMComparison",
@@ -53,6 +56,7 @@ __all__ = [
     "MethodScores",
     "Saliency",
     "ScoreCAM",
+    "SmoothGradCAMpp",
     "Targets",
     "XGradCAM",
     "compare",
@@ -71,6 +75,9 @@ METHODS: dict[str, type[BaseCAM]] = {
     "hirescam": HiResCAM,
     "layercam": LayerCAM,
     "scorecam": ScoreCAM,
+    "sscam": SSCAM,
+    "iscam": ISCAM,
+    "smoothgradcam++": SmoothGradCAMpp,
     "ablationcam": AblationCAM,
     "eigencam": EigenCAM,
     "saliency": Saliency,

@@ -58,6 +58,7 @@ __all__ = [
     "image_output",
     "is_detections",
     "level_name",
+    "noise_generator",
     "resolve_targets",
     "run_forward",
     "tokens_to_grid",
@@ -311,6 +312,44 @@ def _bound(fns: tuple[ScoreTarget, ...], output: Any) -> tuple[ScoreTarget, ...]
         bind = getattr(fn, "bind", None)
         bound.append(bind(_select(output, i, len(fns))) if callable(bind) else fn)
     return tuple(bound)
+
+
+def noise_generator(
+    seed: int | None, generator: torch.Generator | None, device: torch.device
+) -> torch.Generator:
+    """The generator a noisy method draws from: ``generator`` (on ``device``), a
+    new one seeded with ``seed``, or a copy of torch's global RNG (the numbers it
+    would give next; the global state itself is left where it was).
+
+    Raises:
+        TypeError: ``generator`` is not a ``torch.Generator``, or ``seed`` not an int.
+        ValueError: both given, or the generator is on another device.
+    """
+    if generator is not None and seed is not None:
+        raise ValueError("pass seed= or generator=, not both")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            kind = type(generator).__name__
+            raise TypeError(f"generator: expected a torch.Generator, got {kind}")
+        if generator.device.type != device.type:
+            raise ValueError(
+                f"generator: it draws on {generator.device}, but the input is on {device}; "
+                f"pass torch.Generator(device={str(device)!r})"
+            )
+        return generator
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed: expected an int, got {seed!r}")
+        return torch.Generator(device=device).manual_seed(seed)
+    # A copy of torch's global RNG for the device: the same numbers as drawing
+    # from it (torchcam's noise), without moving the caller's global state.
+    copied = torch.Generator(device=device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        copied.set_state(torch.cuda.get_rng_state(index))
+    else:
+        copied.set_state(torch.get_rng_state())
+    return copied
 
 
 # --------------------------------------------------------------------------- layers

@@ -10,13 +10,21 @@ gradient of its own score.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from netsight.cam.base import BaseCAM, RawMaps, TargetSpec, resolve_targets
+from netsight.cam.base import (
+    BaseCAM,
+    RawMaps,
+    Reshape,
+    TargetSpec,
+    noise_generator,
+    resolve_targets,
+)
+from netsight.capture import LayerSpec
 
 __all__ = [
     "GradCAM",
@@ -25,6 +33,7 @@ __all__ = [
     "HiResCAM",
     "LayerCAM",
     "Saliency",
+    "SmoothGradCAMpp",
     "XGradCAM",
 ]
 
@@ -188,3 +197,150 @@ class Saliency(BaseCAM):
             raise ValueError("the target scores do not depend on the input")
         (grad,) = torch.autograd.grad(total, leaf)
         return RawMaps({"input": grad.abs().amax(1)}, _detached(output), resolved, scores.detach())
+
+
+class SmoothGradCAMpp(BaseCAM):
+    """Smooth Grad-CAM++ (Omeiza et al., 2019): Grad-CAM++ whose derivatives are
+    averaged over ``n = num_samples`` noisy copies ``x + delta`` of the input,
+    ``delta ~ N(0, std^2)`` (SmoothGrad). With ``G_s = d score / d A`` on copy
+    ``s`` and ``D_p = mean_s(G_s^p)``::
+
+        alpha = D_2 / (2 D_2 + sum(A) D_3 + 1e-8)   (0 where D_2 = 0)
+        w_k   = sum_ij alpha * relu(D_1)
+        map   = sum_k w_k A_k
+
+    where ``A`` is the target layer's output on the unchanged input and the
+    targets are those of the unchanged input. All copies run as one batch (in
+    chunks of ``batch_size`` images) and, as in every gradient method here, the
+    graph starts at the target layer and no parameter's ``.grad`` is written.
+
+    Against torchcam 0.5's ``SmoothGradCAMpp`` (which netsight matches on the same
+    noise where it agrees with the paper; tests/test_cam_reference_torchcam.py):
+
+    * numerator ``D_2``, as torchcam ("a personal correction" there): the paper
+      writes ``D_1``, which does not reduce to Grad-CAM++'s closed form (its
+      eq. 19, the form the paper starts from) when ``std = 0``;
+    * ``sum(A) D_3`` at each position, as the paper and Grad-CAM++ (and
+      :class:`GradCAMPlusPlus`); torchcam sums ``A * D_3`` over positions;
+    * ``relu(D_1)``, the averaged gradient, as the paper; torchcam uses the last
+      noisy copy's gradient;
+    * the map from the unchanged input's activations, as the paper; torchcam's
+      activation hook keeps the last noisy copy's.
+
+    Randomness: copy ``s`` draws one tensor of standard normals of the input's shape times
+    ``std``, in copy order, from ``generator=``, from a new generator seeded with
+    ``seed=`` (the same maps on every call), or else from torch's global RNG's next
+    numbers, drawn from a copy that leaves it unmoved (torchcam's order: with the global
+    RNG seeded alike, both draw the same noise).
+
+    Args:
+        num_samples: noisy copies ``n`` (torchcam's default 4).
+        std: the noise's standard deviation, in input units (default 0.3).
+        seed: seed of a private generator.
+        generator: a ``torch.Generator`` on the input's device.
+        batch_size: images per forward (whole copies of the batch, at least one).
+        **options: see :class:`~netsight.cam.base.BaseCAM`.
+    """
+
+    method = "smoothgradcam++"
+    needs_gradients = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: LayerSpec | Sequence[LayerSpec] | None = None,
+        *,
+        num_samples: int = 4,
+        std: float = 0.3,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int = 32,
+        reshape: Reshape | None = None,
+        relu: bool = True,
+        normalize: bool = True,
+        upsample: bool = True,
+        aug_smooth: bool = False,
+        mode: str = "eval",
+    ) -> None:
+        super().__init__(
+            model,
+            target_layers,
+            reshape=reshape,
+            relu=relu,
+            normalize=normalize,
+            upsample=upsample,
+            aug_smooth=aug_smooth,
+            mode=mode,
+        )
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples: expected an int >= 1, got {num_samples!r}")
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or not std >= 0:
+            raise ValueError(f"std: expected a number >= 0, got {std!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        device = generator.device if isinstance(generator, torch.Generator) else torch.device("cpu")
+        noise_generator(seed, generator, device)  # the argument checks
+        self.num_samples = num_samples
+        self.std = float(std)
+        self.seed = seed
+        self.generator = generator
+        self.batch_size = batch_size
+
+    def _compute(
+        self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]
+    ) -> RawMaps:
+        batch = x.shape[0]
+        clean = self._forward(x, layers, grad=False)
+        with torch.no_grad():
+            resolved = resolve_targets(targets, clean.output, batch)
+            scores = resolved.scores(clean.output)
+        generator = noise_generator(self.seed, self.generator, x.device)
+        per_chunk = max(1, self.batch_size // batch)
+        sums: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, self.num_samples, per_chunk):
+            copies = min(per_chunk, self.num_samples - start)
+            noisy = torch.cat(
+                [
+                    x
+                    + torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                    * self.std
+                    for _ in range(copies)
+                ]
+            )
+            record = self._forward(noisy, layers, grad=True)
+            owners = torch.arange(batch, device=x.device).repeat(copies)
+            with torch.enable_grad():
+                total = resolved.scores(record.output, owners).sum()
+            kept = list(record.activations.values())
+            if not total.requires_grad:
+                raise ValueError(
+                    f"the target scores do not depend on the target layer(s) "
+                    f"{', '.join(map(repr, record.activations))}; choose layers the output uses"
+                )
+            grads = torch.autograd.grad(total, kept, allow_unused=True)
+            for name, grad in zip(record.activations, grads, strict=True):
+                if grad is None:
+                    raise ValueError(
+                        f"layer {name!r} does not influence the target score, so it has no "
+                        f"gradient; choose a layer on the path to the output"
+                    )
+                g = self.spatial(name, grad.detach())
+                g = g.reshape(copies, batch, *g.shape[1:])
+                g2 = g * g
+                moments = [g.sum(0), g2.sum(0), (g2 * g).sum(0)]
+                if name in sums:
+                    for acc, value in zip(sums[name], moments, strict=True):
+                        acc += value
+                else:
+                    sums[name] = moments
+            del record, grads, noisy
+        maps = {}
+        for name, activation in clean.activations.items():
+            d1, d2, d3 = (m / self.num_samples for m in sums[name])
+            a = self.spatial(name, activation.detach())
+            total_a = a.sum(dim=_SPATIAL, keepdim=True)
+            alpha = d2 / (2 * d2 + total_a * d3 + 1e-8)
+            alpha = torch.where(d2 != 0, alpha, torch.zeros_like(alpha))
+            weights = (alpha * d1.clamp(min=0)).sum(dim=_SPATIAL, keepdim=True)
+            maps[name] = (weights * a).sum(1)
+        return RawMaps(maps, _detached(clean.output), resolved, scores.detach())

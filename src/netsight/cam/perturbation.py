@@ -27,7 +27,9 @@ forwards (Score-CAM) or ablations (Ablation-CAM) per image; see the classes.
 
 from __future__ import annotations
 
+import copy
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -43,12 +45,13 @@ from netsight.cam.base import (
     Reshape,
     Targets,
     TargetSpec,
+    noise_generator,
     resolve_targets,
 )
 from netsight.capture import LayerSpec
 from netsight.hooks import HookSet
 
-__all__ = ["AblationCAM", "ScoreCAM"]
+__all__ = ["ISCAM", "SSCAM", "AblationCAM", "ScoreCAM"]
 
 #: Lloyd iterations of Score-CAM's approximate mode (k-means on the channel maps).
 _KMEANS_STEPS = 10
@@ -61,6 +64,9 @@ class _PerturbationCAM(BaseCAM):
     _approx_needs_gradients = False
     #: Whether ``channels_last=None`` may switch channels-last on (see the classes).
     _auto_channels_last = True
+    #: Whether the masked forwards may run on a private copy with BatchNorm folded
+    #: into the convolution before it (see :func:`_folded_copy`).
+    _fold_norms = False
 
     def __init__(
         self,
@@ -98,6 +104,7 @@ class _PerturbationCAM(BaseCAM):
         self.batch_size = batch_size
         self.approx = approx
         self.channels_last = channels_last
+        self._fast: nn.Module | None = None
 
     def _compute(
         self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]
@@ -105,8 +112,23 @@ class _PerturbationCAM(BaseCAM):
         enabled = self.channels_last
         if enabled is None and not self._auto_channels_last:
             enabled = False
-        with _channels_last(self.model, x, enabled) as x_fast:
-            return self._compute_weighted(x_fast, targets, layers)
+        self._fast = None
+        try:
+            with _channels_last(self.model, x, enabled) as x_fast:
+                return self._compute_weighted(x_fast, targets, layers)
+        finally:
+            self._fast = None  # the private copy lives for one call
+
+    def _masked_model(self, x: torch.Tensor, targets: Targets, scores: torch.Tensor) -> nn.Module:
+        """The model the masked forwards run on: a private copy with BatchNorm
+        folded when :func:`_folded_copy` makes one and it gives the plain forward's
+        scores on ``x`` up to rounding, else the model itself (built once per call)."""
+        if self._fast is None:
+            fast = _folded_copy(self.model) if self._fold_norms else None
+            if fast is not None and not _agrees(fast, x, targets, scores):
+                fast = None
+            self._fast = self.model if fast is None else fast
+        return self._fast
 
     def _compute_weighted(
         self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]
@@ -220,6 +242,124 @@ def _channels_last(
             params[key] = param
 
 
+# --------------------------------------------------------------------------- folded copy
+def _has_hooks(model: nn.Module) -> bool:
+    """Whether any module of ``model`` has a forward or backward hook, or a global
+    module hook is registered (a traced copy would not call them all)."""
+    from torch.nn.modules import module as module_globals
+
+    globals_ = (
+        module_globals._global_forward_hooks,
+        module_globals._global_forward_pre_hooks,
+        module_globals._global_backward_hooks,
+    )
+    if any(len(hooks) for hooks in globals_):
+        return True
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        for m in model.modules()
+    )
+
+
+def _folded_copy(model: nn.Module) -> nn.Module | None:
+    """A private copy of ``model`` for the masked forwards, with every BatchNorm2d
+    in eval mode that only normalises the output of a Conv2d folded into that
+    convolution: ``W' = W * g``, ``b' = (b - mean) * g + beta`` with
+    ``g = gamma / sqrt(var + eps)`` (computed in float64), the BatchNorm dropped.
+    Exact up to rounding (the normalisation is affine); it saves one pass over
+    every normalised activation per forward, whatever the CPU.
+
+    The copy shares every other parameter and buffer with ``model`` (nothing is
+    copied but the module objects), is traced with ``torch.fx``, and is never
+    seen by the caller. ``None`` when there is nothing to fold, a module has a
+    hook, or the model cannot be copied or traced."""
+    norms = [
+        m
+        for m in model.modules()
+        if type(m) is nn.BatchNorm2d
+        and not m.training
+        and m.running_mean is not None
+        and m.running_var is not None
+    ]
+    if not norms or _has_hooks(model):
+        return None
+    shared: dict[int, Any] = {id(t): t for t in model.parameters()}
+    shared.update({id(t): t for t in model.buffers()})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            twin = copy.deepcopy(model, shared)
+            traced = torch.fx.symbolic_trace(twin)
+    except Exception:  # any model fx cannot copy or trace keeps the plain path
+        return None
+    modules = dict(traced.named_modules())
+    calls = Counter(node.target for node in traced.graph.nodes if node.op == "call_module")
+    folded = 0
+    with torch.inference_mode(False), torch.no_grad():
+        for node in list(traced.graph.nodes):
+            if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+                continue
+            norm = modules[str(node.target)]
+            source = node.args[0]
+            if (
+                norm not in norms
+                or not isinstance(source, torch.fx.Node)
+                or source.op != "call_module"
+                or len(source.users) != 1
+                or calls[source.target] != 1
+            ):
+                continue
+            conv = modules[str(source.target)]
+            if type(conv) is not nn.Conv2d or not conv.weight.is_floating_point():
+                continue
+            assert isinstance(norm, nn.BatchNorm2d)
+            assert norm.running_mean is not None and norm.running_var is not None
+            weight = conv.weight
+            mean = norm.running_mean.double()
+            gain = torch.rsqrt(norm.running_var.double() + norm.eps)
+            if norm.weight is not None:
+                gain = gain * norm.weight.double()
+            shift = -mean * gain
+            if conv.bias is not None:
+                shift = shift + conv.bias.double() * gain
+            if norm.bias is not None:
+                shift = shift + norm.bias.double()
+            layout = (
+                torch.channels_last
+                if weight.is_contiguous(memory_format=torch.channels_last)
+                else torch.contiguous_format
+            )
+            new_weight = (weight.double() * gain.view(-1, 1, 1, 1)).to(weight.dtype)
+            conv.weight = nn.Parameter(
+                new_weight.contiguous(memory_format=layout), requires_grad=False
+            )
+            conv.bias = nn.Parameter(shift.to(weight.dtype), requires_grad=False)
+            node.replace_all_uses_with(source)
+            traced.graph.erase_node(node)
+            folded += 1
+    if not folded:
+        return None
+    traced.recompile()
+    return traced
+
+
+def _agrees(fast: nn.Module, x: torch.Tensor, targets: Targets, expected: torch.Tensor) -> bool:
+    """Whether ``fast`` gives the target scores of the plain forward on ``x`` up
+    to rounding (``4 * sqrt(eps)`` of the larger of the score and the output's
+    largest value, as :func:`_same_score`)."""
+    try:
+        out = fast(x)
+        got = targets.scores(out)
+    except Exception:  # a copy that fails is not used
+        return False
+    if got.shape != expected.shape:
+        return False
+    size = float(out.detach().abs().amax()) if isinstance(out, torch.Tensor) else 0.0
+    tolerance = 4 * torch.finfo(got.dtype).eps ** 0.5
+    scale = torch.clamp(expected.abs().to(got.dtype), min=size)
+    return bool(((got - expected.to(got.dtype)).abs() <= tolerance * scale).all())
+
+
 # --------------------------------------------------------------------------- Score-CAM
 class ScoreCAM(_PerturbationCAM):
     """Score-CAM (Wang et al., 2020), as pytorch-grad-cam defines it: each channel
@@ -233,7 +373,11 @@ class ScoreCAM(_PerturbationCAM):
     copies at another scale), have the same mask up to rounding and share one
     forward; constant channels (all zero, typically) share one forward of a
     zero image. A constant channel's mask is taken as exactly zero
-    (pytorch-grad-cam divides a rounding residue by ``1e-8`` there).
+    (pytorch-grad-cam divides a rounding residue by ``1e-8`` there). The masked
+    forwards run on a private copy of the model with every eval-mode BatchNorm
+    that follows a convolution folded into it (exact up to rounding; the
+    model's own forward is not touched; see ``_folded_copy``), when the model
+    can be traced by ``torch.fx`` and has no hooks.
 
     ``approx=k``: at most ``k`` masked forwards per image (plus the shared zero
     image). The normalised channel maps of the image are grouped into ``k // 2``
@@ -264,6 +408,7 @@ class ScoreCAM(_PerturbationCAM):
     """
 
     method = "scorecam"
+    _fold_norms = True
 
     def channel_weights(
         self,
@@ -277,25 +422,18 @@ class ScoreCAM(_PerturbationCAM):
     ) -> torch.Tensor:
         a = self.spatial(name, activation)
         batch, channels, h, w = a.shape
-        flat = a.flatten(2)
-        low = flat.amin(2, keepdim=True)
-        span = flat.amax(2, keepdim=True) - low
-        constant = ~(span[..., 0] > 0)  # (B, C): all-zero masks (NaN maps included)
-        normed = (flat - low) / torch.where(span > 0, span, torch.ones_like(span))
-        mass = flat.sum(2)  # (B, C): what each channel adds to the map, before weights
+        normed, constant = _normalised(a)
+        mass = a.flatten(2).sum(2)  # (B, C): what each channel adds to the map, before weights
+        model = self._masked_model(x, targets, scores)
         channel_scores = torch.zeros((batch, channels), dtype=scores.dtype, device=scores.device)
         if bool(constant.any()):
-            zero_scores = _zero_image_scores(self.model, x, targets)  # (B,)
+            zero_scores = _zero_image_scores(model, x, targets)  # (B,)
             owners = constant.nonzero()[:, 0]
             channel_scores[constant] = zero_scores[owners].to(channel_scores.dtype)
-        runner = _MaskRunner(self.model, x, targets, (h, w), self.batch_size)
+        runner = _MaskRunner(model, x, targets, (h, w), self.batch_size)
         # Distinct normalised maps of each image: (rows, which row each channel uses).
         groups = []
-        for image in range(batch):
-            chosen = (~constant[image]).nonzero().flatten()
-            if chosen.numel() == 0:
-                continue
-            rows, inverse = _distinct(normed[image, chosen])
+        for image, chosen, rows, inverse in _groups(normed, constant):
             row_mass = torch.zeros(rows.shape[0], dtype=mass.dtype, device=mass.device)
             row_mass.index_add_(0, inverse, mass[image, chosen])
             groups.append((image, chosen, rows, inverse, row_mass))
@@ -336,8 +474,253 @@ class ScoreCAM(_PerturbationCAM):
         return torch.softmax(channel_scores, dim=1).to(a.dtype)
 
 
+# --------------------------------------------------------------------------- SS-CAM, IS-CAM
+def _normalised(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, C, h*w)`` channel maps min-max normalised at layer resolution, and the
+    ``(B, C)`` constant channels (their rows are zero; NaN maps count as constant).
+    Normalising before upsampling changes no mask: bilinear upsampling is linear
+    and keeps constants, and the mask is min-max normalised again after it."""
+    flat = a.flatten(2)
+    low = flat.amin(2, keepdim=True)
+    span = flat.amax(2, keepdim=True) - low
+    constant = ~(span[..., 0] > 0)
+    normed = (flat - low) / torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(constant[..., None], torch.zeros_like(normed), normed), constant
+
+
+def _groups(
+    normed: torch.Tensor, constant: torch.Tensor
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per image with a non-constant channel: ``(image, its non-constant channels,
+    their distinct rows, which row each channel uses)``."""
+    for image in range(normed.shape[0]):
+        chosen = (~constant[image]).nonzero().flatten()
+        if chosen.numel() == 0:
+            continue
+        rows, inverse = _distinct(normed[image, chosen])
+        yield image, chosen, rows, inverse
+
+
+def _check_samples(num_samples: Any) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples: expected an int >= 1, got {num_samples!r}")
+    return num_samples
+
+
+def _check_std(std: Any) -> float:
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not std >= 0:
+        raise ValueError(f"std: expected a number >= 0, got {std!r}")
+    return float(std)
+
+
+class ISCAM(_PerturbationCAM):
+    """IS-CAM, Integrated Score-CAM (Naidu et al., 2020), as torchcam 0.5 computes
+    it: Score-CAM whose channel score is averaged over ``N = num_samples`` masked
+    inputs ``c_i * (M_k * x)`` with the accumulated coefficients
+    ``c_i = sum_{j<=i} j / N`` (``1/N, 3/N, ..., (N + 1) / 2``); the weights are
+    the softmax over channels of those averages (torchcam subtracts the score of
+    the unmasked input first, which a softmax ignores).
+
+    The mask ``M_k`` is the channel upsampled to the input size (bilinear, corners
+    not aligned, as torchcam) and then min-max normalised, as the Score-CAM,
+    SS-CAM and IS-CAM papers define it, ``s(Up(A_k))``. torchcam 0.5 normalises
+    before upsampling, which leaves a mask's interior peaks below 1; the maps
+    agree to Pearson r >= 0.999 (tests/test_cam_reference_torchcam.py).
+
+    No randomness, so the Score-CAM shortcuts apply: channels with the same
+    normalised map share their ``N`` forwards, constant channels share the
+    zero image's score (``c_i * 0 * x`` is the zero image), the masked inputs
+    run ``batch_size`` at a time in inference mode on channels-last weights,
+    and BatchNorm is folded into the convolutions of a private copy (see
+    :class:`ScoreCAM`).
+
+    Args:
+        num_samples: integration steps ``N`` (torchcam's default 10).
+        batch_size: masked inputs per forward.
+        channels_last: see :class:`ScoreCAM`.
+        **options: see :class:`~netsight.cam.base.BaseCAM`.
+    """
+
+    method = "iscam"
+    _fold_norms = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: LayerSpec | Sequence[LayerSpec] | None = None,
+        *,
+        num_samples: int = 10,
+        batch_size: int = 32,
+        channels_last: bool | None = None,
+        reshape: Reshape | None = None,
+        relu: bool = True,
+        normalize: bool = True,
+        upsample: bool = True,
+        aug_smooth: bool = False,
+        mode: str = "eval",
+    ) -> None:
+        super().__init__(
+            model,
+            target_layers,
+            batch_size=batch_size,
+            channels_last=channels_last,
+            reshape=reshape,
+            relu=relu,
+            normalize=normalize,
+            upsample=upsample,
+            aug_smooth=aug_smooth,
+            mode=mode,
+        )
+        self.num_samples = _check_samples(num_samples)
+
+    def coefficients(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The ``N`` scales ``c_i = sum_{j=1}^{i} j / N`` of the masked inputs."""
+        n = self.num_samples
+        steps = torch.arange(1, n + 1, dtype=torch.float64) / n
+        return steps.cumsum(0).to(dtype)
+
+    def channel_weights(
+        self,
+        x: torch.Tensor,
+        name: str,
+        module: nn.Module,
+        activation: torch.Tensor,
+        targets: Targets,
+        scores: torch.Tensor,
+        gradient: torch.Tensor | None,
+    ) -> torch.Tensor:
+        a = self.spatial(name, activation)
+        batch, channels, h, w = a.shape
+        normed, constant = _normalised(a)
+        model = self._masked_model(x, targets, scores)
+        channel_scores = torch.zeros((batch, channels), dtype=scores.dtype, device=scores.device)
+        if bool(constant.any()):
+            zero_scores = _zero_image_scores(model, x, targets)
+            owners = constant.nonzero()[:, 0]
+            channel_scores[constant] = zero_scores[owners].to(channel_scores.dtype)
+        runner = _MaskRunner(model, x, targets, (h, w), self.batch_size, align_corners=False)
+        coefficients = self.coefficients().to(x.device)
+        n = self.num_samples
+        groups = list(_groups(normed, constant))
+        rows = {image: rows.repeat(n, 1) for image, _, rows, _ in groups}
+        scales = {
+            image: coefficients.repeat_interleave(distinct.shape[0])
+            for image, _, distinct, _ in groups
+        }
+        measured = runner.scores(rows, scales=scales)
+        for image, chosen, distinct, inverse in groups:
+            mean = measured[image].view(n, distinct.shape[0]).double().mean(0)
+            channel_scores[image, chosen] = mean[inverse].to(channel_scores.dtype)
+        return torch.softmax(channel_scores, dim=1).to(a.dtype)
+
+
+class SSCAM(_PerturbationCAM):
+    """SS-CAM, Smoothed Score-CAM (Wang, Naidu et al., 2020), as torchcam 0.5
+    computes it: Score-CAM whose channel score is averaged over ``num_samples``
+    masked inputs ``(M_k + delta) * x`` with Gaussian noise
+    ``delta ~ N(0, std^2)`` drawn at input resolution, independently for every
+    image, channel and sample; the weights are the softmax over channels of the
+    averages. The mask ``M_k`` is as in :class:`ISCAM` (``s(Up(A_k))``, the
+    papers' order; torchcam normalises before upsampling).
+
+    Randomness: sample ``s`` draws one ``(B, C, H, W)`` tensor of standard normals (channels
+    of the target layer, input size) times ``std``, in sample order, from
+    ``generator=``, or from a new generator seeded with ``seed=`` (the same maps on
+    every call), or else from a copy of torch's global RNG (its next numbers; the global
+    state is not moved), in the dtype of the input. That is torchcam's order: with the
+    global RNG seeded alike, both draw the same noise. Every (image, channel, sample)
+    has its own noise, so no forward is shared; what is faster than torchcam is each
+    forward (inference mode, channels-last weights, BatchNorm folded into a private
+    copy's convolutions; see :class:`ScoreCAM`), and masks are built per chunk rather
+    than all at input resolution at once.
+
+    Args:
+        num_samples: noisy masks per channel (torchcam's default 35).
+        std: the noise's standard deviation (torchcam's default 2.0; masks are
+            in ``[0, 1]``). ``std=0`` is Score-CAM with this mask.
+        seed: seed of a private generator (reproducible maps).
+        generator: a ``torch.Generator`` on the input's device to draw from.
+        batch_size: masked inputs per forward.
+        channels_last: see :class:`ScoreCAM`.
+        **options: see :class:`~netsight.cam.base.BaseCAM`.
+    """
+
+    method = "sscam"
+    _fold_norms = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: LayerSpec | Sequence[LayerSpec] | None = None,
+        *,
+        num_samples: int = 35,
+        std: float = 2.0,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int = 32,
+        channels_last: bool | None = None,
+        reshape: Reshape | None = None,
+        relu: bool = True,
+        normalize: bool = True,
+        upsample: bool = True,
+        aug_smooth: bool = False,
+        mode: str = "eval",
+    ) -> None:
+        super().__init__(
+            model,
+            target_layers,
+            batch_size=batch_size,
+            channels_last=channels_last,
+            reshape=reshape,
+            relu=relu,
+            normalize=normalize,
+            upsample=upsample,
+            aug_smooth=aug_smooth,
+            mode=mode,
+        )
+        self.num_samples = _check_samples(num_samples)
+        self.std = _check_std(std)
+        device = generator.device if isinstance(generator, torch.Generator) else torch.device("cpu")
+        noise_generator(seed, generator, device)  # the argument checks
+        self.seed = seed
+        self.generator = generator
+
+    def channel_weights(
+        self,
+        x: torch.Tensor,
+        name: str,
+        module: nn.Module,
+        activation: torch.Tensor,
+        targets: Targets,
+        scores: torch.Tensor,
+        gradient: torch.Tensor | None,
+    ) -> torch.Tensor:
+        a = self.spatial(name, activation)
+        batch, channels, h, w = a.shape
+        normed, _ = _normalised(a)
+        model = self._masked_model(x, targets, scores)
+        runner = _MaskRunner(model, x, targets, (h, w), self.batch_size, align_corners=False)
+        generator = noise_generator(self.seed, self.generator, x.device)
+        size = (batch, channels, x.shape[-2], x.shape[-1])
+        total = torch.zeros((batch, channels), dtype=torch.float64, device=scores.device)
+        rows = {image: normed[image] for image in range(batch)}
+        for _ in range(self.num_samples):
+            noise = torch.randn(size, generator=generator, dtype=x.dtype, device=x.device)
+            noise.mul_(self.std)
+            measured = runner.scores(rows, offsets={image: noise[image] for image in rows})
+            total += torch.stack([measured[image] for image in rows]).double()
+            del noise
+        mean = (total / self.num_samples).to(scores.dtype)
+        return torch.softmax(mean, dim=1).to(a.dtype)
+
+
 class _MaskRunner:
-    """Target scores of masked inputs, built and run ``batch_size`` at a time."""
+    """Target scores of masked inputs, built and run ``batch_size`` at a time.
+
+    A mask is a normalised channel map upsampled to the input size and min-max
+    normalised again (:func:`_masks`); ``scores`` may also scale each mask
+    (IS-CAM) or add a noise image to it (SS-CAM) before it multiplies the input.
+    """
 
     def __init__(
         self,
@@ -346,16 +729,28 @@ class _MaskRunner:
         targets: Targets,
         shape: tuple[int, int],
         batch_size: int,
+        *,
+        align_corners: bool = True,
     ) -> None:
         self.model = model
         self.x = x
         self.targets = targets
         self.shape = shape
         self.batch_size = batch_size
+        self.align_corners = align_corners
         self._buffer: torch.Tensor | None = None
 
-    def scores(self, rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """``{image: (n,) scores}`` for ``{image: (n, h*w) normalised maps}``."""
+    def scores(
+        self,
+        rows: dict[int, torch.Tensor],
+        *,
+        scales: dict[int, torch.Tensor] | None = None,
+        offsets: dict[int, torch.Tensor] | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """``{image: (n,) scores}`` for ``{image: (n, h*w) normalised maps}``; with
+        ``scales`` (``{image: (n,)}``) the masked input ``mask * x`` is multiplied
+        by the row's scale, with ``offsets`` (``{image: (n, H, W)}``) the offset is
+        added to the mask first."""
         if not rows:
             return {}
         device = self.x.device
@@ -363,20 +758,40 @@ class _MaskRunner:
             [torch.full((r.shape[0],), i, dtype=torch.long, device=device) for i, r in rows.items()]
         )
         everything = torch.cat(list(rows.values()))
+        scale = torch.cat([scales[i] for i in rows]) if scales is not None else None
+        offset = torch.cat([offsets[i] for i in rows]) if offsets is not None else None
         values = []
         for start in range(0, everything.shape[0], self.batch_size):
-            images = owners[start : start + self.batch_size]
-            masked = self._masked(images, everything[start : start + self.batch_size])
+            part = slice(start, start + self.batch_size)
+            images = owners[part]
+            masked = self._masked(
+                images,
+                everything[part],
+                None if scale is None else scale[part],
+                None if offset is None else offset[part],
+            )
             values.append(self.targets.scores(self.model(masked), images))
         sizes = [r.shape[0] for r in rows.values()]
         return dict(zip(rows, torch.split(torch.cat(values), sizes), strict=True))
 
-    def _masked(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _masked(
+        self,
+        images: torch.Tensor,
+        rows: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        offset: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``x[images]`` times the upsampled, renormalised masks, in a reused buffer
         laid out like ``x`` (channels-last when ``x`` is)."""
         n = rows.shape[0]
         x = self.x
-        masks = _masks(rows.view(n, *self.shape).to(x.dtype), (x.shape[-2], x.shape[-1]))
+        masks = _masks(
+            rows.view(n, *self.shape).to(x.dtype),
+            (x.shape[-2], x.shape[-1]),
+            align_corners=self.align_corners,
+        )
+        if offset is not None:
+            masks = masks + offset[:, None].to(masks.dtype)
         if self._buffer is None or self._buffer.shape[0] < n:
             layout = (
                 torch.channels_last
@@ -392,6 +807,8 @@ class _MaskRunner:
             torch.mul(x[first : first + 1], masks, out=out)
         else:
             torch.mul(x[images], masks, out=out)
+        if scale is not None:
+            out.mul_(scale.to(out.dtype).view(n, *([1] * (out.dim() - 1))))
         return out
 
 
@@ -449,9 +866,11 @@ def _zero_image_scores(model: nn.Module, x: torch.Tensor, targets: Targets) -> t
     return targets.scores(model(torch.zeros_like(x)))
 
 
-def _masks(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(n, h, w)`` maps upsampled to ``(n, 1, H, W)`` masks in ``[0, 1]``."""
-    up = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=True)
+def _masks(
+    maps: torch.Tensor, size: tuple[int, int], *, align_corners: bool = True
+) -> torch.Tensor:
+    """``(n, h, w)`` maps upsampled (bilinear) to ``(n, 1, H, W)`` masks in ``[0, 1]``."""
+    up = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=align_corners)
     low = up.amin(dim=(1, 2, 3), keepdim=True)
     high = up.amax(dim=(1, 2, 3), keepdim=True)
     return (up - low) / (high - low + 1e-8)
