@@ -432,6 +432,10 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
         if _is_levels(out) and all(v.shape[0] == 1 and v.dim() == 4 for v in out.values()):
             events.append(("levels", names[id(module)], module))
             return
+        if isinstance(out, torch.Tensor) and out.dim() == 5 == x.dim() and out.shape[0] == 1:
+            if out.shape[2:].numel() > 1:  # a video layer's (1, C, T, h, w) map
+                events.append(("spatial", names[id(module)], module))
+            return
         if not isinstance(out, torch.Tensor) or out.shape[0] != 1 or out.dim() not in (3, 4):
             return  # not one image's map (e.g. attention windows batched together)
         if isinstance(module, _ADAPTIVE_POOLS):
@@ -677,10 +681,13 @@ def run_forward(
 
 
 # --------------------------------------------------------------------------- maps
-def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(maps.shape[-2:]) == size:
+def _resize(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``(B, h, w)`` maps resized bilinearly to ``size``; ``(B, t, h, w)`` video maps
+    trilinearly to ``(T, H, W)``."""
+    if tuple(maps.shape[1:]) == tuple(size):
         return maps
-    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    mode = "trilinear" if len(size) == 3 else "bilinear"
+    return F.interpolate(maps[:, None], size=size, mode=mode, align_corners=False)[:, 0]
 
 
 def _images(flags: torch.Tensor) -> str:
@@ -690,6 +697,9 @@ def _images(flags: torch.Tensor) -> str:
 def _minmax(maps: torch.Tensor, *, what: str | None) -> torch.Tensor:
     """Per-image min-max to ``[0, 1]``; constant maps become zeros (warned when
     ``what`` names the maps)."""
+    if maps.dim() == 4:  # (B, T, H, W) video maps: one range per image over all frames
+        flat = maps.reshape(maps.shape[0], -1, maps.shape[-1])
+        return _minmax(flat, what=what).view(maps.shape)
     scaled, varies = minmax_scale(maps)
     if what is not None and not bool(varies.all()):
         warnings.warn(
@@ -793,6 +803,8 @@ class BaseCAM:
         # The last forward's Frame (a detector resizes and pads its input): read by
         # _maps to put each map back on its image.
         self._frame: Frame | None = None
+        # Frames per video layer (see spatial()), to unstack its maps.
+        self._depths: dict[str, int] = {}
         if target_layers is not None:
             if not self.uses_layers:
                 raise ValueError(f"{self.method}: works on the input; target_layers must be None")
@@ -831,14 +843,14 @@ class BaseCAM:
         with preserve_state(self.model, self.mode):
             layers = self._layers(x) if self.uses_layers else {}
             run = self._compute(x, targets, layers)
-            maps = self._maps(run.maps, (x.shape[-2], x.shape[-1]), quiet=False)
+            maps = self._maps(run.maps, tuple(x.shape[2:]), quiet=False)
             if self.aug_smooth:
                 maps = self._smooth(x, run.targets, layers, maps)
         output = run.output
         logits = output.detach() if isinstance(output, torch.Tensor) else None
         return CAMResult(
             maps=maps,
-            raw={name: m.detach() for name, m in run.maps.items()},
+            raw={name: self._unstack(name, m.detach()) for name, m in run.maps.items()},
             logits=logits,
             classes=run.targets.labels,
             scores=run.scores.detach(),
@@ -856,9 +868,17 @@ class BaseCAM:
     def spatial(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """A layer's output (or its gradient) as ``(B, C, H, W)``.
 
+        A video layer's ``(B, C, T, h, w)`` output comes back with its frames
+        stacked along the height, ``(B, C, T * h, w)``: every method reads a map
+        as a set of positions, so it works on all frames at once, and the maps are
+        unstacked to ``(B, T, h, w)`` before they are resized to the input.
+
         Raises:
             ValueError: the layer has no spatial map.
         """
+        if self.reshape is None and tensor.dim() == 5:
+            self._depths[name] = int(tensor.shape[2])
+            return tensor.flatten(2, 3)
         if self.reshape is not None:
             tensor = self.reshape(tensor)
         elif name in self._layouts:
@@ -907,9 +927,12 @@ class BaseCAM:
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x: expected a (B, C, H, W) tensor, got {type(x).__name__}")
-        if x.dim() != 4:
+        if x.dim() not in (4, 5):
             hint = "; add a batch dimension with x.unsqueeze(0)" if x.dim() == 3 else ""
-            raise ValueError(f"x: expected a (B, C, H, W) batch, got shape {list(x.shape)}{hint}")
+            raise ValueError(
+                f"x: expected a (B, C, H, W) batch (or (B, C, T, H, W) for a video model), "
+                f"got shape {list(x.shape)}{hint}"
+            )
         if x.shape[0] == 0:
             raise ValueError("x: the batch is empty")
         if not x.is_floating_point():
@@ -934,12 +957,21 @@ class BaseCAM:
             return resolve_layers(self.model, self._spec)
         return resolve_layers(self.model, _automatic_layer(self.model, x))
 
+    def _unstack(self, name: str, layer_map: torch.Tensor) -> torch.Tensor:
+        """A video layer's ``(B, T * h, w)`` map as ``(B, T, h, w)`` (see :meth:`spatial`)."""
+        depth = self._depths.get(name)
+        if depth is None or layer_map.dim() != 3:
+            return layer_map
+        batch, stacked, width = layer_map.shape
+        return layer_map.reshape(batch, depth, stacked // depth, width)
+
     def _maps(
-        self, raw: dict[str, torch.Tensor], size: tuple[int, int], *, quiet: bool
+        self, raw: dict[str, torch.Tensor], size: tuple[int, ...], *, quiet: bool
     ) -> torch.Tensor:
         what = None if quiet else self.method
         maps = []
-        for name, layer_map in raw.items():
+        for name, stacked in raw.items():
+            layer_map = self._unstack(name, stacked)
             # float32 at least; a float64 model keeps its precision
             wide = torch.promote_types(layer_map.dtype, torch.float32)
             cleaned = _finite(name, layer_map.detach().to(wide))
@@ -947,12 +979,16 @@ class BaseCAM:
                 cleaned = cleaned.clamp(min=0)
             if self.upsample:
                 frame = self._frame
-                cleaned = _resize(cleaned, size) if frame is None else frame.to_input(cleaned, size)
+                cleaned = (
+                    _resize(cleaned, size)
+                    if frame is None or len(size) != 2
+                    else frame.to_input(cleaned, (size[0], size[1]))
+                )
             maps.append(cleaned)
         if len(maps) == 1:
             return _minmax(maps[0], what=what) if self.normalize else maps[0]
-        common = size if self.upsample else max((tuple(m.shape[-2:]) for m in maps), key=_area)
-        shape = (int(common[0]), int(common[1]))
+        common = size if self.upsample else max((tuple(m.shape[1:]) for m in maps), key=_area)
+        shape = tuple(int(side) for side in common)
         fused = torch.stack([_minmax(_resize(m, shape), what=None) for m in maps]).mean(0)
         return _minmax(fused, what=what) if self.normalize else fused
 
@@ -963,7 +999,7 @@ class BaseCAM:
         layers: dict[str, nn.Module],
         first: torch.Tensor,
     ) -> torch.Tensor:
-        size = (x.shape[-2], x.shape[-1])
+        size = tuple(x.shape[2:])
         total = first.clone()
         for flip in (False, True):
             for factor in (0.9, 1.0, 1.1):
@@ -979,4 +1015,4 @@ class BaseCAM:
 
 
 def _area(shape: tuple[int, ...]) -> int:
-    return int(shape[0]) * int(shape[1])
+    return math.prod(int(side) for side in shape)

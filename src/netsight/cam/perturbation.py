@@ -109,6 +109,12 @@ class _PerturbationCAM(BaseCAM):
     def _compute(
         self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]
     ) -> RawMaps:
+        if x.dim() != 4:
+            raise ValueError(
+                f"{self.method} masks or ablates (B, C, H, W) images; for a video model's "
+                f"(B, C, T, H, W) clips use a gradient method (gradcam, layercam, ...) or "
+                f"eigencam"
+            )
         enabled = self.channels_last
         if enabled is None and not self._auto_channels_last:
             enabled = False
