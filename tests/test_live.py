@@ -360,3 +360,15 @@ def test_one_backward_serves_every_later_layer_of_the_same_class(resnet, x):
     session.cam_map("i1", "layer1", 4)  # before it: one more
     session.cam_map("i1", "layer4", 5)  # another class: one more
     assert session.backwards == 3
+
+
+def test_methods_too_slow_for_a_click_are_not_offered(resnet, x):
+    """SS-CAM and IS-CAM run num_samples masked forwards per channel (tens of
+    thousands on a ResNet): the explorer lists and takes only interactive methods."""
+    session = Session(resnet)
+    session.add_image(x)
+    offered = session.model_info()["methods"]
+    assert "gradcam" in offered and "scorecam" in offered
+    assert "sscam" not in offered and "iscam" not in offered
+    with pytest.raises(SessionError, match="too slow for a click"):
+        session.cam_map("i1", "layer4", 0, "sscam")

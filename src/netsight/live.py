@@ -561,7 +561,7 @@ class Session:
             else list(self._example()["input_size"]),
             "classes": len(self.class_names) if self.class_names is not None else self._classes(),
             "class_names": self.class_names,
-            "methods": list(METHODS),
+            "methods": [name for name, cls in METHODS.items() if cls.interactive],
             "trace_error": self._trace_error,
             "budget": self.budget,
             "pending_images": self.pending_images,
@@ -802,8 +802,10 @@ class Session:
         A gradient method reuses the image's kept autograd graph when there is one:
         the cost is one backward from the score to the layer's last call.
         """
-        if method not in METHODS:
-            raise SessionError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+        shown = [name for name, cls in METHODS.items() if cls.interactive]
+        if method not in shown:
+            why = " (too slow for a click: use netsight cam)" if method in METHODS else ""
+            raise SessionError(f"method: expected one of {', '.join(shown)}, got {method!r}{why}")
         with self.lock:
             image = self._image(image_id)
             if image.output is None:

@@ -771,6 +771,9 @@ class BaseCAM:
     needs_gradients: ClassVar[bool] = False
     #: Whether the method reads target layers (saliency works on the input).
     uses_layers: ClassVar[bool] = True
+    #: Whether a map costs few enough forwards for a click in ``netsight explore``
+    #: (the smoothed perturbation methods cost tens of thousands on a ResNet).
+    interactive: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -547,6 +547,7 @@ class ISCAM(_PerturbationCAM):
         **options: see :class:`~netsight.cam.base.BaseCAM`.
     """
 
+    interactive = False  # num_samples masked forwards per channel
     method = "iscam"
     _fold_norms = True
 
@@ -651,6 +652,7 @@ class SSCAM(_PerturbationCAM):
         **options: see :class:`~netsight.cam.base.BaseCAM`.
     """
 
+    interactive = False  # num_samples masked forwards per channel
     method = "sscam"
     _fold_norms = True
 
