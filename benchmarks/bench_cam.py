@@ -17,15 +17,19 @@ Three parts, all on the CPU with torchvision models (random weights, seeded, eva
   Hessian-vector backward), ``fullgrad``, ``guidedbackprop`` and ``guidedgradcam``
   (a backward to the input)) on each of ``--models`` at batch ``--batch`` x 3 x 224 x
   224, target layer ``layer4`` (FullGrad and guided backpropagation take none), the
-  top-1 class of each image (Finer-CAM: against its 3 nearest classes, pytorch-grad-cam's
-  default). Variants: ``bare`` (the model under ``torch.no_grad()``), netsight,
-  pytorch-grad-cam and torchcam (where it has the method), each call building the
-  explainer and explaining the batch (the anchors register their hooks in their
-  constructors, so they are built inside the call and released after it).
-  pytorch-grad-cam's guided backpropagation explains one image per call and replaces
-  the model's ReLU modules, so it runs once per image on a copy of the model; its
-  Guided Grad-CAM is its GradCAM call times that. One warm-up call each, then
-  ``--repeats`` rounds, every variant once per round in rotating order.
+  top-1 class of each image. Finer-CAM compares it with its 3 nearest classes
+  (pytorch-grad-cam's default); Shapley-CAM explains its ReST score
+  (``ClassAgainstRest`` / ``ClassifierOutputReST``), as the paper pairs them: on a
+  logit, ``layer4``'s head is linear, the gradient does not depend on the
+  activations, and netsight skips the Hessian-vector backward. Variants: ``bare``
+  (the model under ``torch.no_grad()``), netsight, pytorch-grad-cam and torchcam
+  (where it has the method), each call building the explainer and explaining the
+  batch (the anchors register their hooks in their constructors, so they are built
+  inside the call and released after it). pytorch-grad-cam's guided backpropagation
+  explains one image per call and replaces the model's ReLU modules, so it runs once
+  per image on a copy of the model; its Guided Grad-CAM is its GradCAM call times
+  that. One warm-up call each, then ``--repeats`` rounds, every variant once per
+  round in rotating order.
 * **Perturbation methods, exact** (``scorecam``, ``ablationcam``) on resnet18 at batch
   ``--perturbation-batch`` (``layer4``: 512 channels, one extra forward per image and
   channel in the anchors), chunks of 32 inputs in every library (pytorch-grad-cam's
@@ -250,11 +254,12 @@ def _pgc(
     method: str, model: nn.Module, layer: str, x: torch.Tensor, classes: list[int]
 ) -> Callable[[], torch.Tensor]:
     import pytorch_grad_cam as pgc
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST, ClassifierOutputTarget
 
     module = dict(model.named_modules())[layer]
     cls = getattr(pgc, PGC[method])
-    targets = [ClassifierOutputTarget(c) for c in classes]
+    target = ClassifierOutputReST if method == "shapleycam" else ClassifierOutputTarget
+    targets = [target(c) for c in classes]
     if method in ("guidedbackprop", "guidedgradcam"):
         guided = _pgc_guided(model, x, classes)
         if method == "guidedbackprop":
@@ -332,11 +337,14 @@ def _netsight(
         options = {"batch_size": CHUNK, **options}  # the anchors' chunk, not a default
 
     target_layer = layer if cls.uses_layers else None
+    targets: Any = classes
+    if method == "shapleycam":
+        targets = [nscam.targets.ClassAgainstRest(c) for c in classes]
 
     def run() -> torch.Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", nscam.CAMWarning)
-            return cls(model, target_layer, **options)(x, classes)
+            return cls(model, target_layer, **options)(x, targets)
 
     return run
 
