@@ -366,6 +366,7 @@ def test_guided_backprop_matches_pytorch_grad_cam(arch: str) -> None:
     assert min(pearson(ours.maps[i], plain.maps[i]) for i in range(4)) < 0.99  # it is guided
 
 
+@pytest.mark.filterwarnings("ignore::netsight.cam.CAMWarning")
 @pytest.mark.parametrize("arch", ARCHS)
 def test_guided_gradcam_matches_pytorch_grad_cam(arch: str) -> None:
     """The product of pytorch-grad-cam's GradCAM map (its ``cam_mask``) and its
@@ -469,7 +470,7 @@ def test_eigen_smooth_is_refused_where_no_channels_are_weighted(method: str) -> 
 class SmallNet(nn.Module):
     """conv - BN - ReLU - conv - ReLU (16 channels at 8x8) - global pool - linear."""
 
-    def __init__(self) -> None:
+    def __init__(self, classes: int = 3) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(3, 8, 3, padding=1),
@@ -478,7 +479,7 @@ class SmallNet(nn.Module):
             nn.Conv2d(8, 16, 3, padding=1, stride=2),
             nn.ReLU(inplace=True),
         )
-        self.fc = nn.Linear(16, 3)
+        self.fc = nn.Linear(16, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x).mean((2, 3)))
@@ -501,3 +502,48 @@ def test_eigen_smooth_option_runs_everywhere_it_is_offered(method: str) -> None:
     plain = cls(model, layer).explain(x, [0, 1])
     assert smooth.maps.shape == (2, 16, 16) and torch.isfinite(smooth.maps).all()
     assert not torch.allclose(smooth.maps, plain.maps, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- aug_smooth
+@pytest.mark.parametrize(
+    "method",
+    [
+        "eigengradcam",
+        "gradcamelementwise",
+        "shapleycam",
+        "fullgrad",
+        "guidedbackprop",
+        "guidedgradcam",
+    ],
+)
+def test_aug_smooth_commutes_with_flipping(method: str) -> None:
+    cls = nscam.METHODS[method]
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    x = seeded_input((2, 3, 16, 16))
+    cam = cls(model, "features" if cls.uses_layers else None, aug_smooth=True)
+    smooth = cam(x, [0, 2])
+    torch.testing.assert_close(cam(x.flip(-1), [0, 2]), smooth.flip(-1))
+    assert not torch.allclose(
+        smooth, cls(model, "features" if cls.uses_layers else None)(x, [0, 2])
+    )
+
+
+def test_finercam_aug_smooth_keeps_the_unchanged_inputs_comparisons() -> None:
+    """The augmented inputs explain the same ``Contrast`` as the unchanged one: the
+    class nearest on the unchanged input, not on each augmented copy (where it is
+    another class for some copies of this input)."""
+    torch.manual_seed(0)
+    model = SmallNet(classes=10).eval()
+    x = seeded_input((4, 3, 16, 16))
+    with torch.no_grad():
+        logits = model(x)
+    fixed = []
+    for i, c in enumerate(CAM_TARGETS):
+        nearest = min(
+            (k for k in range(10) if k != c), key=lambda k: abs(logits[i, k] - logits[i, c])
+        )
+        fixed.append(nstargets.Contrast(c, (nearest,), 1.0))
+    ours = nscam.FinerCAM(model, "features", ranks=[1], aug_smooth=True)(x, CAM_TARGETS)
+    by_hand = nscam.GradCAM(model, "features", aug_smooth=True)(x, fixed)
+    torch.testing.assert_close(ours, by_hand)
