@@ -668,13 +668,6 @@ class BaseCAM:
             A :class:`CAMResult` with the maps, raw maps, logits and targets.
         """
         x = self._check_input(x)
-        if self.needs_gradients and torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                f"{self.method} needs gradients, but it was called inside "
-                f"torch.inference_mode(), which disables autograd for every tensor made "
-                f"there and cannot be switched off by netsight; call it outside "
-                f"inference_mode (inside torch.no_grad() is fine)"
-            )
         with preserve_state(self.model, self.mode):
             layers = self._layers(x) if self.uses_layers else {}
             run = self._compute(x, targets, layers)
@@ -750,6 +743,15 @@ class BaseCAM:
 
     # ------------------------------------------------------------------ internals
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` checked and on the model's device; a gradient method refuses
+        inference mode."""
+        if self.needs_gradients and torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"{self.method} needs gradients, but it was called inside "
+                f"torch.inference_mode(), which disables autograd for every tensor made "
+                f"there and cannot be switched off by netsight; call it outside "
+                f"inference_mode (inside torch.no_grad() is fine)"
+            )
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x: expected a (B, C, H, W) tensor, got {type(x).__name__}")
         if x.dim() != 4:

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netsight.cam.base import BaseCAM, RawMaps, Targets, TargetSpec, resolve_targets
+from netsight.cam.base import BaseCAM, RawMaps, Targets, TargetSpec
+from netsight.cam.gradient import input_gradient
 from netsight.cam.projection import principal_projection
 from netsight.hooks import HookSet, preserve_state
 
@@ -130,11 +131,6 @@ class FullGrad(BaseCAM):
             targets: as for :meth:`explain`.
         """
         x = self._check_input(x)
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                "fullgrad needs gradients, but it was called inside torch.inference_mode(); "
-                "call it outside inference_mode (inside torch.no_grad() is fine)"
-            )
         with preserve_state(self.model, self.mode):
             return self._decompose(x, targets)
 
@@ -144,34 +140,27 @@ class FullGrad(BaseCAM):
             bias = _implicit_bias(module)
             if bias is not None:
                 biased.append((name, module, bias))
-        found: list[tuple[str, torch.Tensor, list[torch.Tensor]]] = []
+        # (layer, bias, its output's gradient once the backward has run) per call
+        calls: list[tuple[str, torch.Tensor, list[torch.Tensor]]] = []
 
         def make_hook(name: str, bias: torch.Tensor) -> Any:
             def keep(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
                 if isinstance(output, torch.Tensor) and output.requires_grad:
                     store: list[torch.Tensor] = []
-                    found.append((name, bias, store))
+                    calls.append((name, bias, store))
                     output.register_hook(store.append)  # type: ignore[no-untyped-call]
 
             return keep
 
-        leaf = x.detach().requires_grad_()
-        with HookSet() as hooks, torch.enable_grad():
+        def install(hooks: HookSet) -> None:
             for name, module, bias in biased:
                 hooks.add(module.register_forward_hook(make_hook(name, bias)))
-            output = self.model(leaf)
-            hooks.remove()
-            resolved = resolve_targets(targets, output, x.shape[0])
-            scores = resolved.scores(output)
-            total = scores.sum()
-            if not total.requires_grad:
-                raise ValueError("the target scores do not depend on the input")
-            (gradient,) = torch.autograd.grad(total, leaf)
+
+        found = input_gradient(self.model, x, targets, hooks=install)
         parts = tuple(
-            BiasGradient(name, bias, store[0]) for name, bias, store in found if store
+            BiasGradient(name, bias, store[0]) for name, bias, store in calls if store
         )  # an output off the score's path gets no gradient
-        detached = output.detach() if isinstance(output, torch.Tensor) else output
-        return FullGradients(gradient, parts, resolved, scores.detach(), detached)
+        return FullGradients(found.gradient, parts, found.targets, found.scores, found.output)
 
     def _compute(
         self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]

@@ -39,6 +39,7 @@ from netsight.cam.base import (
 from netsight.cam.projection import principal_projection
 from netsight.cam.targets import Contrast
 from netsight.capture import LayerSpec
+from netsight.hooks import HookSet
 
 __all__ = [
     "GRADIENT_METHODS",
@@ -49,10 +50,12 @@ __all__ = [
     "GradCAMPlusPlus",
     "GradientCAM",
     "HiResCAM",
+    "InputGradient",
     "LayerCAM",
     "Saliency",
     "ShapleyCAM",
     "XGradCAM",
+    "input_gradient",
 ]
 
 _SPATIAL = (2, 3)
@@ -107,6 +110,67 @@ def _target_gradients(
 
 def _detached(output: Any) -> Any:
     return output.detach() if isinstance(output, torch.Tensor) else output
+
+
+@dataclass(frozen=True)
+class InputGradient:
+    """What :func:`input_gradient` returns.
+
+    Attributes:
+        gradient: ``(B, C, H, W)`` gradient of each image's target score at the input.
+        output: the model output (detached).
+        targets: the resolved targets.
+        scores: ``(B,)`` the target scores (detached).
+    """
+
+    gradient: torch.Tensor
+    output: Any
+    targets: Targets
+    scores: torch.Tensor
+
+
+def input_gradient(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: TargetSpec = None,
+    *,
+    hooks: Callable[[HookSet], None] | None = None,
+) -> InputGradient:
+    """The gradient of each image's target score at the input: one forward with
+    grad on and one ``torch.autograd.grad`` to a detached copy of ``x``, so no
+    ``.grad`` is written. The forward of saliency, guided backpropagation and FullGrad.
+
+    Runs the model as it is (its mode set by the caller).
+
+    Example:
+        >>> found = input_gradient(model.eval(), x, 3)
+        >>> found.gradient.shape == x.shape
+        True
+
+    Args:
+        model: the network.
+        x: ``(B, C, H, W)`` input on the model's device.
+        targets: as for :meth:`BaseCAM.explain <netsight.cam.base.BaseCAM.explain>`.
+        hooks: adds module hooks for the forward only (removed after it, also when
+            it raises); tensor hooks they put on outputs stay with the graph and
+            fire in the backward.
+
+    Raises:
+        ValueError: the target scores do not depend on the input.
+    """
+    leaf = x.detach().requires_grad_()
+    with torch.enable_grad():
+        with HookSet() as handles:
+            if hooks is not None:
+                hooks(handles)
+            output = model(leaf)
+        resolved = resolve_targets(targets, output, x.shape[0])
+        scores = resolved.scores(output)
+        total = scores.sum()
+        if not total.requires_grad:
+            raise ValueError("the target scores do not depend on the input")
+        (gradient,) = torch.autograd.grad(total, leaf)
+    return InputGradient(gradient, _detached(output), resolved, scores.detach())
 
 
 class GradientCAM(BaseCAM):
@@ -441,7 +505,7 @@ class FinerCAM(BaseCAM):
         )
         self.alpha = float(alpha)
         # mode="same": this explainer's explain() already set and restores the mode
-        self.base = base_cls(model, reshape=reshape, eigen_smooth=eigen_smooth, mode="same")
+        self.base = base_cls(self.model, reshape=reshape, eigen_smooth=eigen_smooth, mode="same")
 
     def _compute(
         self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]
@@ -511,13 +575,6 @@ class Saliency(BaseCAM):
     def _compute(
         self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]
     ) -> RawMaps:
-        leaf = x.detach().requires_grad_()
-        with torch.enable_grad():
-            output = self.model(leaf)
-            resolved = resolve_targets(targets, output, x.shape[0])
-            scores = resolved.scores(output)
-            total = scores.sum()
-        if not total.requires_grad:
-            raise ValueError("the target scores do not depend on the input")
-        (grad,) = torch.autograd.grad(total, leaf)
-        return RawMaps({"input": grad.abs().amax(1)}, _detached(output), resolved, scores.detach())
+        found = input_gradient(self.model, x, targets)
+        maps = {"input": found.gradient.abs().amax(1)}
+        return RawMaps(maps, found.output, found.targets, found.scores)

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from netsight.cam.base import BaseCAM, RawMaps, Reshape, Targets, TargetSpec, resolve_targets
-from netsight.cam.gradient import GradCAM
+from netsight.cam.base import BaseCAM, RawMaps, Reshape, TargetSpec
+from netsight.cam.gradient import GradCAM, InputGradient, input_gradient
 from netsight.capture import LayerSpec
 from netsight.errors import CAMWarning
 from netsight.hooks import HookSet
@@ -43,9 +43,7 @@ def _clamp(grad: torch.Tensor) -> torch.Tensor:
     return grad.clamp(min=0)
 
 
-def guided_gradient(
-    model: nn.Module, x: torch.Tensor, targets: TargetSpec = None
-) -> tuple[torch.Tensor, Any, Targets, torch.Tensor]:
+def guided_gradient(model: nn.Module, x: torch.Tensor, targets: TargetSpec = None) -> InputGradient:
     """The guided-backpropagation gradient of each image's target score at the input.
 
     Runs the model as it is (set its mode first; :class:`GuidedBackprop` does) with
@@ -53,8 +51,8 @@ def guided_gradient(
     and no hook stays.
 
     Example:
-        >>> gradient, output, resolved, scores = guided_gradient(model.eval(), x, 3)
-        >>> gradient.shape == x.shape
+        >>> found = guided_gradient(model.eval(), x, 3)
+        >>> found.gradient.shape == x.shape
         True
 
     Args:
@@ -62,15 +60,9 @@ def guided_gradient(
         x: ``(B, C, H, W)`` input on the model's device.
         targets: as for :meth:`BaseCAM.explain <netsight.cam.base.BaseCAM.explain>`.
 
-    Returns:
-        ``(gradient, output, resolved targets, scores)``: the ``(B, C, H, W)``
-        gradient, the model output (detached), the targets and their ``(B,)``
-        scores.
-
     Raises:
         ValueError: the target scores do not depend on the input.
     """
-    relus = [module for module in model.modules() if isinstance(module, nn.ReLU)]
     calls = 0
 
     def guide(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -79,28 +71,21 @@ def guided_gradient(
         if isinstance(output, torch.Tensor) and output.requires_grad:
             output.register_hook(_clamp)  # type: ignore[no-untyped-call]
 
-    leaf = x.detach().requires_grad_()
-    with HookSet() as hooks, torch.enable_grad():
-        for relu in relus:
-            hooks.add(relu.register_forward_hook(guide))
-        output = model(leaf)
-        hooks.remove()
-        resolved = resolve_targets(targets, output, x.shape[0])
-        scores = resolved.scores(output)
-        total = scores.sum()
-        if not total.requires_grad:
-            raise ValueError("the target scores do not depend on the input")
-        (gradient,) = torch.autograd.grad(total, leaf)
+    def install(hooks: HookSet) -> None:
+        for module in model.modules():
+            if isinstance(module, nn.ReLU):
+                hooks.add(module.register_forward_hook(guide))
+
+    found = input_gradient(model, x, targets, hooks=install)
     if calls == 0:
         warnings.warn(
             f"guided backpropagation: no torch.nn.ReLU module ran in the forward of "
             f"{type(model).__name__} (ReLUs called as functions, F.relu or torch.relu, "
             f"cannot be hooked), so the gradient is the plain input gradient",
             CAMWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    detached = output.detach() if isinstance(output, torch.Tensor) else output
-    return gradient, detached, resolved, scores.detach()
+    return found
 
 
 class GuidedBackprop(BaseCAM):
@@ -129,10 +114,9 @@ class GuidedBackprop(BaseCAM):
     def _compute(
         self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]
     ) -> RawMaps:
-        gradient, output, resolved, scores = guided_gradient(self.model, x, targets)
-        return RawMaps(
-            {"input": gradient.abs().amax(1)}, output, resolved, scores, attribution=gradient
-        )
+        found = guided_gradient(self.model, x, targets)
+        maps = {"input": found.gradient.abs().amax(1)}
+        return RawMaps(maps, found.output, found.targets, found.scores, attribution=found.gradient)
 
 
 class GuidedGradCAM(BaseCAM):
@@ -191,13 +175,13 @@ class GuidedGradCAM(BaseCAM):
             mode=mode,
         )
         # mode="same": this explainer's explain() already set and restores the mode
-        self.gradcam = GradCAM(model, reshape=reshape, eigen_smooth=eigen_smooth, mode="same")
+        self.gradcam = GradCAM(self.model, reshape=reshape, eigen_smooth=eigen_smooth, mode="same")
 
     def _compute(
         self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]
     ) -> RawMaps:
         run = self.gradcam.gradient_maps(x, targets, layers)
-        gradient = guided_gradient(self.model, x, run.targets)[0]
+        gradient = guided_gradient(self.model, x, run.targets).gradient
         cam = self._maps(run.maps, (x.shape[-2], x.shape[-1]), quiet=True)
         product = cam[:, None].to(gradient.dtype) * gradient
         maps = {"input": product.abs().amax(1)}
