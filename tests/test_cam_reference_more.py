@@ -27,6 +27,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import netsight.cam as nscam
 from helpers import (
@@ -171,6 +172,48 @@ def test_shapleycam_is_gradcam_where_the_score_is_piecewise_linear() -> None:
     ours = nscam.ShapleyCAM(model, layer).explain(x, CAM_TARGETS)
     grad = nscam.GradCAM(model, layer).explain(x, CAM_TARGETS)
     torch.testing.assert_close(ours.raw[layer], grad.raw[layer])
+
+
+def test_shapleycam_on_a_vision_transformer() -> None:
+    """The second derivative passes attention: PyTorch's fused attention kernels have
+    none (``derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward
+    is not implemented``), so Shapley-CAM runs attention on the math kernel.
+    (pytorch-grad-cam cannot be the reference here: its ShapleyCAM fails on token
+    layers, handing unreshaped activations to its channel weighting.) The map is the
+    formula worked out by hand on a full graph, patch tokens laid on their 4 x 4
+    grid."""
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=64
+    ).eval()
+    x = seeded_input((2, 3, 64, 64))
+    targets = [nstargets.ClassAgainstRest(1), nstargets.ClassAgainstRest(3)]
+    before = snapshot(model)
+    ours = nscam.ShapleyCAM(model).explain(x, targets)
+    assert_unchanged(model, before)
+    layer = "blocks.11.norm1"
+    assert ours.layers == (layer,)
+    kept: dict[str, torch.Tensor] = {}
+    module = dict(model.named_modules())[layer]
+    handle = module.register_forward_hook(lambda m, args, out: kept.setdefault("a", out))
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            out = model(x)
+    finally:
+        handle.remove()
+    a = kept["a"]
+    score = targets[0](out[0]) + targets[1](out[1])
+    (g,) = torch.autograd.grad(score, a, create_graph=True)
+    (h,) = torch.autograd.grad(g, a, grad_outputs=a.detach())
+
+    def grid(t: torch.Tensor) -> torch.Tensor:
+        return t[:, 1:].reshape(2, 4, 4, -1).permute(0, 3, 1, 2).detach()
+
+    weights = (grid(g) - 0.5 * grid(h)).mean((2, 3), keepdim=True)
+    expected = (weights * grid(a)).sum(1)
+    assert float((grid(h)).abs().amax()) > 0  # the second-order term is there
+    assert_raw_match(ours.raw[layer], expected, "vit shapleycam")
 
 
 # --------------------------------------------------------------------------- Finer-CAM

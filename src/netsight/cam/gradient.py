@@ -25,6 +25,7 @@ from typing import Any, TypeAlias
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from netsight.cam.base import (
     BaseCAM,
@@ -381,7 +382,9 @@ class ShapleyCAM(BaseCAM):
     no parameter's ``.grad`` is written. Where the score is piecewise linear in the
     layer (a logit after ReLUs, pooling and linear layers) ``H`` is zero and the map
     is Grad-CAM's; the paper pairs the method with a score that curves, such as
-    :class:`~netsight.cam.targets.ClassAgainstRest`.
+    :class:`~netsight.cam.targets.ClassAgainstRest`. Attention runs on PyTorch's
+    math kernel here (the fused ones have no second derivative), so transformers
+    work too.
 
     Example:
         >>> maps = ShapleyCAM(model, "layer4")(x, targets.ClassAgainstRest(281))
@@ -393,7 +396,11 @@ class ShapleyCAM(BaseCAM):
     def _compute(
         self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]
     ) -> RawMaps:
-        found = _target_gradients(self, x, targets, layers, create_graph=True)
+        # The fused attention kernels have no second derivative (on the CPU:
+        # "derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward
+        # is not implemented"); the math kernel computes the same attention and has.
+        with sdpa_kernel(SDPBackend.MATH):
+            found = _target_gradients(self, x, targets, layers, create_graph=True)
         maps = {}
         for name, activation in found.record.activations.items():
             grad = found.grads[name]
