@@ -183,6 +183,7 @@ def test_shapleycam_on_a_vision_transformer() -> None:
     formula worked out by hand on a full graph, patch tokens laid on their 4 x 4
     grid."""
     import timm
+
     torch.manual_seed(0)
     model = timm.create_model(
         "vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=64
