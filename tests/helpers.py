@@ -1,13 +1,19 @@
 """Test helpers: prove a model leaves a netsight call exactly as it came in; write
-huge image files cheaply, and small noise pictures."""
+huge image files cheaply, and small noise pictures; compare CAMs with
+pytorch-grad-cam."""
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -74,7 +80,6 @@ def assert_unchanged(model: nn.Module, before: ModelState) -> None:
 
 def noise_pictures(directory: Path, seed: int) -> list[Path]:
     """``cat.png``, an RGB picture (24 x 32), and ``gray.png`` (20 x 20) of seeded noise."""
-    import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -101,3 +106,196 @@ def zeros_png(path: Path, width: int, height: int) -> Path:
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
     )
     return path
+
+
+# --------------------------------------------------------------------------- CAM references
+# Shared by tests/test_cam_reference*.py: models, inputs and comparisons with
+# pytorch-grad-cam (see tests/test_cam_reference.py's docstring for why the models
+# are calibrated).
+
+#: One class per image of the batch of 4.
+CAM_TARGETS = [1, 3, 5, 7]
+#: Pearson r of the final maps, per image.
+R_MIN = 0.999
+#: Largest difference of the raw maps, as a fraction of the reference's largest |value|.
+RAW_TOL = 1e-3
+
+
+def _resnet18() -> nn.Module:
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=10)
+
+
+def _vgg11_bn() -> nn.Module:
+    import torchvision
+
+    return torchvision.models.vgg11_bn(num_classes=10)
+
+
+def _vgg16net() -> nn.Module:
+    from netsight.zoo import Vgg16Net
+
+    return Vgg16Net()
+
+
+# name -> (factory, input shape, target layer (>= 7x7) for the gradient methods and
+#          Eigen-CAM, a 64-channel layer for Score-CAM / Ablation-CAM, input shape for those)
+CAM_ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], str, str, tuple[int, ...]]] = {
+    "resnet18": (
+        _resnet18,
+        (4, 3, 224, 224),
+        "layer4",  # 7x7
+        "layer1",  # 8x8
+        (4, 3, 32, 32),
+    ),
+    "vgg11_bn": (
+        _vgg11_bn,
+        (4, 3, 112, 112),
+        "features.27",  # the last ReLU, 7x7
+        "features.2",  # 32x32
+        (4, 3, 32, 32),
+    ),
+    # The tutorials' VGG-16 takes 32x32 only (its head flattens 512x1x1); its last
+    # block is 2x2, so the gradient methods are compared at layer3's last ReLU, 8x8.
+    "vgg16net": (_vgg16net, (4, 1, 32, 32), "layer3.8", "layer1.2", (4, 1, 32, 32)),
+}
+
+
+def calibrate_batchnorm(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """BatchNorm statistics from 64 random inputs (cumulative averages), as a
+    trained model would have: see tests/test_cam_reference.py's docstring for why."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    generator = torch.Generator().manual_seed(2)
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a plain average over the batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(16, *shape[1:], generator=generator))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.eval()
+
+
+def build_cam_model(arch: str) -> nn.Module:
+    """A :data:`CAM_ARCHS` model with seeded random weights, not calibrated."""
+    torch.manual_seed(0)
+    model = CAM_ARCHS[arch][0]()
+    if arch == "vgg11_bn":
+        # A frozen 100M-parameter head: pytorch-grad-cam's backward then skips the
+        # head's weight gradients (3x faster); netsight never computes them anyway.
+        model.classifier.requires_grad_(False)
+    return model
+
+
+@functools.cache
+def cam_model(arch: str) -> nn.Module:
+    """A :data:`CAM_ARCHS` model, calibrated, in eval mode (one per process)."""
+    model = build_cam_model(arch)
+    calibrate_batchnorm(model, CAM_ARCHS[arch][4])
+    return model
+
+
+def seeded_input(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+
+
+@contextmanager
+def reset_after_reference(model: nn.Module) -> Iterator[None]:
+    """pytorch-grad-cam calls ``model.eval()`` without restoring it and fills every
+    parameter's ``.grad``: both undone on exit."""
+    flags = [m.training for m in model.modules()]
+    try:
+        yield
+    finally:
+        for module, flag in zip(model.modules(), flags, strict=True):
+            module.training = flag
+        for param in model.parameters():
+            param.grad = None
+
+
+def pgc_targets(targets: Sequence[Any]) -> list[Any]:
+    """pytorch-grad-cam targets: an int becomes its ``ClassifierOutputTarget``."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    return [ClassifierOutputTarget(t) if isinstance(t, int) else t for t in targets]
+
+
+def pgc_reference(
+    cls_name: str,
+    model: nn.Module,
+    layer: str,
+    x: torch.Tensor,
+    targets: Sequence[Any] = CAM_TARGETS,
+    *,
+    call_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """pytorch-grad-cam's final maps and its raw maps (what its ``get_cam_image``
+    returns: the signed weighted sum at layer resolution, before ReLU and scaling).
+
+    Args:
+        targets: class indices, or pytorch-grad-cam target objects.
+        call_options: keyword arguments of the call (``eigen_smooth=True``).
+        **options: keyword arguments of the constructor.
+    """
+    import pytorch_grad_cam as pgc
+
+    module = dict(model.named_modules())[layer]
+    raws: list[np.ndarray] = []
+    with reset_after_reference(model), getattr(pgc, cls_name)(model, [module], **options) as cam:
+        get_cam_image = cam.get_cam_image
+
+        def keep_raw(*args: Any, **kwargs: Any) -> np.ndarray:
+            raw = get_cam_image(*args, **kwargs)
+            raws.append(raw)
+            return raw
+
+        cam.get_cam_image = keep_raw  # read the reference's intermediate, change nothing
+        maps = cam(x, pgc_targets(targets), **(call_options or {}))
+    (raw,) = raws
+    return torch.from_numpy(maps), torch.from_numpy(np.asarray(raw))
+
+
+def assert_raw_match(
+    ours: torch.Tensor, theirs: torch.Tensor, what: str, tol: float = RAW_TOL
+) -> None:
+    """Each image's maps within ``tol`` of the reference's largest ``|value|``."""
+    theirs = theirs.to(ours.dtype)
+    assert ours.shape == theirs.shape, f"{what}: raw shape {ours.shape} vs {theirs.shape}"
+    for i in range(ours.shape[0]):
+        scale = float(theirs[i].abs().amax())
+        err = float((ours[i] - theirs[i]).abs().amax())
+        assert err <= tol * scale, (
+            f"{what}: image {i}: raw maps differ by {err:.3g} "
+            f"({err / max(scale, 1e-30):.3g} of the reference's largest |value| {scale:.3g})"
+        )
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    a, b = a - a.mean(), b - b.mean()
+    return float((a @ b) / (a.norm() * b.norm()))
+
+
+def minmax01(m: torch.Tensor) -> torch.Tensor:
+    span = m.amax() - m.amin()
+    return (m - m.amin()) / span if float(span) > 0 else torch.zeros_like(m)
+
+
+def assert_maps_match(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> list[float]:
+    """Pearson r >= :data:`R_MIN` per image; an all-zero reference map (no positive
+    evidence) must be all zero here too. Returns the r of each image."""
+    rs = []
+    for i in range(ours.shape[0]):
+        if float(theirs[i].amax() - theirs[i].amin()) < 1e-6:  # no positive evidence
+            assert float(ours[i].abs().amax()) == 0.0, f"{what}: image {i} should be all zero"
+            rs.append(1.0)
+            continue
+        r = pearson(ours[i], theirs[i])
+        assert r >= R_MIN, f"{what}: image {i}: r = {r:.6f}"
+        rs.append(r)
+    return rs

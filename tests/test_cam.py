@@ -312,7 +312,8 @@ def test_model_state_is_unchanged_after_an_exception(method: str) -> None:
     model = _odd_state_model()
     model.fc = nn.Sequential(Exploding(), nn.Linear(16, 5))
     x = torch.randn(2, 3, 12, 12)
-    cam = nscam.METHODS[method](model, None if method == "saliency" else "features")
+    cls = nscam.METHODS[method]
+    cam = cls(model, "features" if cls.uses_layers else None)
     model.fc[0].armed = True
     before = snapshot(model)
     with pytest.raises(RuntimeError, match="boom"):
@@ -546,6 +547,13 @@ def test_registry() -> None:
         "ablationcam",
         "eigencam",
         "saliency",
+        "eigengradcam",
+        "gradcamelementwise",
+        "shapleycam",
+        "finercam",
+        "fullgrad",
+        "guidedbackprop",
+        "guidedgradcam",
     ]
     for name, cls in nscam.METHODS.items():
         assert cls.method == name

@@ -37,20 +37,29 @@ and with oneDNN off): the tolerances must hold on every kernel family.
 
 from __future__ import annotations
 
-import functools
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 import netsight.cam as nscam
+from helpers import (
+    CAM_ARCHS,
+    CAM_TARGETS,
+    R_MIN,
+    RAW_TOL,
+    assert_maps_match,
+    assert_raw_match,
+    build_cam_model,
+    cam_model,
+    minmax01,
+    pearson,
+    pgc_reference,
+    reset_after_reference,
+    seeded_input,
+)
 from netsight.cam.gradient import GradientCAM
 from netsight.zoo import Vgg16Net
 
@@ -61,11 +70,6 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 #: Numbers within float tolerances: `make test` runs these again on other CPU kernels.
 pytestmark = pytest.mark.parity
 
-TARGETS = [1, 3, 5, 7]
-#: Pearson r of the final maps, per image.
-R_MIN = 0.999
-#: Largest difference of the raw maps, as a fraction of the reference's largest |value|.
-RAW_TOL = 1e-3
 #: The same for Ablation-CAM, whose reference weights carry more rounding:
 #: pytorch-grad-cam takes the unablated score from the batch of 4 and the ablated
 #: ones from batches of 64, and kernels that round by batch size (native
@@ -74,27 +78,6 @@ RAW_TOL = 1e-3
 #: against an unablated copy in the same batch). A scale error is still caught.
 RAW_TOL_ABLATION = 3e-3
 
-# name -> (factory, input shape, target layer (>= 7x7) for the gradient methods and
-#          Eigen-CAM, a 64-channel layer for Score-CAM / Ablation-CAM, input shape for those)
-ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], str, str, tuple[int, ...]]] = {
-    "resnet18": (
-        lambda: torchvision.models.resnet18(num_classes=10),
-        (4, 3, 224, 224),
-        "layer4",  # 7x7
-        "layer1",  # 8x8
-        (4, 3, 32, 32),
-    ),
-    "vgg11_bn": (
-        lambda: torchvision.models.vgg11_bn(num_classes=10),
-        (4, 3, 112, 112),
-        "features.27",  # the last ReLU, 7x7
-        "features.2",  # 32x32
-        (4, 3, 32, 32),
-    ),
-    # The tutorials' VGG-16 takes 32x32 only (its head flattens 512x1x1); its last
-    # block is 2x2, so the gradient methods are compared at layer3's last ReLU, 8x8.
-    "vgg16net": (Vgg16Net, (4, 1, 32, 32), "layer3.8", "layer1.2", (4, 1, 32, 32)),
-}
 #: The layer each method picks by itself (checked by name; compared above where >= 7x7).
 AUTOMATIC = {"resnet18": "layer4", "vgg11_bn": "features", "vgg16net": "layer5.8"}
 
@@ -104,170 +87,56 @@ GRADIENT_METHODS = {
     "xgradcam": "XGradCAM",
     "hirescam": "HiResCAM",
     "layercam": "LayerCAM",
+    "gradcamelementwise": "GradCAMElementWise",
 }
 
 
-def _calibrate(model: nn.Module, shape: tuple[int, ...]) -> None:
-    """BatchNorm statistics from 64 random inputs (cumulative averages), as a
-    trained model would have: see the module docstring for why."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    generator = torch.Generator().manual_seed(2)
-    momenta = [m.momentum for m in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a plain average over the batches
-    model.train()
-    with torch.no_grad():
-        for _ in range(4):
-            model(torch.randn(16, *shape[1:], generator=generator))
-    for norm, momentum in zip(norms, momenta, strict=True):
-        norm.momentum = momentum
-    model.eval()
-
-
-def _build(arch: str) -> nn.Module:
-    torch.manual_seed(0)
-    model = ARCHS[arch][0]()
-    if arch == "vgg11_bn":
-        # A frozen 100M-parameter head: pytorch-grad-cam's backward then skips the
-        # head's weight gradients (3x faster); netsight never computes them anyway.
-        model.classifier.requires_grad_(False)
-    return model
-
-
-@functools.cache
-def _model(arch: str) -> nn.Module:
-    model = _build(arch)
-    _calibrate(model, ARCHS[arch][4])
-    return model
-
-
-def _input(shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-
-
-@contextmanager
-def _reset(model: nn.Module) -> Iterator[None]:
-    flags = [m.training for m in model.modules()]
-    try:
-        yield
-    finally:
-        for module, flag in zip(model.modules(), flags, strict=True):
-            module.training = flag
-        for param in model.parameters():
-            param.grad = None
-
-
-def _reference(
-    cls_name: str,
-    model: nn.Module,
-    layer: str,
-    x: torch.Tensor,
-    targets: list[int] = TARGETS,
-    **options: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """pytorch-grad-cam's final maps and its raw maps (what its ``get_cam_image``
-    returns: the signed weighted sum at layer resolution, before ReLU and scaling)."""
-    module = dict(model.named_modules())[layer]
-    raws: list[np.ndarray] = []
-    with _reset(model), getattr(pgc, cls_name)(model, [module], **options) as cam:
-        get_cam_image = cam.get_cam_image
-
-        def keep_raw(*args: Any, **kwargs: Any) -> np.ndarray:
-            raw = get_cam_image(*args, **kwargs)
-            raws.append(raw)
-            return raw
-
-        cam.get_cam_image = keep_raw  # read the reference's intermediate, change nothing
-        maps = cam(x, [ClassifierOutputTarget(c) for c in targets])
-    (raw,) = raws
-    return torch.from_numpy(maps), torch.from_numpy(np.asarray(raw))
-
-
-def _assert_raw_match(
-    ours: torch.Tensor, theirs: torch.Tensor, what: str, tol: float = RAW_TOL
-) -> None:
-    theirs = theirs.to(ours.dtype)
-    assert ours.shape == theirs.shape, f"{what}: raw shape {ours.shape} vs {theirs.shape}"
-    for i in range(ours.shape[0]):
-        scale = float(theirs[i].abs().amax())
-        err = float((ours[i] - theirs[i]).abs().amax())
-        assert err <= tol * scale, (
-            f"{what}: image {i}: raw maps differ by {err:.3g} "
-            f"({err / max(scale, 1e-30):.3g} of the reference's largest |value| {scale:.3g})"
-        )
-
-
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten().double(), b.flatten().double()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a @ b) / (a.norm() * b.norm()))
-
-
-def _minmax(m: torch.Tensor) -> torch.Tensor:
-    span = m.amax() - m.amin()
-    return (m - m.amin()) / span if float(span) > 0 else torch.zeros_like(m)
-
-
-def _assert_match(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> list[float]:
-    rs = []
-    for i in range(ours.shape[0]):
-        if float(theirs[i].amax() - theirs[i].amin()) < 1e-6:  # no positive evidence
-            assert float(ours[i].abs().amax()) == 0.0, f"{what}: image {i} should be all zero"
-            rs.append(1.0)
-            continue
-        r = _pearson(ours[i], theirs[i])
-        assert r >= R_MIN, f"{what}: image {i}: r = {r:.6f}"
-        rs.append(r)
-    return rs
-
-
 @pytest.mark.filterwarnings("ignore::netsight.cam.CAMWarning")
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", list(CAM_ARCHS))
 @pytest.mark.parametrize("method", list(GRADIENT_METHODS))
 def test_gradient_methods_match_pytorch_grad_cam(arch: str, method: str) -> None:
-    _, shape, layer, _, _ = ARCHS[arch]
-    model = _model(arch)
-    x = _input(shape)
-    ours = nscam.METHODS[method](model, layer).explain(x, TARGETS)
-    theirs, theirs_raw = _reference(GRADIENT_METHODS[method], model, layer, x)
+    _, shape, layer, _, _ = CAM_ARCHS[arch]
+    model = cam_model(arch)
+    x = seeded_input(shape)
+    ours = nscam.METHODS[method](model, layer).explain(x, CAM_TARGETS)
+    theirs, theirs_raw = pgc_reference(GRADIENT_METHODS[method], model, layer, x)
     assert min(ours.raw[layer].shape[-2:]) >= 7
-    _assert_raw_match(ours.raw[layer], theirs_raw, f"{arch} {method}")
-    _assert_match(ours.maps, theirs, f"{arch} {method}")
+    assert_raw_match(ours.raw[layer], theirs_raw, f"{arch} {method}")
+    assert_maps_match(ours.maps, theirs, f"{arch} {method}")
     # At least half the images carry positive evidence, so the test compares something.
     assert sum(float(m.amax()) > 0 for m in ours.maps) >= 2
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", list(CAM_ARCHS))
 def test_automatic_layer(arch: str) -> None:
     """The last spatial layer: vgg11_bn's ``features`` (the adaptive average pool
     after it is skipped); the VGG-16's ``layer5.8``, which is 2x2 on its 32x32
     inputs, so the comparisons above use ``layer3.8``."""
-    shape = ARCHS[arch][1]
-    chosen = nscam.GradCAM(_model(arch)).explain(_input(shape), TARGETS).layers
+    shape = CAM_ARCHS[arch][1]
+    chosen = nscam.GradCAM(cam_model(arch)).explain(seeded_input(shape), CAM_TARGETS).layers
     assert chosen == (AUTOMATIC[arch],)
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", list(CAM_ARCHS))
 def test_eigencam_matches_pytorch_grad_cam_up_to_the_sign(arch: str) -> None:
     """The sign of a principal direction is arbitrary. pytorch-grad-cam keeps what
     numpy's SVD returns; netsight orients it to agree with the channel sum of the
     activations. Where the two signs differ, netsight's map of the negated raw
     projection is the reference's map."""
-    _, shape, layer, _, _ = ARCHS[arch]
-    model = _model(arch)
-    x = _input(shape)
-    ours = nscam.EigenCAM(model, layer).explain(x, TARGETS)
-    theirs, theirs_raw = _reference("EigenCAM", model, layer, x)
+    _, shape, layer, _, _ = CAM_ARCHS[arch]
+    model = cam_model(arch)
+    x = seeded_input(shape)
+    ours = nscam.EigenCAM(model, layer).explain(x, CAM_TARGETS)
+    theirs, theirs_raw = pgc_reference("EigenCAM", model, layer, x)
     signs = torch.tensor(
-        [1.0 if _pearson(ours.raw[layer][i], theirs_raw[i]) >= 0 else -1.0 for i in range(4)]
+        [1.0 if pearson(ours.raw[layer][i], theirs_raw[i]) >= 0 else -1.0 for i in range(4)]
     )
-    _assert_raw_match(ours.raw[layer] * signs[:, None, None], theirs_raw, f"{arch} eigencam")
+    assert_raw_match(ours.raw[layer] * signs[:, None, None], theirs_raw, f"{arch} eigencam")
     flipped = nscam.EigenCAM(model, layer)._maps(
         {layer: -ours.raw[layer]}, (shape[2], shape[3]), quiet=True
     )
     for i in range(shape[0]):
-        r = max(_pearson(ours.maps[i], theirs[i]), _pearson(flipped[i], theirs[i]))
+        r = max(pearson(ours.maps[i], theirs[i]), pearson(flipped[i], theirs[i]))
         assert r >= R_MIN, f"{arch} eigencam image {i}: r = {r:.6f}"
     # netsight's sign convention: the projection agrees with the activation sum.
     with torch.no_grad():
@@ -284,7 +153,7 @@ def test_eigencam_matches_pytorch_grad_cam_up_to_the_sign(arch: str) -> None:
 
 @pytest.mark.slow  # 256 extra forwards per implementation: 10-60 s on 2 busy cores
 @pytest.mark.filterwarnings("ignore::netsight.cam.CAMWarning")
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", list(CAM_ARCHS))
 @pytest.mark.parametrize(
     ("method", "cls_name"), [("scorecam", "ScoreCAM"), ("ablationcam", "AblationCAM")]
 )
@@ -297,17 +166,17 @@ def test_perturbation_methods_match_pytorch_grad_cam(arch: str, method: str, cls
     class 5) is itself a difference of larger numbers, so its rounding, which
     differs between CPU kernels, is amplified in the weights (0.1 % of the map with
     native convolutions)."""
-    _, _, _, layer, shape = ARCHS[arch]
-    model = _model(arch)
-    x = _input(shape)
+    _, _, _, layer, shape = CAM_ARCHS[arch]
+    model = cam_model(arch)
+    x = seeded_input(shape)
     with torch.no_grad():
         top = model(x).argmax(1).tolist()
     ours = nscam.METHODS[method](model, layer, batch_size=64).explain(x, top)
     options = {"batch_size": 64} if cls_name == "AblationCAM" else {}
-    theirs, theirs_raw = _reference(cls_name, model, layer, x, top, **options)
+    theirs, theirs_raw = pgc_reference(cls_name, model, layer, x, top, **options)
     tol = RAW_TOL_ABLATION if method == "ablationcam" else RAW_TOL
-    _assert_raw_match(ours.raw[layer], theirs_raw, f"{arch} {method}", tol)
-    _assert_match(ours.maps, theirs, f"{arch} {method}")
+    assert_raw_match(ours.raw[layer], theirs_raw, f"{arch} {method}", tol)
+    assert_maps_match(ours.maps, theirs, f"{arch} {method}")
 
 
 @pytest.mark.slow  # about 10-15 s on 2 busy cores
@@ -317,8 +186,8 @@ def test_ablation_differs_where_the_reference_ablates_to_min_minus_1e7() -> None
     network; netsight ablates to zero as the paper does. Shown on resnet18's
     ``layer1.1.conv2``: netsight's map is the zero-ablation map computed by hand, and
     the reference's map is a different one."""
-    model = _model("resnet18")
-    x = _input((1, 3, 32, 32))
+    model = cam_model("resnet18")
+    x = seeded_input((1, 3, 32, 32))
     layer = "layer1.1.conv2"
     ours = nscam.AblationCAM(model, layer, batch_size=64).explain(x, [1])
     module = dict(model.named_modules())[layer]
@@ -337,11 +206,11 @@ def test_ablation_differs_where_the_reference_ablates_to_min_minus_1e7() -> None
         handle.remove()
         weights = (base - scores) / base
     by_hand = (weights[:, None, None] * a[0]).sum(0)
-    _assert_raw_match(ours.raw[layer], by_hand[None], "ablation by hand")
+    assert_raw_match(ours.raw[layer], by_hand[None], "ablation by hand")
     module = dict(model.named_modules())[layer]
-    with _reset(model), pgc.AblationCAM(model, [module], batch_size=64) as cam:
+    with reset_after_reference(model), pgc.AblationCAM(model, [module], batch_size=64) as cam:
         theirs = torch.from_numpy(cam(x, [ClassifierOutputTarget(1)]))
-    assert _pearson(ours.maps[0], theirs[0]) < 0.9
+    assert pearson(ours.maps[0], theirs[0]) < 0.9
 
 
 @pytest.mark.slow  # Ablation-CAM in float32 and float64 on two models: 10-30 s
@@ -353,31 +222,31 @@ def test_unconditioned_model_measures_rounding() -> None:
     says so with a warning; float64 is not affected. Conditioned, float32 and
     float64 agree to r >= 0.9999 and there is no warning."""
     layer, shape = "layer1.2", (4, 1, 32, 32)
-    x = _input(shape)
+    x = seeded_input(shape)
 
     def float32_and_float64(model: nn.Module) -> tuple[nn.Module, nn.Module]:
         twin = Vgg16Net()
         twin.load_state_dict(model.state_dict())
         return model.eval(), twin.double().eval()
 
-    raw, raw64 = float32_and_float64(_build("vgg16net"))
+    raw, raw64 = float32_and_float64(build_cam_model("vgg16net"))
     with torch.no_grad():
         assert float(raw(x).abs().max()) < 0.1  # logits of 0.002-0.07, almost all bias
     with pytest.warns(nscam.CAMWarning, match="mostly rounding noise"):
-        ours = nscam.AblationCAM(raw, layer, batch_size=64).explain(x, TARGETS)
+        ours = nscam.AblationCAM(raw, layer, batch_size=64).explain(x, CAM_TARGETS)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*rounding noise", category=nscam.CAMWarning)
         warnings.filterwarnings("ignore", message=".*constant", category=nscam.CAMWarning)
-        exact = nscam.AblationCAM(raw64, layer, batch_size=64).explain(x.double(), TARGETS)
-    assert min(_pearson(ours.maps[i], exact.maps[i]) for i in range(4)) < 0.999
+        exact = nscam.AblationCAM(raw64, layer, batch_size=64).explain(x.double(), CAM_TARGETS)
+    assert min(pearson(ours.maps[i], exact.maps[i]) for i in range(4)) < 0.999
 
-    good, good64 = float32_and_float64(_model("vgg16net"))
+    good, good64 = float32_and_float64(cam_model("vgg16net"))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*rounding noise", category=nscam.CAMWarning)
         warnings.filterwarnings("ignore", message=".*constant", category=nscam.CAMWarning)
-        ours = nscam.AblationCAM(good, layer, batch_size=64).explain(x, TARGETS)
-        exact = nscam.AblationCAM(good64, layer, batch_size=64).explain(x.double(), TARGETS)
-    assert min(_pearson(ours.maps[i], exact.maps[i]) for i in range(4)) >= 0.9999
+        ours = nscam.AblationCAM(good, layer, batch_size=64).explain(x, CAM_TARGETS)
+        exact = nscam.AblationCAM(good64, layer, batch_size=64).explain(x.double(), CAM_TARGETS)
+    assert min(pearson(ours.maps[i], exact.maps[i]) for i in range(4)) >= 0.9999
 
 
 # torchcam's CAM applies no ReLU (the original paper's map is signed), so netsight's
@@ -394,25 +263,28 @@ TORCHCAM = {
 @pytest.mark.parametrize("method", list(TORCHCAM))
 def test_methods_match_torchcam(method: str) -> None:
     name, extra, relu = TORCHCAM[method]
-    model = _model("resnet18")
-    x = _input((4, 3, 224, 224))
-    ours = nscam.METHODS[method](model, "layer4", relu=relu).explain(x, TARGETS)
+    model = cam_model("resnet18")
+    x = seeded_input((4, 3, 224, 224))
+    ours = nscam.METHODS[method](model, "layer4", relu=relu).explain(x, CAM_TARGETS)
     theirs_cls = getattr(torchcam_methods, name)
-    with _reset(model), theirs_cls(model, "layer4", input_shape=(3, 224, 224), **extra) as ex:
+    with (
+        reset_after_reference(model),
+        theirs_cls(model, "layer4", input_shape=(3, 224, 224), **extra) as ex,
+    ):
         scores = model(x)
-        (theirs,) = ex(class_idx=TARGETS, scores=scores, normalized=False)
+        (theirs,) = ex(class_idx=CAM_TARGETS, scores=scores, normalized=False)
     theirs = theirs.detach()
     # torchcam's unnormalised maps: the weighted sum at layer resolution (7x7),
     # after ReLU for the methods that apply one.
     ours_raw = ours.raw["layer4"].clamp(min=0) if relu else ours.raw["layer4"]
-    _assert_raw_match(ours_raw, theirs, f"torchcam {name} (raw)")
+    assert_raw_match(ours_raw, theirs, f"torchcam {name} (raw)")
     ours_small = nscam.GradCAM(model, "layer4", upsample=False, relu=relu)._maps(
         ours.raw, (7, 7), quiet=True
     )
-    normalised = torch.stack([_minmax(m) for m in theirs])
-    _assert_match(ours_small, normalised, f"torchcam {name} (layer resolution)")
+    normalised = torch.stack([minmax01(m) for m in theirs])
+    assert_maps_match(ours_small, normalised, f"torchcam {name} (layer resolution)")
     up = F.interpolate(normalised[:, None], size=(224, 224), mode="bilinear")[:, 0]
-    _assert_match(ours.maps, up, f"torchcam {name}")
+    assert_maps_match(ours.maps, up, f"torchcam {name}")
 
 
 class _SquaredGradients(GradientCAM):
@@ -431,12 +303,15 @@ def test_torchcam_gradcampp_never_divides_by_its_denominator() -> None:
     weights are ``sum(G^2 * relu(G))``. Its maps equal that formula exactly and
     differ from Grad-CAM++ as the paper and pytorch-grad-cam (which netsight
     matches, above) define it."""
-    model = _model("resnet18")
-    x = _input((4, 3, 224, 224))
+    model = cam_model("resnet18")
+    x = seeded_input((4, 3, 224, 224))
     shape = (3, 224, 224)
-    with _reset(model), torchcam_methods.GradCAMpp(model, "layer4", input_shape=shape) as ex:
-        (theirs,) = ex(class_idx=TARGETS, scores=model(x))
-    squared = _SquaredGradients(model, "layer4", upsample=False).explain(x, TARGETS)
-    _assert_match(squared.maps, theirs.detach(), "torchcam GradCAMpp vs sum(G^2 relu(G))")
-    ours = nscam.GradCAMPlusPlus(model, "layer4", upsample=False).explain(x, TARGETS)
-    assert min(_pearson(ours.maps[i], theirs[i].detach()) for i in range(4)) < 0.999
+    with (
+        reset_after_reference(model),
+        torchcam_methods.GradCAMpp(model, "layer4", input_shape=shape) as ex,
+    ):
+        (theirs,) = ex(class_idx=CAM_TARGETS, scores=model(x))
+    squared = _SquaredGradients(model, "layer4", upsample=False).explain(x, CAM_TARGETS)
+    assert_maps_match(squared.maps, theirs.detach(), "torchcam GradCAMpp vs sum(G^2 relu(G))")
+    ours = nscam.GradCAMPlusPlus(model, "layer4", upsample=False).explain(x, CAM_TARGETS)
+    assert min(pearson(ours.maps[i], theirs[i].detach()) for i in range(4)) < 0.999

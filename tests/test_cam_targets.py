@@ -32,6 +32,7 @@ def _r(a: np.ndarray, b: np.ndarray) -> float:
         (targets.ClassScore(3), theirs.ClassifierOutputTarget(3)),
         (targets.ClassProbability(3), theirs.ClassifierOutputSoftmaxTarget(3)),
         (targets.ClassAgainstRest(3), theirs.ClassifierOutputReST(3)),
+        (targets.Contrast(3, (1, 7, 4), 0.6), theirs.FinerWeightedTarget(3, [1, 7, 4], 0.6)),
     ],
 )
 def test_classifier_targets_score_as_pytorch_grad_cam(ours, reference):

@@ -134,7 +134,7 @@ def test_all_methods_on_a_tiny_model(
             cam_map = np.load(out / entry["map"], allow_pickle=False)
             assert cam_map.shape == (height, width) and cam_map.dtype == np.float32
             assert cam_map.min() >= 0.0 and cam_map.max() <= 1.0
-            assert entry["layers"] == (["input"] if method == "saliency" else ["conv2"])
+            assert entry["layers"] == (["conv2"] if METHODS[method].uses_layers else ["input"])
     assert (out / "cat__gradcam++.png").is_file()
     assert data["grid"] == {
         "file": "grid.png",

@@ -705,6 +705,23 @@ DRIVERS: dict[str, Driver] = {
         wrong_shape=USER_ERROR,
         hook_raises=RUNS_ON,
     ),
+    "cam.EigenGradCAM": _cam_driver(netsight.cam.EigenGradCAM),
+    "cam.GradCAMElementWise": _cam_driver(netsight.cam.GradCAMElementWise),
+    "cam.ShapleyCAM": _cam_driver(netsight.cam.ShapleyCAM),
+    "cam.FinerCAM": _cam_driver(netsight.cam.FinerCAM),
+    "cam.GuidedGradCAM": _cam_driver(netsight.cam.GuidedGradCAM),
+    "cam.FullGrad": Driver(
+        lambda c: netsight.cam.FullGrad(c.model).explain(c.x, targets=c.target),
+        bad_target=USER_ERROR,
+        unknown_layer=na("works on every biased layer: takes no layer"),
+        wrong_shape=USER_ERROR,
+    ),
+    "cam.GuidedBackprop": Driver(
+        lambda c: netsight.cam.GuidedBackprop(c.model).explain(c.x, targets=c.target),
+        bad_target=USER_ERROR,
+        unknown_layer=na("works on the input: takes no layer"),
+        wrong_shape=USER_ERROR,
+    ),
     "cam.evaluate": Driver(
         lambda c: netsight.cam.evaluate(
             netsight.GradCAM(c.model, c.layer),
@@ -781,6 +798,7 @@ EXEMPT: dict[str, str] = {
     "cam.targets": "a module of target callables given to the CAM classes (driven through "
     "them in tests/test_cam_targets.py); they run no model",
     "cam.Targets": _RECORD,
+    "cam.FullGradients": _RECORD,
     "monitor.GradientStats": "TrainingMonitor's gradient accumulator (driven through it)",
     "monitor.MonitorWriteError": "an exception",
     "monitor.RunInUseError": "an exception",

@@ -17,16 +17,22 @@ from __future__ import annotations
 from netsight.cam import targets
 from netsight.cam.base import BaseCAM, CAMResult, CAMWarning, Targets
 from netsight.cam.compare import CAMComparison, compare
+from netsight.cam.fullgrad import FullGrad, FullGradients
 from netsight.cam.gradient import (
+    EigenGradCAM,
+    FinerCAM,
     GradCAM,
+    GradCAMElementWise,
     GradCAMPlusPlus,
     GradientCAM,
     HiResCAM,
     LayerCAM,
     Saliency,
+    ShapleyCAM,
     SmoothGradCAMpp,
     XGradCAM,
 )
+from netsight.cam.guided import GuidedBackprop, GuidedGradCAM
 from netsight.cam.layout import LayerLayout, Layout, LayoutError, layer_layout
 from netsight.cam.metrics import CAMEvaluation, MethodScores, evaluate
 from netsight.cam.other import CAM, EigenCAM
@@ -45,9 +51,16 @@ __all__ = [
     "CAMResult",
     "CAMWarning",
     "EigenCAM",
+    "EigenGradCAM",
+    "FinerCAM",
+    "FullGrad",
+    "FullGradients",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "GradientCAM",
+    "GuidedBackprop",
+    "GuidedGradCAM",
     "HiResCAM",
     "LayerCAM",
     "LayerLayout",
@@ -56,6 +69,7 @@ __all__ = [
     "MethodScores",
     "Saliency",
     "ScoreCAM",
+    "ShapleyCAM",
     "SmoothGradCAMpp",
     "Targets",
     "XGradCAM",
@@ -81,4 +95,11 @@ METHODS: dict[str, type[BaseCAM]] = {
     "ablationcam": AblationCAM,
     "eigencam": EigenCAM,
     "saliency": Saliency,
+    "eigengradcam": EigenGradCAM,
+    "gradcamelementwise": GradCAMElementWise,
+    "shapleycam": ShapleyCAM,
+    "finercam": FinerCAM,
+    "fullgrad": FullGrad,
+    "guidedbackprop": GuidedBackprop,
+    "guidedgradcam": GuidedGradCAM,
 }

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from netsight.cam.layout import LayerLayout, Layout, LayoutError, layer_layout
+from netsight.cam.projection import principal_projection
 from netsight.capture import LayerSpec, resolve_layers
 from netsight.errors import CAMWarning
 from netsight.features import run_forward as named_forward
@@ -90,6 +91,11 @@ class CAMResult:
         scores: ``(B,)`` target score of each image on the unchanged input.
         layers: the target layers' qualified names.
         method: the method's registry name (``"gradcam"``, ...).
+        attribution: ``(B, C, H, W)`` per-pixel, per-channel attribution at input
+            resolution, for the methods that make one: the guided-backpropagation
+            gradient (:class:`~netsight.cam.guided.GuidedBackprop`) or that gradient
+            times the Grad-CAM map (:class:`~netsight.cam.guided.GuidedGradCAM`);
+            ``None`` for the others.
     """
 
     maps: torch.Tensor
@@ -99,12 +105,17 @@ class CAMResult:
     scores: torch.Tensor
     layers: tuple[str, ...]
     method: str
+    attribution: torch.Tensor | None = None
 
 
 # --------------------------------------------------------------------------- targets
 @dataclass(frozen=True)
 class Targets:
-    """Resolved targets for a batch: class indices or one callable per image."""
+    """Resolved targets for a batch: class indices or one callable per image.
+
+    With both, the callables give the scores and the classes only name the class
+    each image is explained for (Finer-CAM's scores compare a class with others).
+    """
 
     classes: torch.Tensor | None = None
     fns: tuple[ScoreTarget, ...] | None = None
@@ -119,11 +130,11 @@ class Targets:
     def scores(self, output: Any, images: torch.Tensor | None = None) -> torch.Tensor:
         """Target score of every row of ``output``; row ``j`` belongs to image
         ``images[j]`` (default: row ``j`` is image ``j``)."""
-        if self.classes is not None:
+        if self.fns is None:
+            assert self.classes is not None
             logits = _logits_or_error(output)
             classes = self.classes if images is None else self.classes[images]
             return logits.gather(1, classes.to(logits.device).view(-1, 1))[:, 0]
-        assert self.fns is not None
         owners = range(len(self.fns)) if images is None else images.tolist()
         values = []
         for row, owner in enumerate(owners):
@@ -734,6 +745,8 @@ class RawMaps:
     output: Any
     targets: Targets
     scores: torch.Tensor
+    #: ``(B, C, H, W)`` input-resolution attribution (see :class:`CAMResult`).
+    attribution: torch.Tensor | None = None
 
 
 class BaseCAM:
@@ -758,6 +771,12 @@ class BaseCAM:
         aug_smooth: average the maps over a horizontal flip and intensity scales
             0.9, 1.0, 1.1 (as pytorch-grad-cam), flipping back; the targets are
             those of the unchanged input.
+        eigen_smooth: replace the channel sum of the weighted activations by their
+            first principal component (pytorch-grad-cam's ``eigen_smooth``), with
+            the sign that agrees with the channel sum, i.e. with the map it smooths
+            (:func:`~netsight.cam.projection.principal_projection`). Refused by the
+            methods that weigh no channels (Eigen-CAM and Eigen-Grad-CAM, which are
+            projections already, saliency, guided backpropagation).
         mode: ``"eval"`` (default), ``"train"`` or ``"same"``; restored afterwards.
 
     Calling inside ``torch.no_grad()`` works (gradients are switched on where they
@@ -774,6 +793,8 @@ class BaseCAM:
     #: Whether a map costs few enough forwards for a click in ``netsight explore``
     #: (the smoothed perturbation methods cost tens of thousands on a ResNet).
     interactive: ClassVar[bool] = True
+    #: Whether ``eigen_smooth=True`` means something for the method.
+    supports_eigen_smooth: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -785,6 +806,7 @@ class BaseCAM:
         normalize: bool = True,
         upsample: bool = True,
         aug_smooth: bool = False,
+        eigen_smooth: bool = False,
         mode: str = "eval",
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -800,6 +822,13 @@ class BaseCAM:
         self.normalize = normalize
         self.upsample = upsample
         self.aug_smooth = aug_smooth
+        if eigen_smooth and not self.supports_eigen_smooth:
+            raise ValueError(
+                f"{self.method}: eigen_smooth=True is not supported (the method weighs no "
+                f"channels whose principal component could smooth its map); expected "
+                f"eigen_smooth=False"
+            )
+        self.eigen_smooth = eigen_smooth
         self.mode = mode
         self._spec = target_layers
         self._layouts: dict[str, LayerLayout] = {}
@@ -835,13 +864,6 @@ class BaseCAM:
             A :class:`CAMResult` with the maps, raw maps, logits and targets.
         """
         x = self._check_input(x)
-        if self.needs_gradients and torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                f"{self.method} needs gradients, but it was called inside "
-                f"torch.inference_mode(), which disables autograd for every tensor made "
-                f"there and cannot be switched off by netsight; call it outside "
-                f"inference_mode (inside torch.no_grad() is fine)"
-            )
         self._frame = None
         with preserve_state(self.model, self.mode):
             layers = self._layers(x) if self.uses_layers else {}
@@ -859,6 +881,7 @@ class BaseCAM:
             scores=run.scores.detach(),
             layers=tuple(run.maps) if not layers else tuple(layers),
             method=self.method,
+            attribution=None if run.attribution is None else run.attribution.detach(),
         )
 
     # ------------------------------------------------------------------ for methods
@@ -867,6 +890,14 @@ class BaseCAM:
     ) -> RawMaps:
         """Signed ``(B, h, w)`` maps per layer; implemented by each method."""
         raise NotImplementedError
+
+    def reduce_channels(self, weighted: torch.Tensor) -> torch.Tensor:
+        """The ``(B, h, w)`` map of ``(B, C, h, w)`` weighted activations: their
+        channel sum, or with ``eigen_smooth=True`` their first principal component
+        (:func:`~netsight.cam.projection.principal_projection`)."""
+        if self.eigen_smooth:
+            return principal_projection(weighted).to(weighted.dtype)
+        return weighted.sum(1)
 
     def spatial(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """A layer's output (or its gradient) as ``(B, C, H, W)``.
@@ -928,6 +959,15 @@ class BaseCAM:
 
     # ------------------------------------------------------------------ internals
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` checked and on the model's device; a gradient method refuses
+        inference mode."""
+        if self.needs_gradients and torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"{self.method} needs gradients, but it was called inside "
+                f"torch.inference_mode(), which disables autograd for every tensor made "
+                f"there and cannot be switched off by netsight; call it outside "
+                f"inference_mode (inside torch.no_grad() is fine)"
+            )
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x: expected a (B, C, H, W) tensor, got {type(x).__name__}")
         if x.dim() not in (4, 5):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from netsight.cam.base import BaseCAM, RawMaps, Reshape, TargetSpec, resolve_targets
+from netsight.cam.projection import principal_projection
 from netsight.capture import LayerSpec, resolve_layers
 from netsight.hooks import HookSet
 
@@ -48,6 +49,7 @@ class CAM(BaseCAM):
         normalize: bool = True,
         upsample: bool = True,
         aug_smooth: bool = False,
+        eigen_smooth: bool = False,
         mode: str = "eval",
     ) -> None:
         super().__init__(
@@ -58,6 +60,7 @@ class CAM(BaseCAM):
             normalize=normalize,
             upsample=upsample,
             aug_smooth=aug_smooth,
+            eigen_smooth=eigen_smooth,
             mode=mode,
         )
         self.fc_name, self.fc = _linear_head(model, fc_layer)
@@ -81,7 +84,7 @@ class CAM(BaseCAM):
                     f"has {a.shape[1]} channels; use GradCAM (equal to CAM on such models) "
                     f"or pass fc_layer="
                 )
-            maps[name] = torch.einsum("bc,bchw->bhw", rows.to(a.dtype), a)
+            maps[name] = self.reduce_channels(rows.to(a.dtype)[:, :, None, None] * a)
         return RawMaps(maps, record.output, resolved, resolved.scores(record.output))
 
     def _layers(self, x: torch.Tensor) -> dict[str, nn.Module]:
@@ -166,10 +169,12 @@ class EigenCAM(BaseCAM):
     The sign of a principal direction is arbitrary (pytorch-grad-cam keeps whatever
     its SVD returns); netsight picks the sign whose projection correlates positively
     with the channel sum of the activations, so the map highlights where the layer
-    is active.
+    is active (:func:`~netsight.cam.projection.principal_projection`). The map is a
+    projection already, so ``eigen_smooth=True`` is refused.
     """
 
     method = "eigencam"
+    supports_eigen_smooth = False
 
     def _compute(
         self, x: torch.Tensor, targets: TargetSpec, layers: dict[str, nn.Module]
@@ -181,19 +186,3 @@ class EigenCAM(BaseCAM):
             for name, activation in record.activations.items()
         }
         return RawMaps(maps, record.output, resolved, resolved.scores(record.output))
-
-
-def principal_projection(activations: torch.Tensor) -> torch.Tensor:
-    """``(B, C, h, w)`` activations projected on their first principal direction,
-    as ``(B, h, w)`` maps with the sign described in :class:`EigenCAM`."""
-    batch, _, height, width = activations.shape
-    a = torch.nan_to_num(activations.float(), nan=0.0)
-    rows = a.flatten(2).transpose(1, 2)  # (B, positions, C)
-    centred = rows - rows.mean(dim=1, keepdim=True)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    projection = (centred @ vh[:, 0, :, None])[..., 0]  # (B, positions)
-    total = rows.sum(2)
-    agreement = ((total - total.mean(1, keepdim=True)) * projection).sum(1, keepdim=True)
-    sign = torch.where(agreement < 0, -1.0, 1.0)
-    result: torch.Tensor = (projection * sign).view(batch, height, width)
-    return result

@@ -81,6 +81,7 @@ class _PerturbationCAM(BaseCAM):
         normalize: bool = True,
         upsample: bool = True,
         aug_smooth: bool = False,
+        eigen_smooth: bool = False,
         mode: str = "eval",
     ) -> None:
         super().__init__(
@@ -91,6 +92,7 @@ class _PerturbationCAM(BaseCAM):
             normalize=normalize,
             upsample=upsample,
             aug_smooth=aug_smooth,
+            eigen_smooth=eigen_smooth,
             mode=mode,
         )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -187,7 +189,7 @@ class _PerturbationCAM(BaseCAM):
             weights = weights.clone()  # a normal tensor again, outside inference mode
             with torch.no_grad():
                 a = self.spatial(name, activation)
-                maps[name] = (weights[:, :, None, None] * a).sum(1)
+                maps[name] = self.reduce_channels(weights[:, :, None, None] * a)
         return RawMaps(maps, output, resolved, scores)
 
     def channel_weights(

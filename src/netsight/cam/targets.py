@@ -29,6 +29,7 @@ __all__ = [
     "ClassAgainstRest",
     "ClassProbability",
     "ClassScore",
+    "Contrast",
     "Detection",
     "OutputElement",
     "Segmentation",
@@ -129,6 +130,38 @@ class ClassAgainstRest:
         scores = _vector(output, "ClassAgainstRest")
         index = _class(self.category, scores.numel(), "ClassAgainstRest")
         return scores[index] + torch.log_softmax(scores, dim=0)[index]
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """The class against chosen other classes: ``sum_k p_k (z_c - alpha z_k) /
+    (sum_k p_k + 1e-9)`` over the ``others`` ``k``, with ``p = softmax(z)`` (the
+    weights are part of the score, so its gradient flows through them too).
+    Finer-CAM's score (:class:`~netsight.cam.gradient.FinerCAM` picks the others);
+    pytorch-grad-cam's ``FinerWeightedTarget``.
+
+    Example:
+        >>> GradCAM(model, "layer4")(x, targets.Contrast(281, (282, 285)))
+
+    Args:
+        category: the class explained.
+        others: the classes it is compared with.
+        alpha: how strongly their logits are subtracted (0: the class's logit alone).
+    """
+
+    category: int
+    others: tuple[int, ...]
+    alpha: float = 1.0
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        scores = _vector(output, "Contrast")
+        index = _class(self.category, scores.numel(), "Contrast")
+        if not self.others:
+            raise ValueError("Contrast: expected at least one class in others, got none")
+        others = [_class(k, scores.numel(), "Contrast") for k in self.others]
+        weights = torch.softmax(scores, dim=0)[others]
+        differences = scores[index] - self.alpha * scores[others]
+        return (weights * differences).sum() / (weights.sum() + 1e-9)
 
 
 @dataclass(frozen=True)
