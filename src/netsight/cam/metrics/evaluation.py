@@ -93,12 +93,17 @@ def evaluate(
             (higher is better) are its means over the percentages and the images.
             It costs ``2 x len(road_percentages)`` forwards and imputations per
             image and method. Pixels are taken in the deletion curve's order (ties
-            in row-major order); ``q`` % of ``n`` pixels is ``round(q n / 100)``.
-            pytorch-grad-cam's ``ROADMostRelevantFirst(percentile=p)`` removes the
-            pixels at or above the ``p``-th percentile of the map, i.e. ``100 - p``
-            %, and returns the change of the target's score; netsight follows the
-            paper (``q`` is the share removed) and reports the probability itself.
-            The default percentages are symmetric, so the averages are the same.
+            in row-major order); ``q`` % of ``n`` pixels is ``q n / 100`` rounded
+            (halves up), at most ``n - 1``.
+            pytorch-grad-cam's ``percentile`` is the share *kept*: it keeps the
+            pixels strictly below ``np.percentile(map, p)``, so
+            ``ROADMostRelevantFirst(percentile=80)`` removes the 20 % most relevant
+            and ``ROADLeastRelevantFirst(percentile=20)`` the 80 % least relevant
+            (and a map with ties at the threshold loses them all); its scores are,
+            by default, the change from the unperturbed image. netsight follows the
+            paper: ``q`` is the share removed, ties are ordered, and the score is
+            the probability itself. The default percentages are symmetric, so both
+            average over the same shares.
         road_percentages: the shares of pixels ROAD removes, each strictly between
             0 and 100 (default the paper's 10, 20, ..., 90).
         road_noise: standard deviation of ROAD's imputation noise, in the model's

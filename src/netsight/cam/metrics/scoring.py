@@ -268,10 +268,10 @@ class Scorer:
         return curve
 
     def road_counts(self) -> list[int]:
-        """Pixels removed at each ROAD percentage: the nearest whole number, at
-        most all but one (the imputation needs a kept pixel)."""
+        """Pixels removed at each ROAD percentage: the nearest whole number (halves
+        up), at most all but one (the imputation needs a kept pixel)."""
         n = self.pixels
-        return [min(n - 1, round(q * n / 100)) for q in self.road_percentages]
+        return [min(n - 1, math.floor(q * n / 100 + 0.5)) for q in self.road_percentages]
 
     def _road(self, ranks: torch.Tensor, batch: _BatchContext) -> torch.Tensor:
         """``(B, 2, P)`` target probabilities after ROAD's noisy linear imputation of
