@@ -187,7 +187,14 @@ def test_road_is_measured_with_the_faithfulness(
     argv = ["cam", f"{models}:TinyCNN", str(images[0]), "--out", str(out), "--road"]
     code, _, err = run(capsys, *argv)
     assert code == 2 and "--road: needs --faithfulness-steps N" in err
-    code, printed, err = run(capsys, *argv, "--faithfulness-steps", "2")
+    # one torch thread: 54 small imputations of a few dozen steps each, and a second
+    # thread mostly waits (15x slower when another process keeps a core busy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, printed, err = run(capsys, *argv, "--faithfulness-steps", "2")
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0, err
     assert "ROAD MoRF" in printed and "ROAD at 10, 20, 30" in printed
     data = manifest(out)["faithfulness"]
