@@ -25,8 +25,16 @@ evaluation canvases, for their true labels: pointing game (the map's maximum ins
 the digit's box, no tolerance), deletion and insertion AUC (RISE) with deletion to
 zero and insertion from zero (black: the canvas's ink-free value; ``--insertion blur``
 starts from a blurred canvas instead), average drop and increase in confidence, next
-to the random and centre baselines. The goal from issue 4: the best gradient methods
-point correctly on at least 90 % of the images.
+to the random and centre baselines, and ROAD (remove and debias, Rong et al. 2022:
+the most / least salient 10, 20, ..., 90 % of the pixels replaced by a noisy linear
+imputation rather than black; ``--no-road`` skips it). The goal from issue 4: the best
+gradient methods point correctly on at least 90 % of the images.
+
+The methods are then ranked by each faithfulness measure, and the rankings compared
+(Spearman's rho over the methods and baselines): ROAD most-relevant-first against
+deletion (both: the probability once the salient pixels are gone), ROAD
+least-relevant-first against insertion (the probability with the salient pixels
+there) and ROAD's combined ``(LeRF - MoRF) / 2`` against ``insertion - deletion``.
 
 Torch runs on one thread by default (``--threads``): the work is many small
 forwards, and a second thread mostly waits, much longer when another process keeps
@@ -95,6 +103,70 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((model(x).argmax(1) == y).float().mean())
 
 
+# --------------------------------------------------------------------------- rankings
+def _ranks(values: list[float]) -> list[float]:
+    """Average ranks (1 = smallest), ties sharing the mean of their places."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            ranks[order[k]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    var = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
+    return cov / var if var else math.nan
+
+
+def rank_agreement(result: nscam.CAMEvaluation) -> dict[str, Any]:
+    """Spearman's rho between the methods' ROAD scores and deletion / insertion, and
+    each ranking (best first)."""
+    methods = result.methods
+    names = list(methods)
+
+    def column(key: str) -> list[float]:
+        values = {
+            "deletion": [m.deletion for m in methods.values()],
+            "insertion": [m.insertion for m in methods.values()],
+            "road_morf": [m.road_morf or 0.0 for m in methods.values()],
+            "road_lerf": [m.road_lerf or 0.0 for m in methods.values()],
+        }
+        if key == "insertion - deletion":
+            return [i - d for i, d in zip(values["insertion"], values["deletion"], strict=True)]
+        if key == "road":
+            return [(m.road if m.road is not None else 0.0) for m in methods.values()]
+        return values[key]
+
+    # (ROAD measure, RISE measure, lower is better)
+    pairs = (
+        ("road_morf", "deletion", True),
+        ("road_lerf", "insertion", False),
+        ("road", "insertion - deletion", False),
+    )
+    rho, lines = {}, ["", "rankings, best first (Spearman's rho between the two of each pair):"]
+    for road_key, rise_key, lower in pairs:
+        road_values, rise_values = column(road_key), column(rise_key)
+        rho[f"{road_key} vs {rise_key}"] = spearman(road_values, rise_values)
+        for key, values in ((road_key, road_values), (rise_key, rise_values)):
+            best = sorted(names, key=lambda n: values[names.index(n)], reverse=not lower)
+            lines.append(f"  {key:>22}: {', '.join(best)}")
+        lines.append(f"  {'rho':>22}: {rho[f'{road_key} vs {rise_key}']:+.2f}")
+    return {"rho": rho, "lines": lines}
+
+
+def _listed(curve: torch.Tensor | None) -> list[float] | None:
+    return None if curve is None else curve.tolist()
+
+
 # --------------------------------------------------------------------------- main
 def _cams(model: nn.Module) -> dict[str, nscam.BaseCAM]:
     return {name: cls(model) for name, cls in nscam.METHODS.items()}
@@ -112,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=("zero", "blur"),
         default="zero",
         help="what insertion starts from (zero: black, the canvas's ink-free value)",
+    )
+    parser.add_argument(
+        "--no-road", dest="road", action="store_false", help="skip ROAD (the slowest measure)"
     )
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
@@ -154,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         batch_size=50,
         progress=sys.stderr.isatty(),
+        road=args.road,
     )
     timings["evaluation"] = time.perf_counter() - began
 
@@ -174,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         f"best gradient method: {best}, pointing {100 * gradient[best]:.1f}% "
         f"(goal >= {100 * GOAL:.0f}%: {'met' if met else 'NOT met'})"
     )
+    agreement = rank_agreement(result) if args.road else {}
+    for line in agreement.get("lines", []):
+        print(line)
     conditions.finish()
     if args.json:
         payload: dict[str, Any] = {
@@ -194,10 +273,15 @@ def main(argv: list[str] | None = None) -> int:
                     "insertion": scores.insertion,
                     "average_drop": scores.average_drop,
                     "increase": scores.increase,
+                    "road_morf": scores.road_morf,
+                    "road_lerf": scores.road_lerf,
+                    "road_morf_curve": _listed(scores.road_morf_curve),
+                    "road_lerf_curve": _listed(scores.road_lerf_curve),
                     "seconds": scores.seconds,
                 }
                 for name, scores in result.methods.items()
             },
+            "rank_agreement": agreement.get("rho"),
         }
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=2)

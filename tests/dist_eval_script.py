@@ -21,7 +21,15 @@ import netsight.cam as nscam
 from dist_setup import init, teardown
 
 SIZE = 13  # odd: a DistributedSampler over 2 ranks pads one repeated image
-OPTIONS: dict[str, Any] = {"steps": 5, "chunk_size": 16, "progress": False, "seed": 3}
+# ROAD at two percentages: its sums, curves and seeded noise are reduced like the rest.
+OPTIONS: dict[str, Any] = {
+    "steps": 5,
+    "chunk_size": 16,
+    "progress": False,
+    "seed": 3,
+    "road": True,
+    "road_percentages": (30, 70),
+}
 
 
 def build() -> tuple[nn.Module, TensorDataset]:
@@ -66,10 +74,18 @@ def as_dict(result: nscam.CAMEvaluation) -> dict[str, Any]:
                 "deletion_curve": scores.deletion_curve.tolist(),
                 "insertion_curve": scores.insertion_curve.tolist(),
                 "per_image": {key: value.tolist() for key, value in scores.per_image.items()},
+                "road_morf": scores.road_morf,
+                "road_lerf": scores.road_lerf,
+                "road_morf_curve": _listed(scores.road_morf_curve),
+                "road_lerf_curve": _listed(scores.road_lerf_curve),
             }
             for name, scores in result.methods.items()
         },
     }
+
+
+def _listed(curve: torch.Tensor | None) -> list[float] | None:
+    return None if curve is None else curve.tolist()
 
 
 def evaluate_share() -> dict[str, Any]:

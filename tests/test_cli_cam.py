@@ -180,6 +180,29 @@ def test_evaluate_measures_the_maps_that_were_drawn(
     assert code == 0 and manifest(out)["faithfulness"] is None
 
 
+def test_road_is_measured_with_the_faithfulness(
+    tmp_path: Path, models: Path, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cam"
+    argv = ["cam", f"{models}:TinyCNN", str(images[0]), "--out", str(out), "--road"]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "--road: needs --faithfulness-steps N" in err
+    # one torch thread: 54 small imputations of a few dozen steps each, and a second
+    # thread mostly waits (15x slower when another process keeps a core busy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, printed, err = run(capsys, *argv, "--faithfulness-steps", "2")
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    assert "ROAD MoRF" in printed and "ROAD at 10, 20, 30" in printed
+    data = manifest(out)["faithfulness"]
+    assert data["road_percentages"] == [10, 20, 30, 40, 50, 60, 70, 80, 90]
+    for scores in data["methods"].values():
+        assert 0.0 <= scores["road_morf"] <= 1.0 and 0.0 <= scores["road_lerf"] <= 1.0
+
+
 def test_approx_reaches_the_perturbation_methods(
     tmp_path: Path, models: Path, images: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -370,9 +370,20 @@ class CAMComparison:
                     "insertion_auc": _finite_or_none(m.insertion),
                     "average_drop": _finite_or_none(m.average_drop),
                     "increase": _finite_or_none(m.increase),
+                    **(
+                        {
+                            "road_morf": _finite_or_none(m.road_morf),
+                            "road_lerf": _finite_or_none(m.road_lerf),
+                        }
+                        if m.road_morf is not None and m.road_lerf is not None
+                        else {}
+                    ),
                 }
                 for name, m in found.methods.items()
             },
+            **(
+                {"road_percentages": list(found.road_percentages)} if found.road_percentages else {}
+            ),
         }
 
 
@@ -428,6 +439,7 @@ def compare(
     batch_size: int | None = None,
     approx: int | None = None,
     faithfulness_steps: int = 0,
+    road: bool = False,
     regions: torch.Tensor | Sequence[Any] | None = None,
     class_names: Sequence[str] | None = None,
     strict: bool = False,
@@ -466,6 +478,8 @@ def compare(
         faithfulness_steps: also measure faithfulness (:func:`netsight.cam.evaluate`
             of the methods that ran, on the same images and targets, each batch as
             given) with this many deletion/insertion steps; 0 does not.
+        road: with ``faithfulness_steps``, measure ROAD too (``evaluate(road=True)``:
+            2 x 9 imputations and forwards per image and method more).
         regions: where the object of each image is, for the pointing game of that
             measurement: ``(B, 4)`` boxes ``(x0, y0, x1, y1)``, or one box, mask or
             ``None`` per image (the forms :func:`netsight.cam.evaluate` takes), in the
@@ -505,6 +519,8 @@ def compare(
         raise TypeError(f"faithfulness_steps: expected an int, got {faithfulness_steps!r}")
     if faithfulness_steps < 0:
         raise ValueError(f"faithfulness_steps: expected 0 (off) or more, got {faithfulness_steps}")
+    if road and not faithfulness_steps:
+        raise ValueError("road: measured with the faithfulness; set faithfulness_steps too")
     if regions is not None and len(regions) != count:
         raise ValueError(f"regions: {len(regions)} regions for {count} images")
     if isinstance(class_names, str):
@@ -634,7 +650,9 @@ def compare(
             for batch, span in zip(batches, spans, strict=True)
         ]
         try:
-            evaluation = evaluate(explainers, data, steps=faithfulness_steps, progress=progress)
+            evaluation = evaluate(
+                explainers, data, steps=faithfulness_steps, road=road, progress=progress
+            )
         except _METHOD_ERRORS as exc:
             if strict:
                 raise

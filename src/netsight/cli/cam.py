@@ -64,6 +64,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     common.add_faithfulness_option(p)
     p.add_argument(
+        "--road",
+        action="store_true",
+        help="with --faithfulness-steps: also measure ROAD (remove and debias, most and "
+        "least relevant first at 10, 20, ..., 90 %% of the pixels: 18 imputations and "
+        "forwards per image and method more)",
+    )
+    p.add_argument(
         "--evaluate",
         dest="faithfulness_steps",
         type=common.parse_positive_int,
@@ -110,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     from netsight.images import check_colormap, load_image
 
     check_colormap(args.colormap, "--colormap")  # before any work
+    if args.road and not args.faithfulness_steps:
+        raise common.UsageError("--road: needs --faithfulness-steps N (ROAD is measured with it)")
     out = common.out_dir(args, "cam", [MANIFEST, "grid.png"])
     model = common.model_from_args(args, random_note="predictions are meaningless")
     names = common.class_names_from_args(args, model)
@@ -130,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         approx=args.approx,
         class_names=names,
         faithfulness_steps=args.faithfulness_steps,
+        road=args.road,
         strict=args.traceback,
         progress=True,  # a bar on a terminal, plain lines on stderr otherwise
     )

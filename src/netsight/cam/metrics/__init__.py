@@ -1,8 +1,8 @@
 """How faithful and how well placed class activation maps are, over a dataset.
 
 :func:`evaluate` runs one or several CAM methods over batches of images and scores
-each map four ways, next to two maps that know nothing (a seeded random map and a
-centred Gaussian):
+each map four ways (five with ``road=True``), next to two maps that know nothing (a
+seeded random map and a centred Gaussian):
 
 * **Deletion and insertion AUC** (RISE, Petsiuk et al. 2018). Pixels are taken in
   the order of the map's saliency (most salient first, ties in row-major order) in
@@ -19,6 +19,12 @@ centred Gaussian):
   against the probability on the image; average drop is the mean of
   ``max(0, p - p_masked) / p``, increase the share of images with
   ``p_masked > p``.
+* **ROAD** (RemOve And Debias, Rong et al. 2022), with ``road=True``: the most
+  (MoRF) or least (LeRF) salient pixels, at several percentages, are replaced by a
+  noisy linear imputation from their neighbours (:func:`impute`, batched in torch;
+  pytorch-grad-cam solves one image at a time with scipy) rather than a constant,
+  whose edges would tell the model where the map pointed; the target probability
+  is averaged over the percentages: low for MoRF and high for LeRF is faithful.
 
 Every perturbed image is made in chunks of ``chunk_size`` and run under
 ``torch.inference_mode()``, so memory is bounded by the chunk; the curve ends that
@@ -35,5 +41,6 @@ from __future__ import annotations
 from netsight.cam.metrics.evaluation import BASELINES, evaluate
 from netsight.cam.metrics.results import CAMEvaluation, MethodScores
 from netsight.cam.metrics.results import render_table as render_table
+from netsight.cam.metrics.road import ROAD_PERCENTAGES, impute
 
-__all__ = ["BASELINES", "CAMEvaluation", "MethodScores", "evaluate"]
+__all__ = ["BASELINES", "ROAD_PERCENTAGES", "CAMEvaluation", "MethodScores", "evaluate", "impute"]

@@ -4,6 +4,7 @@ the batches through the scorer into the totals."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from netsight.cam.base import BaseCAM
 from netsight.cam.metrics.data import Stream, rank_and_world
 from netsight.cam.metrics.reduction import Totals
 from netsight.cam.metrics.results import CAMEvaluation
+from netsight.cam.metrics.road import ROAD_PERCENTAGES
 from netsight.cam.metrics.scoring import Scorer
 from netsight.options import Baseline, RemovalBaseline, TargetMode
 
@@ -40,9 +42,13 @@ def evaluate(
     batch_size: int = 32,
     chunk_size: int = 128,
     progress: bool = True,
+    road: bool = False,
+    road_percentages: Sequence[float] = ROAD_PERCENTAGES,
+    road_noise: float = 0.01,
 ) -> CAMEvaluation:
     """Score CAM methods over a dataset: deletion/insertion AUC, pointing game,
-    average drop and increase in confidence, next to random and centre baselines.
+    average drop and increase in confidence and, with ``road=True``, ROAD, next to
+    random and centre baselines.
 
     Args:
         cams: a CAM (named by its registry name) or ``{name: cam}``; all must wrap
@@ -77,6 +83,33 @@ def evaluate(
         batch_size: images per batch when ``data`` is a ``Dataset``.
         chunk_size: perturbed images per forward (bounds memory).
         progress: show a progress bar (rank 0 only).
+        road: also measure ROAD (RemOve And Debias, Rong et al. 2022): for each
+            percentage ``q`` of ``road_percentages``, the ``q`` % most salient
+            pixels (MoRF), and separately the ``q`` % least salient (LeRF), are
+            replaced by the noisy linear imputation (:mod:`netsight.cam.metrics.road`:
+            each removed pixel the weighted mean of its 8 neighbours, plus Gaussian
+            noise of standard deviation ``road_noise``) and the target's softmax
+            probability is read; ``road_morf`` (lower is better) and ``road_lerf``
+            (higher is better) are its means over the percentages and the images.
+            It costs ``2 x len(road_percentages)`` forwards and imputations per
+            image and method. Pixels are taken in the deletion curve's order (ties
+            in row-major order); ``q`` % of ``n`` pixels is ``q n / 100`` rounded
+            (halves up), at most ``n - 1``.
+            pytorch-grad-cam's ``percentile`` is the share *kept*: it keeps the
+            pixels strictly below ``np.percentile(map, p)``, so
+            ``ROADMostRelevantFirst(percentile=80)`` removes the 20 % most relevant
+            and ``ROADLeastRelevantFirst(percentile=20)`` the 80 % least relevant
+            (and a map with ties at the threshold loses them all); its scores are,
+            by default, the change from the unperturbed image. netsight follows the
+            paper: ``q`` is the share removed, ties are ordered, and the score is
+            the probability itself. The default percentages are symmetric, so both
+            average over the same shares.
+        road_percentages: the shares of pixels ROAD removes, each strictly between
+            0 and 100 (default the paper's 10, 20, ..., 90).
+        road_noise: standard deviation of ROAD's imputation noise, in the model's
+            input space (the paper's 0.01); the noise of each (image, order,
+            percentage) is seeded by ``seed`` and the image's bytes, like the random
+            baseline, and is the same for every method.
 
     Returns:
         A :class:`CAMEvaluation`; ``str()`` or ``.table("markdown")`` renders it.
@@ -135,6 +168,11 @@ def evaluate(
     for what, count in (("batch_size", batch_size), ("chunk_size", chunk_size)):
         if count < 1:
             raise ValueError(f"{what}: expected >= 1, got {count}")
+    percentages = _road_percentages(road_percentages) if road else ()
+    if isinstance(road_noise, bool) or not (
+        isinstance(road_noise, numbers.Real) and 0 <= road_noise < math.inf
+    ):
+        raise ValueError(f"road_noise: expected a finite number >= 0, got {road_noise!r}")
 
     rank, world = rank_and_world()
     stream = Stream.make(data, batch_size, rank, world)
@@ -149,8 +187,10 @@ def evaluate(
         blur_sigma=blur_sigma,
         tolerance=float(tolerance),
         seed=seed,
+        road_percentages=percentages,
+        road_noise=float(road_noise),
     )
-    totals = Totals(names, steps)
+    totals = Totals(names, steps, len(percentages))
     bar = ProgressBar(progress and rank == 0, stream.total, "CAM evaluation")
     try:
         for batch, keep, indices in stream:
@@ -169,8 +209,23 @@ def evaluate(
             "tolerance": float(tolerance),
             "seed": seed,
             "mode": mode,
+            **({"road_noise": float(road_noise)} if road else {}),
         },
+        road_percentages=percentages,
     )
+
+
+def _road_percentages(values: Sequence[float]) -> tuple[float, ...]:
+    expected = "road_percentages: expected a non-empty list of numbers strictly between 0 and 100"
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{expected}, got {values!r}")
+    listed = list(values)
+    if not listed:
+        raise ValueError(f"{expected}, got {values!r}")
+    for value in listed:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 100:
+            raise ValueError(f"{expected}, got {value!r} in {listed!r}")
+    return tuple(float(v) for v in listed)
 
 
 def _named_cams(cams: BaseCAM | Mapping[str, BaseCAM]) -> dict[str, BaseCAM]:

@@ -12,20 +12,26 @@ from netsight.cam.metrics.results import CAMEvaluation, MethodScores
 
 # Per-image quantities kept for every method, in this order in the all-reduce.
 _PER_IMAGE = ("deletion", "insertion", "pointing", "drop", "increase")
+# ... and when ROAD is measured.
+_ROAD = ("road_morf", "road_lerf")
 
 
 class Totals:
     """Per-image values as they come, summed and gathered across ranks at the end."""
 
-    def __init__(self, names: list[str], steps: int) -> None:
+    def __init__(self, names: list[str], steps: int, road_points: int = 0) -> None:
         self.names = names
         self.steps = steps
+        self.road_points = road_points
+        keys = (*_PER_IMAGE, *_ROAD) if road_points else _PER_IMAGE
         self.values: dict[str, dict[str, list[torch.Tensor]]] = {
-            name: {key: [] for key in _PER_IMAGE} for name in names
+            name: {key: [] for key in keys} for name in names
         }
         self.curves = {
             name: [torch.zeros(steps + 1, dtype=torch.float64) for _ in range(2)] for name in names
         }
+        # ROAD: (2, P) sums of the most / least relevant first probabilities
+        self.road = {name: torch.zeros(2, road_points, dtype=torch.float64) for name in names}
         self.seconds = dict.fromkeys(names, 0.0)
         self.images = 0
         self.pointing_images = 0
@@ -38,11 +44,14 @@ class Totals:
         deletion: torch.Tensor,
         insertion: torch.Tensor,
         seconds: float,
+        road: torch.Tensor | None = None,
     ) -> None:
         for key, value in values.items():
             self.values[name][key].append(value.detach().double().cpu())
         self.curves[name][0] += deletion.sum(0).cpu()
         self.curves[name][1] += insertion.sum(0).cpu()
+        if road is not None:
+            self.road[name] += road.sum(0).cpu()
         self.seconds[name] += seconds
 
     def add_images(self, count: int, pointing: int, indices: list[int] | None) -> None:
@@ -63,7 +72,11 @@ class Totals:
         }
 
     def finish(
-        self, fractions: torch.Tensor, world: int, settings: dict[str, Any]
+        self,
+        fractions: torch.Tensor,
+        world: int,
+        settings: dict[str, Any],
+        road_percentages: tuple[float, ...] = (),
     ) -> CAMEvaluation:
         local = self._local()
         # One flat float64 vector of sums and counts (exact for counts below 2**53).
@@ -86,6 +99,7 @@ class Totals:
                 )
             )
             parts.extend(self.curves[name])
+            parts.append(self.road[name].flatten())
         sums = torch.cat(parts)
         per_image, indices = local, self.indices
         if world > 1:
@@ -105,11 +119,13 @@ class Totals:
             }
         methods = {}
         offset = 2
-        width = 6 + 2 * (self.steps + 1)
+        points = self.road_points
+        width = 6 + 2 * (self.steps + 1) + 2 * points
         for name in self.names:
             block = sums[offset : offset + width]
             offset += width
-            curves = block[6:].view(2, self.steps + 1) / images
+            curves = block[6 : width - 2 * points].view(2, self.steps + 1) / images
+            road = block[width - 2 * points :].view(2, points) / images
             methods[name] = MethodScores(
                 name=name,
                 deletion=float(block[0] / images),
@@ -121,6 +137,10 @@ class Totals:
                 insertion_curve=curves[1].clone(),
                 per_image=per_image[name],
                 seconds=float(block[5]),
+                road_morf=float(road[0].mean()) if points else None,
+                road_lerf=float(road[1].mean()) if points else None,
+                road_morf_curve=road[0].clone() if points else None,
+                road_lerf_curve=road[1].clone() if points else None,
             )
         return CAMEvaluation(
             methods=methods,
@@ -131,6 +151,7 @@ class Totals:
             indices=index_tensor,
             settings=settings,
             world_size=world,
+            road_percentages=road_percentages,
         )
 
 

@@ -32,10 +32,19 @@ class MethodScores:
         deletion_curve: ``(steps + 1,)`` mean probability after deleting each
             fraction of the pixels (``fractions`` of :class:`CAMEvaluation`).
         insertion_curve: ``(steps + 1,)`` the same for insertion.
-        per_image: ``{"deletion", "insertion", "pointing", "drop", "increase"}`` ->
+        per_image: ``{"deletion", "insertion", "pointing", "drop", "increase"}``
+            (and ``"road_morf"``, ``"road_lerf"`` when ROAD was measured) ->
             ``(images,)`` float64 values; ``pointing`` is 1.0 (hit), 0.0 (miss) or
             NaN (no box), ``increase`` 1.0 or 0.0.
         seconds: time spent computing the maps (summed over ranks).
+        road_morf: ROAD, most relevant first: the mean over images and over the
+            percentages of the target probability once that share of the most
+            salient pixels is imputed (lower is better); ``None`` when not measured.
+        road_lerf: ROAD, least relevant first: the same with the least salient
+            pixels imputed (higher is better); ``None`` when not measured.
+        road_morf_curve: ``(P,)`` the mean probability at each of
+            :attr:`CAMEvaluation.road_percentages` (most relevant first), or ``None``.
+        road_lerf_curve: ``(P,)`` the same, least relevant first, or ``None``.
     """
 
     name: str
@@ -48,6 +57,18 @@ class MethodScores:
     insertion_curve: torch.Tensor
     per_image: dict[str, torch.Tensor]
     seconds: float
+    road_morf: float | None = None
+    road_lerf: float | None = None
+    road_morf_curve: torch.Tensor | None = None
+    road_lerf_curve: torch.Tensor | None = None
+
+    @property
+    def road(self) -> float | None:
+        """ROAD's combined score ``(road_lerf - road_morf) / 2`` (pytorch-grad-cam's
+        ``ROADCombined``; higher is better), or ``None``."""
+        if self.road_morf is None or self.road_lerf is None:
+            return None
+        return (self.road_lerf - self.road_morf) / 2
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,8 @@ class CAMEvaluation:
             the order the images came, rank after rank).
         settings: the options that shape the numbers (baselines, tolerance, seed ...).
         world_size: number of processes that shared the work.
+        road_percentages: the percentages of pixels ROAD imputed (empty when ROAD
+            was not measured).
     """
 
     methods: dict[str, MethodScores]
@@ -78,6 +101,7 @@ class CAMEvaluation:
     indices: torch.Tensor | None
     settings: dict[str, Any] = field(default_factory=dict)
     world_size: int = 1
+    road_percentages: tuple[float, ...] = ()
 
     def table(self, style: str = "text") -> str:
         """The scores as a table: ``style="text"`` (aligned columns) or ``"markdown"``."""
@@ -96,36 +120,44 @@ _COLUMNS = (
     ("increase", "increase ↑"),
     ("seconds", "map time (s)"),
 )
+_ROAD_COLUMNS = (("road_morf", "ROAD MoRF ↓"), ("road_lerf", "ROAD LeRF ↑"))
 
 
 def render_table(evaluation: CAMEvaluation, style: str = "text") -> str:
     """Render a :class:`CAMEvaluation` as text or markdown (one row per method).
 
-    Pointing, average drop and increase are shown as percentages, the AUCs as
-    fractions; the baselines' map time is ``-``.
+    Pointing, average drop and increase are shown as percentages, the AUCs and
+    ROAD's mean probabilities as fractions; the baselines' map time is ``-``.
     """
     style = TableStyle.parse(style, "style")
+    road = bool(evaluation.road_percentages)
     rows = []
     for name, scores in evaluation.methods.items():
         pointing = "n/a" if scores.pointing is None else f"{100 * scores.pointing:.1f}%"
-        rows.append(
-            [
-                name,
-                pointing,
-                f"{scores.deletion:.3f}",
-                f"{scores.insertion:.3f}",
-                f"{100 * scores.average_drop:.1f}%",
-                f"{100 * scores.increase:.1f}%",
-                "-" if name in Baseline.values() else f"{scores.seconds:.2f}",
-            ]
-        )
-    header = [title for _, title in _COLUMNS]
+        row = [
+            name,
+            pointing,
+            f"{scores.deletion:.3f}",
+            f"{scores.insertion:.3f}",
+            f"{100 * scores.average_drop:.1f}%",
+            f"{100 * scores.increase:.1f}%",
+        ]
+        if road:
+            row += [f"{scores.road_morf:.3f}", f"{scores.road_lerf:.3f}"]
+        row.append("-" if name in Baseline.values() else f"{scores.seconds:.2f}")
+        rows.append(row)
+    columns = [*_COLUMNS[:-1], *(_ROAD_COLUMNS if road else ()), _COLUMNS[-1]]
+    header = [title for _, title in columns]
     footer = (
         f"{evaluation.images} images ({evaluation.pointing_images} with boxes), "
         f"{evaluation.steps} steps"
     )
+    if road:
+        shares = ", ".join(f"{q:g}" for q in evaluation.road_percentages)
+        footer += f"; ROAD at {shares} % of the pixels"
     if style == TableStyle.MARKDOWN:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 6) + "|"]
+        align = ["---"] + ["---:"] * (len(header) - 1)
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
         lines += ["| " + " | ".join(markdown_escape(cell) for cell in row) + " |" for row in rows]
         return "\n".join([*lines, "", footer]) + "\n"
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -1,6 +1,7 @@
 """Scoring one batch: the target probabilities, the deletion and insertion curves
-and their AUCs, the pointing game, average drop and increase, for every method
-and for the baseline maps (random, centred Gaussian), into the totals."""
+and their AUCs, the pointing game, average drop and increase and, when asked for,
+ROAD, for every method and for the baseline maps (random, centred Gaussian), into
+the totals."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from netsight.cam.metrics.data import (
     split_batch,
 )
 from netsight.cam.metrics.reduction import Totals
+from netsight.cam.metrics.road import impute
 from netsight.hooks import model_device, preserve_state
 from netsight.images import minmax_scale
 from netsight.options import Baseline, RemovalBaseline, TargetMode
@@ -44,6 +46,7 @@ class _BatchContext:
     start: torch.Tensor
     p_start: torch.Tensor
     region: tuple[torch.Tensor, torch.Tensor] | None
+    road_seeds: list[int]
 
 
 class Scorer:
@@ -59,6 +62,8 @@ class Scorer:
         blur_sigma: float | None,
         tolerance: float,
         seed: int,
+        road_percentages: tuple[float, ...] = (),
+        road_noise: float = 0.0,
     ) -> None:
         self.model = model
         self.mode = mode
@@ -69,6 +74,8 @@ class Scorer:
         self.blur_sigma = blur_sigma
         self.tolerance = tolerance
         self.seed = seed
+        self.road_percentages = road_percentages
+        self.road_noise = road_noise
         self.pixels = 0
         # Lazy modules first run inside inference_mode would keep inference tensors.
         self.lazy = any(
@@ -164,7 +171,14 @@ class Scorer:
         p_deleted = self.probs(deleted, classes)
         p_start = self.probs(start, classes)
 
-        shared = _BatchContext(x, classes, p0, deleted, p_deleted, start, p_start, region)
+        road_seeds = (
+            [_image_seed(image, seed=self.seed, salt="road") for image in x]
+            if self.road_percentages
+            else []
+        )
+        shared = _BatchContext(
+            x, classes, p0, deleted, p_deleted, start, p_start, region, road_seeds
+        )
         for name, cam in cams.items():
             began = time.perf_counter()
             maps = cam.explain(x, classes).maps.detach()
@@ -206,19 +220,19 @@ class Scorer:
             masks, present = region
             hits = _pointing(maps, masks, self.tolerance).double()
             pointing = torch.where(present, hits, pointing)
-        totals.add(
-            name,
-            {
-                "deletion": del_auc,
-                "insertion": ins_auc,
-                "pointing": pointing,
-                "drop": drop,
-                "increase": increase,
-            },
-            del_curve,
-            ins_curve,
-            seconds,
-        )
+        values = {
+            "deletion": del_auc,
+            "insertion": ins_auc,
+            "pointing": pointing,
+            "drop": drop,
+            "increase": increase,
+        }
+        road = None
+        if self.road_percentages:
+            road = self._road(ranks, batch)
+            values["road_morf"] = road[:, 0].mean(1)
+            values["road_lerf"] = road[:, 1].mean(1)
+        totals.add(name, values, del_curve, ins_curve, seconds, road)
 
     def _curve(
         self,
@@ -252,6 +266,55 @@ class Scorer:
                 probs = self._target_probs(perturbed, classes[image])
                 curve[image.to(curve.device), step.to(curve.device)] = probs.double()
         return curve
+
+    def road_counts(self) -> list[int]:
+        """Pixels removed at each ROAD percentage: the nearest whole number (halves
+        up), at most all but one (the imputation needs a kept pixel)."""
+        n = self.pixels
+        return [min(n - 1, math.floor(q * n / 100 + 0.5)) for q in self.road_percentages]
+
+    def _road(self, ranks: torch.Tensor, batch: _BatchContext) -> torch.Tensor:
+        """``(B, 2, P)`` target probabilities after ROAD's noisy linear imputation of
+        the most (``[:, 0]``) and least (``[:, 1]``) salient pixels, at each of the
+        ``P`` percentages. Pairs (image, order, percentage) are imputed and run
+        ``chunk_size`` at a time; each pair's noise comes from its own generator
+        (seeded by ``seed``, the image's bytes and the pair), so the numbers do not
+        depend on the batching, the chunking or the sharding, and all methods see
+        the same noise on the same image."""
+        x, classes = batch.x, batch.classes
+        images, points = x.shape[0], len(self.road_percentages)
+        pixels = ranks.shape[1]
+        counts = torch.tensor(self.road_counts(), device=ranks.device)
+        out = torch.empty(images, 2, points, dtype=torch.float64, device=batch.p0.device)
+        pairs = [(i, order, j) for i in range(images) for order in (0, 1) for j in range(points)]
+        with preserve_state(self.model, self.mode), self._no_grad():
+            for lo in range(0, len(pairs), self.chunk_size):
+                chunk = pairs[lo : lo + self.chunk_size]
+                image = torch.tensor([i for i, _, _ in chunk], device=ranks.device)
+                order = torch.tensor([o for _, o, _ in chunk], device=ranks.device)
+                count = counts[torch.tensor([j for _, _, j in chunk], device=ranks.device)]
+                rank = ranks[image]
+                # most salient first: ranks 0 .. count-1; least: the last `count` ranks
+                removed = torch.where(
+                    order[:, None] == 0, rank < count[:, None], rank >= pixels - count[:, None]
+                ).view(len(chunk), *x.shape[-2:])
+                noise = None
+                if self.road_noise > 0:
+                    noise = torch.stack(
+                        [self._road_noise(batch.road_seeds[i], o, j, x) for i, o, j in chunk]
+                    ).to(x.device)
+                imputed = impute(x[image], removed, noise=noise)
+                probs = self._target_probs(imputed, classes[image])
+                out[image.to(out.device), order.to(out.device), [j for _, _, j in chunk]] = (
+                    probs.double().to(out.device)
+                )
+        return out
+
+    def _road_noise(self, seed: int, order: int, point: int, x: torch.Tensor) -> torch.Tensor:
+        pair = 2 * len(self.road_percentages) * seed + 2 * point + order
+        generator = torch.Generator().manual_seed(pair & ((1 << 63) - 1))
+        shape = x.shape[1:]
+        return self.road_noise * torch.randn(shape, generator=generator, dtype=x.dtype)
 
 
 def _ranks(maps: torch.Tensor) -> torch.Tensor:
@@ -296,9 +359,9 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return out
 
 
-def _image_seed(image: torch.Tensor, seed: int) -> int:
+def _image_seed(image: torch.Tensor, seed: int, salt: str = "") -> int:
     data = image.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes()
-    digest = hashlib.blake2b(data, digest_size=8, key=str(seed).encode()).digest()
+    digest = hashlib.blake2b(data, digest_size=8, key=f"{salt}{seed}".encode()).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
