@@ -3,9 +3,10 @@ pytorch-grad-cam 1.5.7, and the evidence for Eigen-CAM's sign rule.
 
 The models, inputs, BatchNorm conditioning and comparisons are those of
 ``tests/test_cam_reference.py`` (see its docstring; the helpers live in
-``tests/helpers.py``): torchvision's resnet18 and vgg11_bn and the tutorials' VGG-16 with random seeded weights, the raw signed map
-at layer resolution within ``RAW_TOL`` of the reference's largest value, and the
-final maps at Pearson r >= ``R_MIN`` per image.
+``tests/helpers.py``): torchvision's resnet18 and vgg11_bn and the tutorials'
+VGG-16 with random seeded weights, the raw signed map at layer resolution within
+``RAW_TOL`` of the reference's largest value, and the final maps at Pearson
+r >= ``R_MIN`` per image.
 """
 
 from __future__ import annotations
