@@ -36,6 +36,11 @@ Three parts, all on the CPU with torchvision models (random weights, seeded, eva
   ``batch_size`` set to 32, torchcam's ``batch_size=32``); torchcam has no
   Ablation-CAM. ``--perturbation-repeats`` rounds in rotating order, no warm-up call
   (one call is hundreds of forwards).
+* **SESS** (``sess``, with Grad-CAM on every patch) on resnet18 at batch
+  ``--sess-batch`` x 3 x 224 x 224, ``layer4``, ``--sess-scales`` scales (224, 288,
+  352, ...: 1 + 4 + 4 + ... windows of 224 px per image), batches of 32 patches,
+  against pytorch-grad-cam's ``SESS`` at the same settings; ``--sess-repeats``
+  rounds in rotating order after a warm-up call each.
 * **netsight's approximation** (``approx=K``: ``--approx-scorecam``,
   ``--approx-ablationcam``) against netsight exact, on resnet18 as above and on the
   demo model: the tutorials' VGG-16 (``Vgg16Net``) with the trained weights of
@@ -108,7 +113,8 @@ COSTLIER = ("shapleycam", "fullgrad", "guidedbackprop", "guidedgradcam")
 #: Their maps' sign is a principal direction's: pytorch-grad-cam's may be the other.
 SIGNLESS = ("eigengradcam",)
 PERTURBATION = ("scorecam", "ablationcam")
-METHODS = GRADIENT + PERTURBATION
+META = ("sess",)
+METHODS = GRADIENT + PERTURBATION + META
 MODELS = ("resnet18", "resnet50")
 PGC = {
     "gradcam": "GradCAM",
@@ -137,6 +143,7 @@ CHUNK = 32
 GOAL_TIME = 1.1  # gradient family: at most this times the bare forward
 GOAL_MEMORY = 1.5  # ... and peak memory within this times the bare forward's
 GOAL_EXACT = 1.3  # perturbation, exact: at least this much faster than the faster anchor
+GOAL_SESS = 1.3  # SESS: at least this much faster than pytorch-grad-cam's, peak memory at most its
 GOAL_APPROX = 5.0  # approximation: at least this much faster than exact
 GOAL_R_APPROX = 0.98
 GOAL_R_EXACT = 0.999
@@ -454,6 +461,59 @@ def bench_gradient(name: str, methods: list[str], batch: int, repeats: int) -> d
     return {"model": name, "batch": batch, "repeats": repeats, "rows": rows}
 
 
+def bench_sess(batch: int, repeats: int, scales: int) -> dict[str, Any]:
+    from pytorch_grad_cam.sess import SESS as ReferenceSESS
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = _model("resnet18")
+    x = _input(batch)
+    classes = _classes(model, x)
+    targets = [ClassifierOutputTarget(c) for c in classes]
+
+    def reference() -> torch.Tensor:
+        with _restored(model):
+            sess = ReferenceSESS(model, [model.layer4], num_scales=scales, batch_size=CHUNK)
+            try:
+                return torch.from_numpy(sess(x, targets))
+            finally:
+                sess.base_cam.activations_and_grads.release()
+
+    ours = _netsight("sess", model, "layer4", x, classes, num_scales=scales, batch_size=CHUNK)
+    variants = [
+        Variant("netsight sess", ours),
+        Variant("pgc sess", reference, _clear_grads(model)),
+    ]
+    _interleaved(variants, repeats, warmup=True)
+    netsight, pgc = variants
+    rows = [
+        _row(netsight, pgc, _worst_r(netsight.result, pgc.result)),
+        _row(pgc, pgc, None),
+    ]
+    return {"batch": batch, "repeats": repeats, "scales": scales, "rows": rows}
+
+
+def print_sess(result: dict[str, Any]) -> None:
+    print(
+        f"\n## SESS (Grad-CAM per patch): resnet18, batch {result['batch']} x 3 x 224 x 224, "
+        f"layer4, {result['scales']} scales (median of {result['repeats']})\n"
+    )
+    rows = [
+        [
+            r["variant"],
+            _f(r["median_s"], ",.2f"),
+            _f(r["ratio"], ".3f"),
+            _f(r["paired"], ".3f"),
+            _f(r["cpu_s"], ",.2f"),
+            _f(r["peak_mb"], ",.0f"),
+            _f(r["peak_ratio"], ".2f"),
+            _f(r["r"], ".4f"),
+        ]
+        for r in result["rows"]
+    ]
+    headers = ["variant", "s", "/ pgc", "paired", "CPU s", "peak +MB", "/ pgc", "r vs pgc"]
+    print(_common.table(headers, rows))
+
+
 def _row(v: Variant, base: Variant, r: float | None, **extra: Any) -> dict[str, Any]:
     return {
         "variant": v.name,
@@ -700,6 +760,16 @@ def print_verdicts(parts: dict[str, Any], approx: dict[str, int]) -> None:
                 f"  resnet18 {method} approx={approx[method]}: {gain:.1f}x faster than exact, r "
                 f"{fast['r']:.4f}: {'met' if ok else 'NOT met'}"
             )
+    sess = parts.get("sess")
+    if sess:
+        ours = sess["rows"][0]
+        speedup = 1 / ours["ratio"]
+        ok = speedup >= GOAL_SESS and (ours["peak_ratio"] or 0) <= 1.0
+        print(
+            f"  resnet18 sess: {speedup:.2f}x faster than pytorch-grad-cam (paired "
+            f"{1 / ours['paired']:.2f}x), peak {_f(ours['peak_ratio'], '.2f')}x its, r vs pgc "
+            f"{_f(ours['r'], '.4f')}: {'met' if ok else 'NOT met'}"
+        )
     demo = parts.get("demo")
     if demo:
         by = {r["variant"]: r for r in demo["rows"]}
@@ -762,6 +832,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--approx-ablationcam", type=int, default=16, help="AblationCAM(approx=K) (default 16)"
+    )
+    parser.add_argument("--sess-batch", type=int, default=2, help="SESS batch (default 2)")
+    parser.add_argument(
+        "--sess-scales", type=int, default=None, help="SESS scales (default 3; --quick 2)"
+    )
+    parser.add_argument(
+        "--sess-repeats", type=int, default=None, help="SESS rounds (default 3; --quick 1)"
     )
     parser.add_argument("--no-demo", action="store_true", help="skip the demo model")
     parser.add_argument(
@@ -846,6 +923,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.smoothing_layer}, num_samples {args.smoothing_samples}, chunks of {CHUNK}",
             against="torchcam",
         )
+    if "sess" in args.methods:
+        print("\nresnet18: SESS", file=sys.stderr)
+        sess_scales = args.sess_scales or (2 if args.quick else 3)
+        sess_repeats = args.sess_repeats or (1 if args.quick else 3)
+        report["sess"] = bench_sess(args.sess_batch, sess_repeats, sess_scales)
+        print_sess(report["sess"])
     print_verdicts(report, approx)
     print(
         "\n  ms / s: median wall time of one call; / bare, / faster anchor, / exact: ratio of "

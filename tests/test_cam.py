@@ -554,6 +554,10 @@ def test_registry() -> None:
         "fullgrad",
         "guidedbackprop",
         "guidedgradcam",
+        "kpcacam",
+        "fem",
+        "segeigencam",
+        "sess",
     ]
     for name, cls in nscam.METHODS.items():
         assert cls.method == name

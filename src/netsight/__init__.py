@@ -9,7 +9,10 @@ from netsight import cam, monitor
 from netsight._version import __version__
 from netsight.cam import (
     CAM,
+    FEM,
     ISCAM,
+    KPCACAM,
+    SESS,
     SSCAM,
     AblationCAM,
     CAMComparison,
@@ -21,6 +24,7 @@ from netsight.cam import (
     LayerCAM,
     Saliency,
     ScoreCAM,
+    SegEigenCAM,
     SmoothGradCAMpp,
     XGradCAM,
     compare,
@@ -56,7 +60,10 @@ from netsight.trace import LayerRecord, TensorMeta, Trace, TraceError, trace
 
 __all__ = [
     "CAM",
+    "FEM",
     "ISCAM",
+    "KPCACAM",
+    "SESS",
     "SSCAM",
     "AblationCAM",
     "CAMComparison",
@@ -80,6 +87,7 @@ __all__ = [
     "Report",
     "Saliency",
     "ScoreCAM",
+    "SegEigenCAM",
     "SmoothGradCAMpp",
     "Summary",
     "TensorMeta",

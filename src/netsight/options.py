@@ -27,9 +27,11 @@ __all__ = [
     "Direction",
     "Execution",
     "FilterMode",
+    "Kernel",
     "Mode",
     "Normalization",
     "Option",
+    "PatchFusion",
     "RemovalBaseline",
     "SummaryFormat",
     "TableStyle",
@@ -149,3 +151,20 @@ class TargetMode(Option):
 
     LABELS = "labels"  #: the given label
     PREDICTED = "predicted"  #: the model's top class
+
+
+class Kernel(Option):
+    """The kernel of KPCA-CAM's kernel PCA (scikit-learn's ``KernelPCA`` names)."""
+
+    SIGMOID = "sigmoid"  #: ``tanh(gamma <x, y> + coef0)``
+    RBF = "rbf"  #: ``exp(-gamma |x - y|^2)``
+    POLY = "poly"  #: ``(gamma <x, y> + coef0) ^ degree``
+    LINEAR = "linear"  #: ``<x, y>``: plain PCA, i.e. Eigen-CAM
+    COSINE = "cosine"  #: ``<x, y> / (|x| |y|)``
+
+
+class PatchFusion(Option):
+    """How SESS fuses the maps of its patches."""
+
+    MEAN = "mean"  #: per pixel, the mean over the patches whose map is above ``theta`` there
+    MAX = "max"  #: per pixel, the largest patch map

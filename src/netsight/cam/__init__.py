@@ -17,6 +17,14 @@ from __future__ import annotations
 from netsight.cam import targets
 from netsight.cam.base import BaseCAM, CAMResult, CAMWarning, Targets
 from netsight.cam.compare import CAMComparison, compare
+from netsight.cam.factor import (
+    FEM,
+    KPCACAM,
+    SESS,
+    Factorization,
+    SegEigenCAM,
+    deep_feature_factorization,
+)
 from netsight.cam.fullgrad import FullGrad, FullGradients
 from netsight.cam.gradient import (
     EigenGradCAM,
@@ -41,8 +49,11 @@ from netsight.cam.perturbation import ISCAM, SSCAM, AblationCAM, ScoreCAM
 
 __all__ = [
     "CAM",
+    "FEM",
     "ISCAM",
+    "KPCACAM",
     "METHODS",
+    "SESS",
     "SSCAM",
     "AblationCAM",
     "BaseCAM",
@@ -52,6 +63,7 @@ __all__ = [
     "CAMWarning",
     "EigenCAM",
     "EigenGradCAM",
+    "Factorization",
     "FinerCAM",
     "FullGrad",
     "FullGradients",
@@ -69,11 +81,13 @@ __all__ = [
     "MethodScores",
     "Saliency",
     "ScoreCAM",
+    "SegEigenCAM",
     "ShapleyCAM",
     "SmoothGradCAMpp",
     "Targets",
     "XGradCAM",
     "compare",
+    "deep_feature_factorization",
     "evaluate",
     "layer_layout",
     "overlay",
@@ -102,4 +116,8 @@ METHODS: dict[str, type[BaseCAM]] = {
     "fullgrad": FullGrad,
     "guidedbackprop": GuidedBackprop,
     "guidedgradcam": GuidedGradCAM,
+    "kpcacam": KPCACAM,
+    "fem": FEM,
+    "segeigencam": SegEigenCAM,
+    "sess": SESS,
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["principal_projection"]
+__all__ = ["orient_to_activity", "principal_projection"]
 
 
 def principal_projection(activations: torch.Tensor) -> torch.Tensor:
@@ -38,8 +38,20 @@ def principal_projection(activations: torch.Tensor) -> torch.Tensor:
     centred = rows - rows.mean(dim=1, keepdim=True)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     projection = (centred @ vh[:, 0, :, None])[..., 0]  # (B, positions)
-    total = rows.sum(2)
+    result: torch.Tensor = orient_to_activity(projection, rows).view(batch, height, width)
+    return result
+
+
+def orient_to_activity(projection: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``(B, P)`` projections, each negated where needed so that it correlates
+    non-negatively with the channel sum of ``rows``, the ``(B, P, C)`` activations
+    (positions x channels): where the layer is more active, the map is higher.
+
+    The rule of every netsight map that is a principal (or kernel principal)
+    component, whose sign is otherwise arbitrary (:func:`principal_projection`,
+    :class:`~netsight.cam.KPCACAM`).
+    """
+    total = rows.sum(2).to(projection.dtype)
     agreement = ((total - total.mean(1, keepdim=True)) * projection).sum(1, keepdim=True)
     sign = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
-    result: torch.Tensor = (projection * sign).view(batch, height, width)
-    return result
+    return projection * sign
