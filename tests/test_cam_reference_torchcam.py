@@ -44,7 +44,11 @@ import torch.nn.functional as F
 import torchvision  # noqa: F401  (the models of test_cam_reference)
 
 import netsight.cam as nscam
-from test_cam_reference import ARCHS, _input, _model, _pearson, _reset
+from helpers import CAM_ARCHS as ARCHS
+from helpers import cam_model as _model
+from helpers import pearson as _pearson
+from helpers import reset_after_reference as _reset
+from helpers import seeded_input as _input
 
 torchcam_methods = pytest.importorskip("torchcam.methods")
 

@@ -659,6 +659,7 @@ class SmoothGradCAMpp(BaseCAM):
         normalize: bool = True,
         upsample: bool = True,
         aug_smooth: bool = False,
+        eigen_smooth: bool = False,
         mode: str = "eval",
     ) -> None:
         super().__init__(
@@ -669,6 +670,7 @@ class SmoothGradCAMpp(BaseCAM):
             normalize=normalize,
             upsample=upsample,
             aug_smooth=aug_smooth,
+            eigen_smooth=eigen_smooth,
             mode=mode,
         )
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -741,5 +743,5 @@ class SmoothGradCAMpp(BaseCAM):
             alpha = d2 / (2 * d2 + total_a * d3 + 1e-8)
             alpha = torch.where(d2 != 0, alpha, torch.zeros_like(alpha))
             weights = (alpha * d1.clamp(min=0)).sum(dim=_SPATIAL, keepdim=True)
-            maps[name] = (weights * a).sum(1)
+            maps[name] = self.reduce_channels(weights * a)
         return RawMaps(maps, _detached(clean.output), resolved, scores.detach())

@@ -566,6 +566,7 @@ class ISCAM(_PerturbationCAM):
         normalize: bool = True,
         upsample: bool = True,
         aug_smooth: bool = False,
+        eigen_smooth: bool = False,
         mode: str = "eval",
     ) -> None:
         super().__init__(
@@ -578,6 +579,7 @@ class ISCAM(_PerturbationCAM):
             normalize=normalize,
             upsample=upsample,
             aug_smooth=aug_smooth,
+            eigen_smooth=eigen_smooth,
             mode=mode,
         )
         self.num_samples = _check_samples(num_samples)
@@ -674,6 +676,7 @@ class SSCAM(_PerturbationCAM):
         normalize: bool = True,
         upsample: bool = True,
         aug_smooth: bool = False,
+        eigen_smooth: bool = False,
         mode: str = "eval",
     ) -> None:
         super().__init__(
@@ -686,6 +689,7 @@ class SSCAM(_PerturbationCAM):
             normalize=normalize,
             upsample=upsample,
             aug_smooth=aug_smooth,
+            eigen_smooth=eigen_smooth,
             mode=mode,
         )
         self.num_samples = _check_samples(num_samples)
