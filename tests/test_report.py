@@ -356,3 +356,28 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert err.startswith("netsight: error: labels: label ") and len(err.splitlines()) == 1
         assert "is out of range" in err
     assert not (tmp_path / "bad.html").exists()
+
+
+def test_a_cam_target_beyond_classes_explains_a_dict_output_and_segmentation() -> None:
+    """``cam_target=``: the dict-output model above gets its CAMs from a ready-made
+    target (its ``logits`` entry), and a segmentation model's maps explain its pixels
+    of a class; the captions say what each map explains."""
+    from netsight.cam import targets
+
+    model = _DictOutput().eval()
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    r = report(model, images, cam_target=targets.ClassScore(1), pattern_steps=0, diagram=False)
+    assert not {s.id: s.skipped for s in r.sections if s.skipped}.get("cam")
+    assert "gradcam, class 1, conv" in r.html
+    torch.manual_seed(0)
+    segmenter = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    r = report(
+        segmenter,
+        images,
+        cam_target=targets.Segmentation(1),
+        cam_methods=("gradcam",),
+        pattern_steps=0,
+        diagram=False,
+    )
+    assert "explains class 1 over the pixels predicted as it" in r.html
+    assert "Each map explains class 1 over the pixels predicted as it" in r.html
