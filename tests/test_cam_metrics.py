@@ -554,20 +554,29 @@ def test_two_processes_give_the_single_process_totals(tmp_path: Path) -> None:
         _assert_close(got["methods"], single["methods"])
 
 
-def _assert_close(got: Any, expected: Any) -> None:
+def _assert_close(got: Any, expected: Any, path: str = "") -> None:
     if isinstance(expected, dict):
         assert got.keys() == expected.keys()
         for key in expected:
-            _assert_close(got[key], expected[key])
+            _assert_close(got[key], expected[key], f"{path}.{key}")
     elif isinstance(expected, list):
+        # ROAD's imputation is a float32 iterative solve whose reductions round by chunk
+        # size on native kernels (2.4e-6 relative seen with ATEN_CPU_CAPABILITY=default
+        # and oneDNN off): equal to the solver's precision. A sharding or reduction
+        # error (an image lost or counted twice) is orders of magnitude larger.
+        road = "road" in path
         torch.testing.assert_close(
             torch.tensor(got, dtype=torch.float64),
             torch.tensor(expected, dtype=torch.float64),
-            rtol=1e-6,
-            atol=1e-7,
+            rtol=1e-5 if road else 1e-6,
+            atol=1e-6 if road else 1e-7,
             equal_nan=True,
+            msg=lambda m: f"{path}: {m}",
         )
     elif expected is None:
         assert got is None
     else:
-        assert got == pytest.approx(expected, rel=1e-6, abs=1e-7)
+        road = "road" in path
+        assert got == pytest.approx(
+            expected, rel=1e-5 if road else 1e-6, abs=1e-6 if road else 1e-7
+        ), path
