@@ -56,7 +56,6 @@ __all__ = [
     "Targets",
     "check_classes",
     "find_target_layer",
-    "image_output",
     "is_detections",
     "level_name",
     "noise_generator",
@@ -154,13 +153,6 @@ def _describe(value: Any) -> str:
     if isinstance(value, dict):
         return f"a dict (keys {list(value)[:5]})"
     return f"a {type(value).__name__}"
-
-
-def image_output(output: Any, index: int, count: int) -> Any:
-    """Image ``index``'s part of a model's output on ``count`` images: what a target
-    callable receives (tensors sliced along dim 0, dicts per key, a detector's list
-    of per-image dicts indexed)."""
-    return _select(output, index, count)
 
 
 def _select(output: Any, row: int, rows: int | None = None) -> Any:

@@ -40,7 +40,6 @@ from netsight.cam.base import (
     BaseCAM,
     ScoreTarget,
     check_classes,
-    image_output,
     is_detections,
     resolve_targets,
 )
@@ -557,15 +556,14 @@ def compare(
     if fns is not None:  # ready-made or the user's own targets: bound per image
         wanted, scores, indices = [], [], []
         for output, span in zip(outputs, spans, strict=True):
-            bound = resolve_targets(list(fns[span.start : span.stop]), output, len(span)).fns
-            assert bound is not None
+            resolved = resolve_targets(list(fns[span.start : span.stop]), output, len(span))
+            assert resolved.fns is not None
             with torch.no_grad():
-                for row, fn in enumerate(bound):
-                    value = fn(image_output(output, row, len(span)))
-                    scores.append(float(torch.as_tensor(value).detach().float().reshape(-1)[0]))
-                    category = getattr(fn, "category", None)
-                    indices.append(category if isinstance(category, int) else None)
-            wanted.extend(bound)
+                scores.extend(float(v) for v in resolved.scores(output).float().tolist())
+            for fn in resolved.fns:
+                category = getattr(fn, "category", None)
+                indices.append(category if isinstance(category, int) else None)
+            wanted.extend(resolved.fns)
         words = [describe(fn, class_names) for fn in wanted]
         given = describe(targets, class_names) if callable(targets) else "one target per image"
     else:
